@@ -1,0 +1,52 @@
+"""One small error hierarchy: what the worker does next depends only on the class.
+
+- ``PermanentError``: retrying cannot help; the message record is failed with ``reason``.
+- ``TransientError``: the same request may succeed later; the message is retried with backoff.
+- ``SenderError``: the sender or account is misconfigured; every further message of the
+  campaign would fail the same way, so the campaign is paused with ``reason``.
+
+``code`` is a short machine-readable slug (or a Twilio error code) stored beside the reason.
+"""
+
+from __future__ import annotations
+
+
+class CampaignError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+    def __init__(self, reason: str, *, code: str | int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = None if code is None else str(code)
+
+
+class PermanentError(CampaignError):
+    """Retrying cannot help: record the message as failed with the reason."""
+
+
+class TemplateError(PermanentError):
+    """The campaign's template is malformed or names an unknown placeholder."""
+
+
+class MessageTooLong(PermanentError):
+    """The rendered SMS (footer included) does not fit in one segment."""
+
+
+class InvalidPhone(PermanentError):
+    """The phone number is missing or is not a valid E.164 number."""
+
+
+class TransientError(CampaignError):
+    """The same request may succeed later (rate limited, 5xx, connection trouble)."""
+
+    def __init__(self, reason: str, *, code: str | int | None = None, retry_after_ms: int | None = None) -> None:
+        super().__init__(reason, code=code)
+        self.retry_after_ms = retry_after_ms
+
+
+class SenderError(CampaignError):
+    """The sender or the account is misconfigured: pause the campaign, fail nobody."""
+
+
+class ConfigurationError(CampaignError):
+    """A setting is missing or malformed; the reason names the variable."""
