@@ -36,12 +36,21 @@ class InvalidPhone(PermanentError):
     """The phone number is missing or is not a valid E.164 number."""
 
 
+class RecipientOptedOut(PermanentError):
+    """The recipient replied STOP to this sender (Twilio 21610): never text them again."""
+
+
 class TransientError(CampaignError):
     """The same request may succeed later (rate limited, 5xx, connection trouble)."""
 
     def __init__(self, reason: str, *, code: str | int | None = None, retry_after_ms: int | None = None) -> None:
         super().__init__(reason, code=code)
         self.retry_after_ms = retry_after_ms
+
+
+class MaybeSent(TransientError):
+    """The request may have reached Twilio (a read timeout, a dropped connection, a 5xx):
+    the message may exist even though no answer arrived."""
 
 
 class SenderError(CampaignError):

@@ -1,0 +1,58 @@
+"""Builds the broker and its middleware, then imports the actor modules.
+
+``dramatiq actors`` (the worker dynos) and ``from actors import send_campaign`` (a shell,
+the CLI, the demo) both come through here, so they always share one setup. Building the
+broker does no I/O: Redis is first contacted when a message is sent or consumed.
+"""
+
+from __future__ import annotations
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import Retries
+from limits.storage import MemoryStorage, RedisStorage
+
+from middleware import DatabaseConnection
+from models import configure_database
+from ratelimit import RateLimit
+from settings import Settings, get_settings
+
+
+def redis_pool(url: str) -> redis.ConnectionPool:
+    """A pool for ``url``; Heroku's ``rediss://`` uses a self-signed certificate."""
+    options = {"socket_connect_timeout": 5, "socket_timeout": 30, "health_check_interval": 30, "retry_on_timeout": True}
+    if url.startswith("rediss://"):
+        options["ssl_cert_reqs"] = None
+    return redis.ConnectionPool.from_url(url, **options)
+
+
+def build_broker(settings: Settings) -> dramatiq.Broker:
+    if settings.broker == "stub":
+        broker = StubBroker()
+        broker.redis_client = None
+        storage = MemoryStorage()
+    else:
+        pool = redis_pool(settings.redis_url)
+        client = redis.Redis(connection_pool=pool)
+        broker = RedisBroker(client=client, namespace=settings.dramatiq_namespace)
+        broker.redis_client = client
+        storage = RedisStorage(settings.redis_url, connection_pool=pool)
+    for middleware in broker.middleware:
+        if isinstance(middleware, Retries):
+            middleware.max_retries = settings.worker_max_retries
+    broker.add_middleware(RateLimit(limits=settings.rate_limits, storage=storage))
+    broker.add_middleware(DatabaseConnection())
+    return broker
+
+
+settings = get_settings()
+broker = build_broker(settings)
+dramatiq.set_broker(broker)
+configure_database(settings.database_url)
+
+from actors.campaigns import send_campaign, update_metrics  # noqa: E402
+from actors.sms import send_sms, send_sms_exhausted  # noqa: E402
+
+__all__ = ["broker", "build_broker", "send_campaign", "send_sms", "send_sms_exhausted", "update_metrics"]

@@ -1,0 +1,50 @@
+"""The collaborators actors use, built once per process from settings and replaceable
+in one call (tests inject a backend pointed at a fake Twilio, for example)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import dramatiq
+
+from metrics import MetricsDebouncer
+from settings import get_settings
+from smsservice import SmsBackend, make_backend
+
+
+@dataclass(frozen=True)
+class Services:
+    backend: SmsBackend
+    debouncer: MetricsDebouncer
+    short_url_base: str
+    default_region: str
+    fanout_batch_size: int
+
+
+_services: Services | None = None
+
+
+def get_services() -> Services:
+    global _services
+    if _services is None:
+        settings = get_settings()
+        _services = Services(
+            backend=make_backend(settings),
+            debouncer=MetricsDebouncer(redis=getattr(dramatiq.get_broker(), "redis_client", None), delay_ms=settings.metrics_delay_ms),
+            short_url_base=settings.short_url_base,
+            default_region=settings.default_region,
+            fanout_batch_size=settings.fanout_batch_size,
+        )
+    return _services
+
+
+def configure_services(**overrides) -> Services:
+    """Replace some collaborators (keyword names of ``Services``) for this process."""
+    global _services
+    _services = replace(get_services(), **overrides)
+    return _services
+
+
+def reset_services() -> None:
+    global _services
+    _services = None

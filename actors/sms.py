@@ -1,0 +1,40 @@
+"""The per-customer send actor, rate limited globally by ``ratelimit.RateLimit``."""
+
+from __future__ import annotations
+
+import dramatiq
+
+import campaigns
+from actors.campaigns import request_metrics_update
+from actors.services import get_services
+from errors import PermanentError, TransientError
+
+
+@dramatiq.actor(
+    queue_name="sms",
+    rate_limit="sms",
+    max_retries=10,
+    min_backoff=5_000,
+    max_backoff=15 * 60_000,
+    time_limit=120_000,
+    throws=(PermanentError,),
+    on_retry_exhausted="send_sms_exhausted",
+)
+def send_sms(message_id: int) -> None:
+    """Send one campaign message (by its row id) exactly once."""
+    services = get_services()
+    try:
+        outcome = campaigns.send_message(message_id, backend=services.backend, short_url_base=services.short_url_base)
+    except TransientError as exc:
+        raise dramatiq.Retry(exc.reason, delay=exc.retry_after_ms) from None
+    if outcome.campaign_id is not None and outcome.status != "pending":
+        request_metrics_update(outcome.campaign_id)
+
+
+@dramatiq.actor(queue_name="sms", max_retries=20)
+def send_sms_exhausted(message_data: dict, retry_info: dict) -> None:
+    """Record a message whose transient errors outlasted its retries as failed."""
+    message_id = message_data["args"][0]
+    campaign_id = campaigns.give_up(message_id, retries=retry_info.get("retries", 0))
+    if campaign_id is not None:
+        request_metrics_update(campaign_id)

@@ -1,0 +1,417 @@
+"""The campaign domain: fan-out, sending one message, and analytics, as plain functions.
+
+Actors call these with IDs; nothing here knows about Dramatiq. Every state change of a
+``Message`` is a conditional UPDATE (``WHERE status = <expected>``), so a redelivered or
+duplicated broker message can never send or count anything twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from peewee import JOIN, fn
+
+from errors import (
+    CampaignError,
+    InvalidPhone,
+    MessageTooLong,
+    PermanentError,
+    RecipientOptedOut,
+    SenderError,
+    TemplateError,
+    TransientError,
+)
+from models import (
+    Campaign,
+    CampaignAnalytics,
+    CampaignStatus,
+    Customer,
+    Event,
+    Message,
+    MessageStatus,
+    QRCode,
+    database,
+    utcnow,
+)
+from sms import compose, mask_phone, normalize_phone, validate_template
+from smsservice import SmsBackend
+
+logger = logging.getLogger(__name__)
+
+#: The longest QR code the template check assumes when it proves the template can fit.
+SAMPLE_QR_CODE = "X" * 8
+
+
+class SkipReason:
+    UNSUBSCRIBED = "unsubscribed"
+    MISSING_PHONE = "missing_phone"
+    INVALID_PHONE = "invalid_phone"
+    NO_QR_CODE = "no_qr_code"
+
+
+def short_url(short_url_base: str, code: str) -> str:
+    return f"{short_url_base.rstrip('/')}/{code}"
+
+
+def template_values(customer: Customer, qr_code: str | None, short_url_base: str) -> dict[str, str]:
+    first, last = customer.first_name or "", customer.last_name or ""
+    return {
+        "first_name": first,
+        "last_name": last,
+        "name": f"{first} {last}".strip(),
+        "short_url": short_url(short_url_base, qr_code) if qr_code else "",
+    }
+
+
+def record_event(campaign_id: int | None, code: str, detail: str, level: str = "error") -> None:
+    log = logger.error if level == "error" else logger.warning
+    log("campaign %s: %s: %s", campaign_id, code, detail)
+    Event.create(campaign_id=campaign_id, code=code, detail=detail, level=level)
+
+
+def check_campaign(campaign: Campaign, short_url_base: str) -> None:
+    """Raise TemplateError/MessageTooLong if no customer could ever get this campaign."""
+    validate_template(campaign.template)
+    empty = {"first_name": "", "last_name": "", "name": "", "short_url": short_url(short_url_base, SAMPLE_QR_CODE)}
+    try:
+        compose(campaign.template, empty)
+    except MessageTooLong as exc:
+        raise MessageTooLong(f"the template cannot fit in one SMS even with an empty name: {exc.reason}", code=exc.code) from None
+
+
+def fail_campaign(campaign_id: int, reason: str) -> None:
+    (
+        Campaign.update(status=CampaignStatus.FAILED, status_reason=reason, completed_at=utcnow())
+        .where(Campaign.id == campaign_id, Campaign.status.not_in(CampaignStatus.FINISHED))
+        .execute()
+    )
+    record_event(campaign_id, "campaign_failed", reason)
+
+
+def pause_campaign(campaign_id: int, reason: str) -> bool:
+    changed = (
+        Campaign.update(status=CampaignStatus.PAUSED, status_reason=reason)
+        .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING)
+        .execute()
+    )
+    if changed:
+        record_event(campaign_id, "campaign_paused", reason, level="warning")
+    return bool(changed)
+
+
+@dataclass
+class FanOutResult:
+    campaign_id: int
+    created: int = 0
+    enqueued: int = 0
+    status: str = ""
+
+
+def eligibility(customer: Customer, qr_code: str | None, default_region: str) -> tuple[str | None, str | None, str | None]:
+    """(E.164 phone, skip code, skip reason) for one customer; the code is None if eligible."""
+    if not customer.sms_subscribed:
+        return None, SkipReason.UNSUBSCRIBED, "customer is not subscribed to SMS"
+    try:
+        phone = normalize_phone(customer.phone, default_region)
+    except InvalidPhone as exc:
+        return None, exc.code, exc.reason
+    if not qr_code:
+        return phone, SkipReason.NO_QR_CODE, "customer has no QR code"
+    return phone, None, None
+
+
+def fan_out(
+    campaign_id: int,
+    *,
+    enqueue: Callable[[list[int]], None],
+    short_url_base: str,
+    default_region: str = "US",
+    batch_size: int = 500,
+) -> FanOutResult:
+    """Record every customer's outcome row and enqueue one send per eligible customer.
+
+    Customers stream in keyset-paginated batches, so memory does not grow with the
+    campaign. Rows are inserted with ON CONFLICT DO NOTHING and only rows never enqueued
+    are enqueued, so running this again creates and sends nothing twice.
+    """
+    result = FanOutResult(campaign_id)
+    campaign = Campaign.get_or_none(Campaign.id == campaign_id)
+    if campaign is None:
+        record_event(campaign_id, "campaign_not_found", f"campaign {campaign_id} does not exist")
+        result.status = "not_found"
+        return result
+    if campaign.status in CampaignStatus.FINISHED or campaign.status == CampaignStatus.PAUSED:
+        logger.info("campaign %s is %s: nothing to fan out", campaign_id, campaign.status)
+        result.status = campaign.status
+        return result
+    try:
+        check_campaign(campaign, short_url_base)
+    except (TemplateError, MessageTooLong) as exc:
+        fail_campaign(campaign_id, exc.reason)
+        result.status = CampaignStatus.FAILED
+        return result
+
+    (
+        Campaign.update(status=CampaignStatus.SENDING, started_at=fn.COALESCE(Campaign.started_at, utcnow()))
+        .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.DRAFT)
+        .execute()
+    )
+    for batch in _customer_batches(batch_size):
+        result.created += _record_outcomes(campaign_id, batch, default_region)
+        first_id, last_id = batch[0][0].id, batch[-1][0].id
+        result.enqueued += _enqueue_unqueued(campaign_id, first_id, last_id, enqueue)
+    Campaign.update(fanout_done_at=utcnow()).where(Campaign.id == campaign_id, Campaign.fanout_done_at.is_null()).execute()
+    result.status = CampaignStatus.SENDING
+    return result
+
+
+def _customer_batches(batch_size: int) -> Iterable[list[tuple[Customer, str | None]]]:
+    last_id = 0
+    while True:
+        rows = list(
+            Customer.select(Customer, QRCode.code)
+            .join(QRCode, JOIN.LEFT_OUTER, on=(QRCode.customer == Customer.id))
+            .where(Customer.id > last_id)
+            .order_by(Customer.id)
+            .limit(batch_size)
+            .objects()
+        )
+        if not rows:
+            return
+        yield [(row, row.code) for row in rows]
+        last_id = rows[-1].id
+
+
+def _record_outcomes(campaign_id: int, batch: list[tuple[Customer, str | None]], default_region: str) -> int:
+    now = utcnow()
+    rows = []
+    for customer, qr_code in batch:
+        phone, skip_code, skip_reason = eligibility(customer, qr_code, default_region)
+        rows.append(
+            {
+                "campaign": campaign_id,
+                "customer": customer.id,
+                "status": MessageStatus.SKIPPED if skip_code else MessageStatus.PENDING,
+                "to_phone": phone,
+                "error_code": skip_code,
+                "reason": skip_reason,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    with database.atomic():
+        cursor = Message.insert_many(rows).on_conflict_ignore().execute()
+    return _rowcount(cursor, len(rows))
+
+
+def _rowcount(cursor, default: int) -> int:
+    count = getattr(cursor, "rowcount", None)
+    return count if isinstance(count, int) and count >= 0 else default
+
+
+def _enqueue_unqueued(campaign_id: int, first_customer_id: int, last_customer_id: int, enqueue) -> int:
+    ids = [
+        row.id
+        for row in Message.select(Message.id)
+        .where(
+            Message.campaign == campaign_id,
+            Message.customer.between(first_customer_id, last_customer_id),
+            Message.status == MessageStatus.PENDING,
+            Message.queued_at.is_null(),
+        )
+        .order_by(Message.id)
+    ]
+    if not ids:
+        return 0
+    enqueue(ids)
+    Message.update(queued_at=utcnow()).where(Message.id.in_(ids)).execute()
+    return len(ids)
+
+
+@dataclass
+class SendOutcome:
+    message_id: int
+    status: str
+    detail: str = ""
+    campaign_id: int | None = None
+
+
+def _transition(message_id: int, expected: str | tuple[str, ...], **changes) -> bool:
+    """Move one message from ``expected`` to new values; False if someone else moved it."""
+    expected = (expected,) if isinstance(expected, str) else expected
+    changes.setdefault("updated_at", utcnow())
+    return bool(Message.update(**changes).where(Message.id == message_id, Message.status.in_(expected)).execute())
+
+
+def load_for_send(message_id: int) -> Message | None:
+    """Message, campaign, customer and QR code in one query."""
+    return (
+        Message.select(Message, Campaign, Customer, QRCode)
+        .join(Campaign)
+        .switch(Message)
+        .join(Customer)
+        .join(QRCode, JOIN.LEFT_OUTER, on=(QRCode.customer == Customer.id), attr="qr")
+        .where(Message.id == message_id)
+        .get_or_none()
+    )
+
+
+def send_message(message_id: int, *, backend: SmsBackend, short_url_base: str) -> SendOutcome:
+    """Render, check, claim, send and record one message: the spec's sequence.
+
+    Raises TransientError (after putting the message back to pending) when a retry may help.
+    """
+    message = load_for_send(message_id)
+    if message is None:
+        record_event(None, "message_not_found", f"message {message_id} does not exist")
+        return SendOutcome(message_id, "not_found")
+    campaign, customer = message.campaign, message.customer
+    outcome = SendOutcome(message_id, message.status, campaign_id=campaign.id)
+    if message.status != MessageStatus.PENDING:
+        outcome.detail = "already handled"
+        return outcome
+    if campaign.status != CampaignStatus.SENDING:
+        outcome.detail = f"campaign is {campaign.status}"
+        return outcome
+    if not customer.sms_subscribed:
+        _transition(message_id, MessageStatus.PENDING, status=MessageStatus.SKIPPED,
+                    error_code=SkipReason.UNSUBSCRIBED, reason="customer unsubscribed before the send")
+        outcome.status = MessageStatus.SKIPPED
+        return outcome
+
+    qr = getattr(customer, "qr", None)
+    values = template_values(customer, qr.code if qr is not None and qr.code else None, short_url_base)
+    try:
+        body, length = compose(campaign.template, values)
+    except (TemplateError, MessageTooLong) as exc:
+        _transition(message_id, MessageStatus.PENDING, status=MessageStatus.FAILED, error_code=exc.code, reason=exc.reason)
+        outcome.status, outcome.detail = MessageStatus.FAILED, exc.reason
+        return outcome
+
+    claimed = _transition(
+        message_id, MessageStatus.PENDING,
+        status=MessageStatus.SENDING, body=body, encoding=length.encoding, segments=length.segments,
+        attempts=Message.attempts + 1, sending_at=utcnow(),
+    )
+    if not claimed:
+        outcome.detail = "claimed by another worker"
+        return outcome
+
+    try:
+        sent = backend.send(to=message.to_phone, body=body)
+    except RecipientOptedOut as exc:
+        _fail(message_id, exc)
+        Customer.update(sms_subscribed=False).where(Customer.id == customer.id).execute()
+        outcome.status, outcome.detail = MessageStatus.FAILED, exc.reason
+        return outcome
+    except PermanentError as exc:
+        _fail(message_id, exc)
+        outcome.status, outcome.detail = MessageStatus.FAILED, exc.reason
+        return outcome
+    except SenderError as exc:
+        _transition(message_id, MessageStatus.SENDING, status=MessageStatus.PENDING, queued_at=None)
+        pause_campaign(campaign.id, f"sender error {exc.code}: {exc.reason}")
+        outcome.status, outcome.detail = MessageStatus.PENDING, exc.reason
+        return outcome
+    except TransientError as exc:
+        _transition(message_id, MessageStatus.SENDING, status=MessageStatus.PENDING, error_code=exc.code, reason=exc.reason)
+        logger.warning("message %s to %s: transient error %s: %s", message_id, mask_phone(message.to_phone), exc.code, exc.reason)
+        raise
+
+    _transition(
+        message_id, MessageStatus.SENDING,
+        status=MessageStatus.SENT, twilio_sid=sent.sid, sent_at=utcnow(),
+        segments=sent.segments or length.segments, error_code=None, reason=None,
+    )
+    outcome.status = MessageStatus.SENT
+    return outcome
+
+
+def give_up(message_id: int, *, retries: int) -> int | None:
+    """Fail a message whose transient errors outlasted its retries; returns its campaign."""
+    message = Message.get_or_none(Message.id == message_id)
+    if message is None:
+        return None
+    reason = f"gave up after {retries} retries; last error: {message.reason or 'unknown'}"
+    if _transition(message_id, MessageStatus.PENDING, status=MessageStatus.FAILED, error_code="retries_exhausted", reason=reason):
+        record_event(message.campaign_id, "retries_exhausted", f"message {message_id}: {reason}")
+    return message.campaign_id
+
+
+def _fail(message_id: int, exc: CampaignError) -> None:
+    _transition(message_id, MessageStatus.SENDING, status=MessageStatus.FAILED, error_code=exc.code, reason=exc.reason)
+
+
+def recompute_analytics(campaign_id: int) -> CampaignAnalytics | None:
+    """Recompute the campaign's analytics from its message rows (one aggregate query) and
+    complete the campaign when the fan-out is done and nothing is left to send."""
+    counts: dict[str, int] = {status: 0 for status in MessageStatus.ALL}
+    skipped_by_reason: dict[str, int] = {}
+    failed_by_reason: dict[str, int] = {}
+    segments = 0
+    query = (
+        Message.select(Message.status, Message.error_code, fn.COUNT(Message.id).alias("n"), fn.SUM(Message.segments).alias("segs"))
+        .where(Message.campaign == campaign_id)
+        .group_by(Message.status, Message.error_code)
+        .tuples()
+    )
+    for status, code, n, segs in query:
+        counts[status] = counts.get(status, 0) + n
+        if status == MessageStatus.SKIPPED:
+            skipped_by_reason[code or "unknown"] = skipped_by_reason.get(code or "unknown", 0) + n
+        elif status == MessageStatus.FAILED:
+            failed_by_reason[code or "unknown"] = failed_by_reason.get(code or "unknown", 0) + n
+        elif status == MessageStatus.SENT:
+            segments += int(segs or 0)
+    targeted = sum(counts.values())
+    values = {
+        "targeted": targeted,
+        "eligible": targeted - counts[MessageStatus.SKIPPED],
+        "pending": counts[MessageStatus.PENDING] + counts[MessageStatus.SENDING],
+        "sent": counts[MessageStatus.SENT],
+        "failed": counts[MessageStatus.FAILED],
+        "skipped": counts[MessageStatus.SKIPPED],
+        "segments": segments,
+        "skipped_by_reason": json.dumps(skipped_by_reason, sort_keys=True),
+        "failed_by_reason": json.dumps(failed_by_reason, sort_keys=True),
+        "updated_at": utcnow(),
+    }
+    campaign = Campaign.get_or_none(Campaign.id == campaign_id)
+    if campaign is None:
+        return None
+    (
+        CampaignAnalytics.insert(campaign=campaign_id, **values)
+        .on_conflict(conflict_target=[CampaignAnalytics.campaign], update=values)
+        .execute()
+    )
+    if campaign.status == CampaignStatus.SENDING and campaign.fanout_done_at is not None and values["pending"] == 0:
+        (
+            Campaign.update(status=CampaignStatus.COMPLETED, completed_at=utcnow())
+            .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING)
+            .execute()
+        )
+    return CampaignAnalytics.get(CampaignAnalytics.campaign == campaign_id)
+
+
+def analytics_dict(campaign_id: int) -> dict:
+    """The campaign's status and analytics as plain data, for the shell, the CLI and tests."""
+    campaign = Campaign.get_by_id(campaign_id)
+    row = CampaignAnalytics.get_or_none(CampaignAnalytics.campaign == campaign_id)
+    data = {"campaign_id": campaign_id, "name": campaign.name, "status": campaign.status, "status_reason": campaign.status_reason}
+    if row is None:
+        return data
+    data.update(
+        targeted=row.targeted, eligible=row.eligible, pending=row.pending, sent=row.sent, failed=row.failed,
+        skipped=row.skipped, segments=row.segments,
+        skipped_by_reason=json.loads(row.skipped_by_reason), failed_by_reason=json.loads(row.failed_by_reason),
+    )
+    return data
+
+
+def database_counts(campaign_id: int) -> dict[str, int]:
+    """Message rows by status, straight from the table: what analytics must equal."""
+    query = Message.select(Message.status, fn.COUNT(Message.id)).where(Message.campaign == campaign_id).group_by(Message.status).tuples()
+    return dict(query)

@@ -1,0 +1,204 @@
+"""Peewee models: the database is the source of truth; Redis only carries IDs.
+
+Every (campaign, customer) pair gets exactly one ``Message`` row (a unique index), and that
+row's status is the customer's outcome for the campaign. ``CampaignAnalytics`` is always
+recomputed from those rows, never incremented, so it cannot drift from them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+
+from peewee import (
+
+    AutoField,
+    BooleanField,
+    CharField,
+    DatabaseProxy,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    SqliteDatabase,
+    TextField,
+)
+from playhouse.db_url import connect as connect_url
+
+database = DatabaseProxy()
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "busy_timeout": 10_000,
+    "synchronous": "normal",
+    "foreign_keys": 1,
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+
+
+class Customer(BaseModel):
+    first_name = CharField(max_length=100, default="")
+    last_name = CharField(max_length=100, default="")
+    phone = CharField(max_length=40, null=True)
+    sms_subscribed = BooleanField(default=True)
+    created_at = DateTimeField(default=utcnow)
+
+
+class QRCode(BaseModel):
+    customer = ForeignKeyField(Customer, backref="qr_codes", unique=True, on_delete="CASCADE")
+    code = CharField(max_length=32, unique=True)
+
+
+class CampaignStatus:
+    DRAFT = "draft"
+    SENDING = "sending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    FINISHED = (COMPLETED, FAILED, CANCELLED)
+
+
+class Campaign(BaseModel):
+    name = CharField(max_length=200)
+    template = TextField()
+    status = CharField(max_length=16, default=CampaignStatus.DRAFT, index=True)
+    status_reason = TextField(null=True)
+    fanout_done_at = DateTimeField(null=True)
+    started_at = DateTimeField(null=True)
+    completed_at = DateTimeField(null=True)
+    created_at = DateTimeField(default=utcnow)
+
+
+class MessageStatus:
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    OPEN = (PENDING, SENDING)
+    ALL = (PENDING, SENDING, SENT, FAILED, SKIPPED)
+
+
+class Message(BaseModel):
+    """One customer's outcome in one campaign."""
+
+    id = AutoField()
+    campaign = ForeignKeyField(Campaign, backref="messages", on_delete="CASCADE")
+    customer = ForeignKeyField(Customer, backref="messages", on_delete="CASCADE")
+    status = CharField(max_length=16, default=MessageStatus.PENDING)
+    to_phone = CharField(max_length=20, null=True)
+    body = TextField(null=True)
+    encoding = CharField(max_length=8, null=True)
+    segments = IntegerField(null=True)
+    twilio_sid = CharField(max_length=40, null=True, unique=True)
+    error_code = CharField(max_length=32, null=True)
+    reason = TextField(null=True)
+    attempts = IntegerField(default=0)
+    queued_at = DateTimeField(null=True)
+    sending_at = DateTimeField(null=True)
+    sent_at = DateTimeField(null=True)
+    created_at = DateTimeField(default=utcnow)
+    updated_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("campaign", "customer"), True), (("campaign", "status"), False))
+
+
+class CampaignAnalytics(BaseModel):
+    campaign = ForeignKeyField(Campaign, backref="analytics", unique=True, on_delete="CASCADE")
+    targeted = IntegerField(default=0)
+    eligible = IntegerField(default=0)
+    pending = IntegerField(default=0)
+    sent = IntegerField(default=0)
+    failed = IntegerField(default=0)
+    skipped = IntegerField(default=0)
+    segments = IntegerField(default=0)
+    skipped_by_reason = TextField(default="{}")
+    failed_by_reason = TextField(default="{}")
+    updated_at = DateTimeField(default=utcnow)
+
+
+class Event(BaseModel):
+    """An operator-visible record of something that went wrong outside a message row
+    (for example a campaign id that does not exist)."""
+
+    campaign_id = IntegerField(null=True, index=True)
+    level = CharField(max_length=8, default="error")
+    code = CharField(max_length=40)
+    detail = TextField()
+    created_at = DateTimeField(default=utcnow)
+
+
+MODELS = [Customer, QRCode, Campaign, Message, CampaignAnalytics, Event]
+
+
+def make_database(url: str):
+    """A peewee database for ``url``; SQLite gets WAL and a busy timeout so that several
+    worker threads and processes can share one file."""
+    if url.startswith("sqlite"):
+        return connect_url(url, pragmas=SQLITE_PRAGMAS, timeout=10)
+    return connect_url(url)
+
+
+def configure_database(url: str):
+    """Point the models at ``url`` (idempotent for the same URL) and return the database."""
+    current = database.obj
+    if current is not None and getattr(current, "_project_url", None) == url:
+        return current
+    db = make_database(url)
+    db._project_url = url
+    database.initialize(db)
+    return db
+
+
+def create_schema() -> None:
+    with database.connection_context():
+        database.create_tables(MODELS, safe=True)
+
+
+def write_transaction():
+    """A transaction for read-then-write work. On SQLite it takes the write lock at BEGIN
+    (``IMMEDIATE``) so two writers cannot both read and then deadlock upgrading."""
+    if isinstance(database.obj, SqliteDatabase):
+        return database.atomic("IMMEDIATE")
+    return database.atomic()
+
+
+@contextlib.contextmanager
+def connection():
+    """Open a connection for the block unless one is already open (reused), then close
+    only what this block opened."""
+    opened = database.connect(reuse_if_open=True)
+    try:
+        yield database
+    finally:
+        if opened and not database.is_closed():
+            database.close()
+
+
+__all__ = [
+
+    "Campaign",
+    "CampaignAnalytics",
+    "CampaignStatus",
+    "Customer",
+    "Event",
+    "Message",
+    "MessageStatus",
+    "QRCode",
+    "configure_database",
+    "connection",
+    "create_schema",
+    "database",
+    "utcnow",
+    "write_transaction",
+]

@@ -1,0 +1,268 @@
+"""SMS rules: template checking and rendering, GSM-7/UCS-2 length, footer, phone numbers.
+
+Everything here is a pure function so the worker, the API and the tests agree on one
+definition of "what will be sent and how Twilio will count it". Every campaign message
+must fit in ONE segment once the opt-out footer is added: a second segment doubles the
+cost and a split message may arrive out of order on some handsets.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import phonenumbers
+
+from errors import InvalidPhone, MessageTooLong, TemplateError
+
+FOOTER = "Reply STOP to unsubscribe"
+PLACEHOLDERS = frozenset({"first_name", "last_name", "name", "short_url"})
+
+GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅå"
+    "\u0394_\u03a6\u0393\u039b\u03a9\u03a0\u03a8\u03a3\u0398\u039e"  # Δ_ΦΓΛΩΠΨΣΘΞ
+    "ÆæßÉ"
+    " !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§"
+    "¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+"""GSM 03.38 default alphabet minus ESC: 127 characters costing one septet each."""
+
+GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
+"""Reached through ESC, so each costs two septets."""
+
+GSM7_SINGLE_MAX, GSM7_PART_MAX = 160, 153
+UCS2_SINGLE_MAX, UCS2_PART_MAX = 70, 67
+
+_ALLOWED_PHONE_CHARS = re.compile(r"[0-9 +().\-]+")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ASCII_DIGITS = frozenset("0123456789")
+
+
+@dataclass(frozen=True)
+class SmsLength:
+    """How Twilio will count a message.
+
+    ``units`` are septets for GSM-7 (extension characters count 2) and UTF-16 code
+    units for UCS-2. An empty message is 0 units but still 1 segment, as it is billed.
+    """
+
+    encoding: str
+    units: int
+    segments: int
+    single_segment_max: int
+
+    @property
+    def fits_one_segment(self) -> bool:
+        return self.segments == 1
+
+
+def _first_non_gsm(text: str) -> str | None:
+    """The character that forces UCS-2, so an error can tell the author what to replace."""
+    for ch in text:
+        if ch not in GSM7_BASIC and ch not in GSM7_EXTENSION:
+            return ch
+    return None
+
+
+def _count_parts(costs: Iterable[int], part_max: int) -> int:
+    """Fill parts greedily because a character (ESC pair, surrogate pair) is never split.
+
+    This can need one part more than ``ceil(units / part_max)``.
+    """
+    parts, used = 1, 0
+    for cost in costs:
+        if used + cost > part_max:
+            parts, used = parts + 1, cost
+        else:
+            used += cost
+    return parts
+
+
+def measure(text: str) -> SmsLength:
+    """Encoding, length and segment count of ``text`` exactly as sent (no normalisation)."""
+    if _first_non_gsm(text) is None:
+        costs = [2 if ch in GSM7_EXTENSION else 1 for ch in text]
+        encoding, single_max, part_max = "GSM-7", GSM7_SINGLE_MAX, GSM7_PART_MAX
+    else:
+        costs = [2 if ord(ch) > 0xFFFF else 1 for ch in text]
+        encoding, single_max, part_max = "UCS-2", UCS2_SINGLE_MAX, UCS2_PART_MAX
+    units = sum(costs)
+    segments = 1 if units <= single_max else _count_parts(costs, part_max)
+    return SmsLength(encoding=encoding, units=units, segments=segments, single_segment_max=single_max)
+
+
+def _allowed_list() -> str:
+    return ", ".join("{%s}" % name for name in sorted(PLACEHOLDERS))
+
+
+def _field_error(field: str, pos: int) -> TemplateError | None:
+    """Why ``{field}`` is refused, or None when it is an allowed placeholder.
+
+    Only bare whitelisted names are accepted: attribute/index access, conversions and
+    format specs would let a template reach into objects or reshape values.
+    """
+    where = f"{{{field}}} at position {pos}"
+    if field == "" or field.isdigit():
+        reason = f"positional or empty field {where} is not allowed; use a named placeholder"
+    elif "!" in field:
+        reason = f"conversion in {where} is not allowed"
+    elif ":" in field:
+        reason = f"format spec in {where} is not allowed"
+    elif "." in field or "[" in field or "]" in field:
+        reason = f"attribute or index access in {where} is not allowed"
+    elif not _IDENTIFIER.fullmatch(field) or field not in PLACEHOLDERS:
+        reason = f"unknown placeholder {where}"
+    else:
+        return None
+    return TemplateError(f"{reason}; allowed placeholders: {_allowed_list()}", code="invalid_template")
+
+
+def _tokens(template: str) -> list[tuple[str, bool]]:
+    """Split into (text, is_placeholder) pairs, rejecting anything not whitelisted.
+
+    A hand-written scanner rather than ``string.Formatter`` so that render and
+    validation share one strict grammar: ``{{``/``}}`` are literal braces and a field
+    is everything up to the next ``}``.
+    """
+    if not isinstance(template, str):
+        raise TemplateError(f"template must be text, not {type(template).__name__}", code="invalid_template")
+    tokens: list[tuple[str, bool]] = []
+    literal: list[str] = []
+    i, n = 0, len(template)
+    while i < n:
+        ch = template[i]
+        if ch in "{}" and template.startswith(ch * 2, i):
+            literal.append(ch)
+            i += 2
+        elif ch == "}":
+            raise TemplateError(f"unbalanced '}}' at position {i}; write '}}}}' for a literal brace",
+                                code="invalid_template")
+        elif ch == "{":
+            end = template.find("}", i + 1)
+            nested = template.find("{", i + 1)
+            if end == -1 or (nested != -1 and nested < end):
+                raise TemplateError(f"unbalanced '{{' at position {i}; write '{{{{' for a literal brace",
+                                    code="invalid_template")
+            field = template[i + 1:end]
+            error = _field_error(field, i)
+            if error is not None:
+                raise error
+            if literal:
+                tokens.append(("".join(literal), False))
+                literal = []
+            tokens.append((field, True))
+            i = end + 1
+        else:
+            literal.append(ch)
+            i += 1
+    if literal:
+        tokens.append(("".join(literal), False))
+    return tokens
+
+
+def template_fields(template: str) -> set[str]:
+    """Placeholder names used by ``template``; raises TemplateError if any part is not allowed."""
+    return {text for text, is_field in _tokens(template) if is_field}
+
+
+def validate_template(template: str) -> None:
+    """Reject a template at campaign creation rather than failing every message later."""
+    if not isinstance(template, str) or not template.strip():
+        raise TemplateError("template is empty", code="invalid_template")
+    template_fields(template)
+
+
+def render(template: str, values: Mapping[str, str]) -> str:
+    """Fill whitelisted placeholders in one pass, so a value is never re-parsed as a template.
+
+    Values are only passed through ``str()``; missing or None values render as "".
+    Line endings become LF because CR costs a septet and shows as a blank line on
+    some handsets; trailing whitespace is dropped because it costs units for nothing.
+    """
+    parts = []
+    for text, is_field in _tokens(template):
+        if is_field:
+            value = values.get(text)
+            parts.append("" if value is None else str(value))
+        else:
+            parts.append(text)
+    return "".join(parts).replace("\r\n", "\n").replace("\r", "\n").rstrip()
+
+
+def append_footer(body: str) -> str:
+    """Always add the opt-out footer: compliance requires it even if the body mentions STOP."""
+    body = body.rstrip()
+    return f"{body}\n{FOOTER}" if body else FOOTER
+
+
+def compose(template: str, values: Mapping[str, str]) -> tuple[str, SmsLength]:
+    """The exact text to send and its length; raises MessageTooLong beyond one segment.
+
+    The template is validated first (an empty one is refused) so a campaign never
+    sends the footer alone by mistake.
+    """
+    validate_template(template)
+    text = append_footer(render(template, values))
+    length = measure(text)
+    if not length.fits_one_segment:
+        if length.encoding == "GSM-7":
+            reason = f"{length.units} GSM-7 septets > {length.single_segment_max} for one segment"
+        else:
+            reason = (f"{length.units} UCS-2 units > {length.single_segment_max} for one segment "
+                      f"(non-GSM character {_first_non_gsm(text)!r})")
+        raise MessageTooLong(reason, code="too_long")
+    return text, length
+
+
+def _masked_digits(digits: str) -> str:
+    """Show at most the last 4 digits and always hide at least 4, so short input stays masked."""
+    if not digits:
+        return "(no digits)"
+    shown = max(0, min(4, len(digits) - 4))
+    return "*" * (len(digits) - shown) + digits[len(digits) - shown:]
+
+
+def mask_phone(phone: str | None) -> str:
+    """A log-safe form of a phone number: "+12125554567" -> "+1******4567".
+
+    The first digit (roughly the country) is kept only for numbers of 10+ digits, so
+    no output ever shows more than 5 digits, and short input no more than 4.
+    """
+    if not isinstance(phone, str) or not phone.strip():
+        return "(none)"
+    digits = "".join(ch for ch in phone if ch in _ASCII_DIGITS)
+    if not digits:
+        return _masked_digits(digits)
+    plus = "+" if phone.strip().startswith("+") else ""
+    if len(digits) >= 10:
+        return plus + digits[0] + "*" * (len(digits) - 5) + digits[-4:]
+    return plus + _masked_digits(digits)
+
+
+def normalize_phone(raw: str | None, default_region: str = "US") -> str:
+    """E.164 form of ``raw`` (e.g. "+12125550123"), or InvalidPhone.
+
+    Letters are refused although phonenumbers would map them to keypad digits: in a
+    contact list they mean a typo, not a vanity number. Reasons end up in logs, so
+    they show the number masked.
+    """
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise InvalidPhone("missing phone number", code="missing_phone")
+    if not isinstance(raw, str):
+        raise InvalidPhone(f"phone number must be text, not {type(raw).__name__}", code="invalid_phone")
+    text = raw.strip()
+    masked = _masked_digits("".join(ch for ch in text if ch in _ASCII_DIGITS))
+    if not _ALLOWED_PHONE_CHARS.fullmatch(text):
+        raise InvalidPhone(f"invalid phone number {masked}: only digits, spaces and + ( ) - . are allowed",
+                           code="invalid_phone")
+    try:
+        number = phonenumbers.parse(text, default_region)
+    except phonenumbers.NumberParseException:
+        raise InvalidPhone(f"invalid phone number {masked}: cannot be parsed (default region {default_region})",
+                           code="invalid_phone") from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidPhone(f"invalid phone number {masked}: not a valid number (default region {default_region})",
+                           code="invalid_phone")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

@@ -1,0 +1,161 @@
+"""Sending one SMS: the Twilio backend, a console backend for development, and the one
+place where Twilio's answers are mapped onto the project's error hierarchy."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Protocol
+
+import requests
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+from errors import MaybeSent, PermanentError, RecipientOptedOut, SenderError, TransientError
+from settings import Settings
+from sms import mask_phone, measure
+
+logger = logging.getLogger(__name__)
+
+#: Per-recipient errors: this customer cannot get this message; nobody else is affected.
+RECIPIENT_ERRORS = {
+    21211: "invalid 'To' phone number",
+    21214: "'To' phone number cannot be reached",
+    21217: "phone number does not appear to be valid",
+    21401: "invalid phone number",
+    21407: "this phone number type does not support SMS",
+    21408: "sending to this destination region is not enabled",
+    21421: "phone number is invalid",
+    21604: "'To' phone number is required",
+    21608: "'To' number is not verified for this trial account",
+    21612: "the 'To' number is not currently reachable via SMS",
+    21614: "'To' number is not a valid mobile number",
+    21617: "the message body exceeds the 1600 character limit",
+    21635: "'To' number cannot be a landline",
+    30004: "message blocked",
+    30005: "unknown destination handset",
+    30006: "landline or unreachable carrier",
+    30007: "message filtered by the carrier",
+}
+#: The recipient has opted out at Twilio's level; also unsubscribes the customer.
+OPTED_OUT = 21610
+#: Sender or account errors: every further message would fail the same way.
+SENDER_ERRORS = {
+    20003: "Twilio rejected the credentials (check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)",
+    20005: "the Twilio account is not active",
+    21212: "the 'From' number is not a valid phone number or short code",
+    21603: "no 'From' number or messaging service was given",
+    21606: "the 'From' number is not a valid, SMS-capable Twilio number for this account",
+    21659: "the 'From' number is not a Twilio number of this account",
+    21704: "the messaging service has no phone numbers in its sender pool",
+    30002: "the Twilio account is suspended",
+}
+#: Throttling and queue-overflow errors that clear by themselves.
+TRANSIENT_ERRORS = {20429: "too many requests", 30001: "Twilio's queue overflowed", 20500: "Twilio internal error"}
+
+
+def classify_twilio_error(status: int, code: int | None, message: str = "") -> Exception:
+    """Map one Twilio error answer onto PermanentError / TransientError / SenderError."""
+    detail = message or "no message"
+    if code == OPTED_OUT:
+        return RecipientOptedOut("recipient has opted out (replied STOP)", code=code)
+    if code in RECIPIENT_ERRORS:
+        return PermanentError(RECIPIENT_ERRORS[code], code=code)
+    if code in SENDER_ERRORS:
+        return SenderError(SENDER_ERRORS[code], code=code)
+    if code in TRANSIENT_ERRORS or status == 429:
+        return TransientError(TRANSIENT_ERRORS.get(code, "too many requests"), code=code or 429)
+    if status >= 500:
+        # A 5xx may come after Twilio created the message.
+        return MaybeSent(f"Twilio answered HTTP {status}: {detail}", code=code or status)
+    if status in (401, 403):
+        return SenderError(f"Twilio refused the request (HTTP {status}): {detail}", code=code or status)
+    return PermanentError(f"Twilio rejected the message (HTTP {status}, code {code}): {detail}", code=code or status)
+
+
+def classify_transport_error(exc: requests.RequestException) -> Exception:
+    """A connect failure means the request never left; anything later may have been sent."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return TransientError("timed out connecting to Twilio", code="connect_timeout")
+    if isinstance(exc, requests.exceptions.ConnectionError) and _never_connected(exc):
+        return TransientError("could not connect to Twilio", code="connect_error")
+    if isinstance(exc, requests.exceptions.Timeout):
+        return MaybeSent("timed out waiting for Twilio's answer", code="read_timeout")
+    return MaybeSent(f"connection to Twilio failed mid-request ({type(exc).__name__})", code="connection_dropped")
+
+
+def _never_connected(exc: requests.exceptions.ConnectionError) -> bool:
+    text = repr(exc)
+    return "NewConnectionError" in text or "Connection refused" in text or "NameResolutionError" in text
+
+
+@dataclass(frozen=True)
+class SendResult:
+    sid: str
+    status: str
+    segments: int | None = None
+
+
+class SmsBackend(Protocol):
+    def send(self, *, to: str, body: str) -> SendResult: ...
+
+
+class TwilioBackend:
+    """Sends through the real ``twilio`` client; every failure leaves as a project error."""
+
+    def __init__(self, client: Client, *, sender: dict[str, str], status_callback_url: str = "") -> None:
+        self.client = client
+        self.sender = sender
+        self.status_callback_url = status_callback_url or None
+
+    def send(self, *, to: str, body: str) -> SendResult:
+        try:
+            message = self.client.messages.create(
+                to=to, body=body, status_callback=self.status_callback_url, **self.sender
+            )
+        except TwilioRestException as exc:
+            raise classify_twilio_error(exc.status, exc.code, exc.msg) from None
+        except requests.RequestException as exc:
+            raise classify_transport_error(exc) from None
+        segments = int(message.num_segments) if message.num_segments not in (None, "") else None
+        return SendResult(sid=message.sid, status=message.status or "queued", segments=segments)
+
+
+class ConsoleBackend:
+    """Prints each message instead of sending it, for development and the demo."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream
+
+    def send(self, *, to: str, body: str) -> SendResult:
+        length = measure(body)
+        first_line = body.splitlines()[0] if body else ""
+        print(f"[console sms] to {mask_phone(to)} ({length.encoding}, {length.units} units): {first_line}", file=self.stream, flush=True)
+        return SendResult(sid="CO" + uuid.uuid4().hex, status="sent", segments=length.segments)
+
+
+def make_twilio_client(settings: Settings) -> Client:
+    """The one place a Twilio client is built: explicit timeout, optional local base URL."""
+    http_client = TwilioHttpClient(timeout=settings.twilio_timeout_s)
+    client = Client(settings.twilio_account_sid, str(settings.twilio_auth_token), http_client=http_client)
+    if settings.twilio_api_base_url:
+        client.api.base_url = settings.twilio_api_base_url.rstrip("/")
+        # TWILIO_EDGE / TWILIO_REGION would rewrite the local host into *.twilio.com.
+        client.edge = None
+        client.region = None
+    # The client logs query strings at INFO, and those can carry phone numbers.
+    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
+    return client
+
+
+def make_backend(settings: Settings) -> SmsBackend:
+    if settings.sms_backend == "console":
+        return ConsoleBackend()
+    settings._validate_twilio()
+    return TwilioBackend(
+        make_twilio_client(settings),
+        sender=settings.twilio_sender,
+        status_callback_url=settings.twilio_status_callback_url,
+    )
