@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import requests
+from requests.adapters import HTTPAdapter
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
@@ -142,6 +143,8 @@ def make_twilio_client(settings: Settings) -> Client:
     client = Client(settings.twilio_account_sid, str(settings.twilio_auth_token), http_client=http_client)
     if settings.twilio_api_base_url:
         client.api.base_url = settings.twilio_api_base_url.rstrip("/")
+        # The client sizes its pool for https only; a local http fake needs the same.
+        http_client.session.mount("http://", HTTPAdapter(pool_maxsize=32))
         # TWILIO_EDGE / TWILIO_REGION would rewrite the local host into *.twilio.com.
         client.edge = None
         client.region = None

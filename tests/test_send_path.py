@@ -1,0 +1,198 @@
+"""The spec's send path on a StubBroker with in-process workers, on SQLite and PostgreSQL,
+through the real twilio client and the fake Twilio API."""
+
+from __future__ import annotations
+
+import json
+
+from playhouse.test_utils import count_queries
+
+import actors
+import campaigns
+from models import Campaign, CampaignAnalytics, CampaignStatus, Customer, Event, Message, MessageStatus
+from sms import FOOTER, measure
+from tests.conftest import FROM_NUMBER, join_all
+from tests.factories import make_campaign, make_customers, phone_for
+
+
+def run_campaign(broker, campaign_id: int) -> None:
+    actors.send_campaign.send(campaign_id)
+    join_all(broker)
+
+
+def statuses(campaign_id: int) -> dict[str, int]:
+    return campaigns.database_counts(campaign_id)
+
+
+def test_campaign_sends_one_sms_per_eligible_customer(db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    # Given 40 customers, of whom 3 are unsubscribed, 2 have bad phones and 1 has no QR code
+    ids = make_customers(40, unsubscribed={1, 2, 3}, bad_phones={4: "12345", 5: "+1555abc"}, no_qr={6})
+    campaign_id = make_campaign()
+
+    # When the campaign runs
+    run_campaign(stub_broker, campaign_id)
+
+    # Then each of the 34 eligible customers got exactly one message, ending with the footer
+    assert len(fake_twilio.messages) == 34
+    assert sorted(m["to"] for m in fake_twilio.messages) == sorted(phone_for(i) for i in [0, *range(7, 40)])
+    for sent in fake_twilio.messages:
+        assert sent["body"].endswith("\n" + FOOTER)
+        assert sent["from"] == FROM_NUMBER
+        assert measure(sent["body"]).segments == 1
+    # And the short URL points at the customer's own QR code
+    row = Message.get(Message.customer == ids[10])
+    assert f"/C{ids[10]:07d}" in row.body and row.twilio_sid.startswith("SM")
+    # And the others are recorded skipped with their reasons
+    skipped = {m.customer_id: m.error_code for m in Message.select().where(Message.status == MessageStatus.SKIPPED)}
+    assert skipped == {
+        ids[1]: "unsubscribed", ids[2]: "unsubscribed", ids[3]: "unsubscribed",
+        ids[4]: "invalid_phone", ids[5]: "invalid_phone", ids[6]: "no_qr_code",
+    }
+    # And the analytics equal the database and the campaign is completed
+    analytics = CampaignAnalytics.get(CampaignAnalytics.campaign == campaign_id)
+    assert (analytics.targeted, analytics.sent, analytics.skipped, analytics.failed, analytics.pending) == (40, 34, 6, 0, 0)
+    assert analytics.segments == 34
+    assert json.loads(analytics.skipped_by_reason) == {"invalid_phone": 2, "no_qr_code": 1, "unsubscribed": 3}
+    assert statuses(campaign_id) == {"sent": 34, "skipped": 6}
+    assert Campaign.get_by_id(campaign_id).status == CampaignStatus.COMPLETED
+
+
+def test_running_the_fan_out_twice_sends_nothing_twice(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    # Given a campaign of 30 eligible customers
+    make_customers(30)
+    campaign_id = make_campaign()
+
+    # When send_campaign is enqueued twice at once, and once more after it finished
+    actors.send_campaign.send(campaign_id)
+    actors.send_campaign.send(campaign_id)
+    join_all(stub_broker)
+    actors.send_campaign.send(campaign_id)
+    join_all(stub_broker)
+
+    # Then every customer got exactly one message and there is one row per customer
+    tos = [m["to"] for m in fake_twilio.messages]
+    assert len(tos) == 30 and len(set(tos)) == 30
+    assert Message.select().count() == 30
+
+
+def test_send_sms_redelivered_after_success_sends_nothing(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    # Given a campaign that has been sent
+    make_customers(3)
+    campaign_id = make_campaign()
+    run_campaign(stub_broker, campaign_id)
+    assert len(fake_twilio.messages) == 3
+
+    # When the broker redelivers every send_sms message
+    for message in Message.select():
+        actors.send_sms.send(message.id)
+    join_all(stub_broker)
+
+    # Then Twilio saw no second message
+    assert len(fake_twilio.messages) == 3
+    assert Message.select().where(Message.attempts != 1).count() == 0
+
+
+def test_campaign_that_does_not_exist_is_recorded_not_crashed(sqlite_db, stub_broker, stub_worker, twilio_backend):
+    # When a fan-out is enqueued for a campaign id that does not exist
+    actors.send_campaign.send(4242)
+    join_all(stub_broker)  # fail_fast: a dead-lettered message would raise here
+
+    # Then an operator-visible event names it
+    event = Event.get(Event.campaign_id == 4242)
+    assert event.code == "campaign_not_found" and "4242" in event.detail
+
+
+def test_send_sms_for_a_missing_message_is_recorded(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    actors.send_sms.send(999_999)
+    join_all(stub_broker)
+    assert Event.get(Event.code == "message_not_found").detail == "message 999999 does not exist"
+    assert fake_twilio.messages == []
+
+
+def test_unknown_placeholder_fails_the_campaign_with_the_reason(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    make_customers(5)
+    campaign_id = make_campaign("Hi {frist_name}: {short_url}")
+
+    run_campaign(stub_broker, campaign_id)
+
+    campaign = Campaign.get_by_id(campaign_id)
+    assert campaign.status == CampaignStatus.FAILED
+    assert "{frist_name}" in campaign.status_reason
+    assert Message.select().count() == 0 and fake_twilio.messages == []
+    assert Event.get(Event.campaign_id == campaign_id).code == "campaign_failed"
+
+
+def test_template_that_cannot_fit_even_with_an_empty_name_fails_the_campaign(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    make_customers(5)
+    campaign_id = make_campaign("Hi {first_name}! " + "Big sale today. " * 8 + "{short_url}")
+
+    run_campaign(stub_broker, campaign_id)
+
+    campaign = Campaign.get_by_id(campaign_id)
+    assert campaign.status == CampaignStatus.FAILED
+    assert "cannot fit in one SMS even with an empty name" in campaign.status_reason
+    assert fake_twilio.messages == []
+
+
+def test_a_name_that_forces_ucs2_fails_only_that_customer(db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    # Given a template that fits in GSM-7 but not in 70 UCS-2 units
+    ids = make_customers(3)
+    Customer.update(first_name="Zoë").where(Customer.id == ids[1]).execute()
+    campaign_id = make_campaign()
+
+    run_campaign(stub_broker, campaign_id)
+
+    # Then that one customer is failed with a reason that names the character, the others sent
+    failed = Message.get(Message.customer == ids[1])
+    assert failed.status == MessageStatus.FAILED and failed.error_code == "too_long"
+    assert "UCS-2" in failed.reason and "ë" in failed.reason
+    assert len(fake_twilio.messages) == 2
+    assert statuses(campaign_id) == {"sent": 2, "failed": 1}
+    assert Campaign.get_by_id(campaign_id).status == CampaignStatus.COMPLETED
+
+
+def test_permanent_twilio_errors_fail_the_record_once(db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    # Given Twilio rejects one number as invalid and one recipient has replied STOP
+    ids = make_customers(4)
+    fake_twilio.fail_number(phone_for(1), 21211)
+    fake_twilio.fail_number(phone_for(2), 21610)
+    campaign_id = make_campaign()
+
+    run_campaign(stub_broker, campaign_id)
+
+    # Then each is failed with its code after exactly one request, and the STOP unsubscribes
+    codes = {m.customer_id: m.error_code for m in Message.select().where(Message.status == MessageStatus.FAILED)}
+    assert codes == {ids[1]: "21211", ids[2]: "21610"}
+    assert [r["to"] for r in fake_twilio.requests].count(phone_for(1)) == 1
+    assert Customer.get_by_id(ids[2]).sms_subscribed is False
+    analytics = campaigns.analytics_dict(campaign_id)
+    assert analytics["failed_by_reason"] == {"21211": 1, "21610": 1} and analytics["sent"] == 2
+
+
+def test_sender_error_pauses_the_campaign_and_sends_nothing_more(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    make_customers(10)
+    fake_twilio.fail_all(21606)
+    campaign_id = make_campaign()
+
+    run_campaign(stub_broker, campaign_id)
+
+    campaign = Campaign.get_by_id(campaign_id)
+    assert campaign.status == CampaignStatus.PAUSED and "21606" in campaign.status_reason
+    assert fake_twilio.messages == []
+    assert Message.select().where(Message.status == MessageStatus.FAILED).count() == 0
+
+
+def test_send_message_uses_three_queries(db, fake_twilio, twilio_backend):
+    # Given one pending message of a running campaign
+    make_customers(1)
+    campaign_id = make_campaign()
+    campaigns.fan_out(campaign_id, enqueue=lambda ids: None, short_url_base="https://x.test/q")
+    message_id = Message.get().id
+
+    # When it is sent
+    with count_queries() as counter:
+        outcome = campaigns.send_message(message_id, backend=twilio_backend, short_url_base="https://x.test/q")
+
+    # Then it took one load, one claim and one result update
+    assert outcome.status == MessageStatus.SENT
+    assert counter.count == 3, [q.msg for q in counter.get_queries()]
