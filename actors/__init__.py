@@ -38,7 +38,7 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
         client = redis.Redis(connection_pool=pool)
         broker = RedisBroker(client=client, namespace=settings.dramatiq_namespace)
         broker.redis_client = client
-        storage = RedisStorage(settings.redis_url, connection_pool=pool)
+        storage = RedisStorage(settings.redis_url, connection_pool=pool, key_prefix=f"{settings.dramatiq_namespace}:limits")
     for middleware in broker.middleware:
         if isinstance(middleware, Retries):
             middleware.max_retries = settings.worker_max_retries

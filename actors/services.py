@@ -30,7 +30,11 @@ def get_services() -> Services:
         settings = get_settings()
         _services = Services(
             backend=make_backend(settings),
-            debouncer=MetricsDebouncer(redis=getattr(dramatiq.get_broker(), "redis_client", None), delay_ms=settings.metrics_delay_ms),
+            debouncer=MetricsDebouncer(
+                redis=getattr(dramatiq.get_broker(), "redis_client", None),
+                delay_ms=settings.metrics_delay_ms,
+                prefix=f"{settings.dramatiq_namespace}:metrics-pending",
+            ),
             short_url_base=settings.short_url_base,
             default_region=settings.default_region,
             fanout_batch_size=settings.fanout_batch_size,

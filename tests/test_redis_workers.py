@@ -1,0 +1,147 @@
+"""The whole path with real parts: the Redis broker, `dramatiq actors` worker processes,
+PostgreSQL, and the real twilio client talking HTTP to the fake Twilio API."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+from peewee import fn
+from dramatiq.brokers.redis import RedisBroker
+
+import actors
+import campaigns
+from models import Campaign, CampaignAnalytics, CampaignStatus, Message, MessageStatus
+from sms import FOOTER, measure
+from tests.conftest import FROM_NUMBER, POSTGRES_URL, REDIS_URL, ROOT
+from tests.factories import make_campaign, make_customers, phone_for
+
+
+class WorkerProcesses:
+    """``dramatiq actors`` as an operator runs it, in its own process group."""
+
+    def __init__(self, env: dict[str, str], log_path, processes: int = 2, threads: int = 8) -> None:
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dramatiq", "actors", "--processes", str(processes), "--threads", str(threads)],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def output(self) -> str:
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def redis_env(unique_namespace, fake_twilio):
+    env = dict(os.environ)
+    env.update(
+        BROKER="redis",
+        REDIS_URL=REDIS_URL,
+        DRAMATIQ_NAMESPACE=unique_namespace,
+        DATABASE_URL=POSTGRES_URL,
+        SMS_BACKEND="twilio",
+        TWILIO_ACCOUNT_SID=fake_twilio.account_sid,
+        TWILIO_AUTH_TOKEN=fake_twilio.auth_token,
+        TWILIO_FROM_NUMBER=FROM_NUMBER,
+        TWILIO_API_BASE_URL=fake_twilio.base_url,
+        TWILIO_TIMEOUT_S="5",
+        SMS_RATE_LIMIT="100000/second",
+        METRICS_DELAY_MS="200",
+        PYTHONUNBUFFERED="1",
+    )
+    yield env
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(f"{unique_namespace}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def redis_broker(redis_env):
+    broker = RedisBroker(url=REDIS_URL, namespace=redis_env["DRAMATIQ_NAMESPACE"])
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+def workers(redis_env, tmp_path):
+    group = WorkerProcesses(redis_env, tmp_path / "workers.log")
+    yield group
+    group.stop()
+
+
+def wait_finished(campaign_id: int, workers: WorkerProcesses, timeout_s: float = 120.0) -> Campaign:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        campaign = Campaign.get_by_id(campaign_id)
+        if campaign.status in CampaignStatus.FINISHED:
+            return campaign
+        assert workers.proc.poll() is None, workers.output()[-3000:]
+        time.sleep(0.25)
+    raise AssertionError(f"campaign not finished; counts {campaigns.database_counts(campaign_id)}\n{workers.output()[-3000:]}")
+
+
+def test_thousand_customers_two_worker_processes_exactly_once(postgres_db, fake_twilio, redis_broker, workers):
+    # Given 1,000 customers of whom 900 are eligible (40 unsubscribed, 30 bad phones, 30 without QR code)
+    ineligible_unsub = set(range(0, 1000, 25))
+    bad_indexes = [i for i in range(3, 1000, 31) if i not in ineligible_unsub][:30]
+    bad = {i: ("12345" if n % 2 else "+1555abc") for n, i in enumerate(bad_indexes)}
+    no_qr = set([i for i in range(5, 1000, 29) if i not in ineligible_unsub and i not in bad][:30])
+    ids = make_customers(1000, unsubscribed=ineligible_unsub, bad_phones=bad, no_qr=no_qr)
+    ineligible = ineligible_unsub | set(bad) | no_qr
+    eligible_phones = {phone_for(i) for i in range(1000) if i not in ineligible}
+    campaign_id = make_campaign()
+    postgres_db.close()
+
+    # When the fan-out is enqueued twice to two worker processes of 8 threads
+    redis_broker.enqueue(actors.send_campaign.message(campaign_id))
+    redis_broker.enqueue(actors.send_campaign.message(campaign_id))
+    postgres_db.connect()
+    campaign = wait_finished(campaign_id, workers)
+
+    # Then exactly one message reached Twilio per eligible customer, each one segment with the footer
+    assert campaign.status == CampaignStatus.COMPLETED
+    sent_to = [m["to"] for m in fake_twilio.messages]
+    assert len(sent_to) == len(eligible_phones) == 900
+    assert set(sent_to) == eligible_phones
+    assert all(m["body"].endswith("\n" + FOOTER) and measure(m["body"]).segments == 1 for m in fake_twilio.messages)
+    # And the others are skipped with their reasons
+    skipped = dict(
+        Message.select(Message.error_code, fn.COUNT(Message.id)).where(Message.status == MessageStatus.SKIPPED)
+        .group_by(Message.error_code).tuples()
+    )
+    assert skipped == {"unsubscribed": len(ineligible_unsub), "invalid_phone": len(bad), "no_qr_code": len(no_qr)}
+    # And the analytics equal the database counts
+    counts = campaigns.database_counts(campaign_id)
+    analytics = CampaignAnalytics.get(CampaignAnalytics.campaign == campaign_id)
+    assert counts == {"sent": len(eligible_phones), "skipped": len(ineligible)}
+    assert (analytics.targeted, analytics.sent, analytics.skipped, analytics.failed) == (1000, counts["sent"], counts["skipped"], 0)
+    assert json.loads(analytics.skipped_by_reason) == skipped
+    # And every sent row carries the SID Twilio returned
+    sids = {m["sid"] for m in fake_twilio.messages}
+    assert {m.twilio_sid for m in Message.select().where(Message.status == MessageStatus.SENT)} == sids
+    # And the workers logged no full phone number and no traceback
+    output = workers.output()
+    assert "Traceback" not in output
+    assert not re.search(r"\+1212\d{7}", output)
+    assert len(ids) == 1000
