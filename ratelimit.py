@@ -68,7 +68,9 @@ class RateLimit(Middleware):
         return {"rate_limit", "rate_cost"}
 
     def before_worker_boot(self, broker, worker):
-        logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_DropDeferralWarnings())
+        worker_logger = logging.getLogger("dramatiq.worker.WorkerThread")
+        if not any(isinstance(f, _DropDeferralWarnings) for f in worker_logger.filters):
+            worker_logger.addFilter(_DropDeferralWarnings())
 
     def before_process_message(self, broker, message):
         actor = broker.get_actor(message.actor_name)

@@ -54,7 +54,7 @@ SENDER_ERRORS = {
     30002: "the Twilio account is suspended",
 }
 #: Throttling and queue-overflow errors that clear by themselves.
-TRANSIENT_ERRORS = {20429: "too many requests", 30001: "Twilio's queue overflowed", 20500: "Twilio internal error"}
+TRANSIENT_ERRORS = {20429: "too many requests", 30001: "Twilio's queue overflowed"}
 
 
 def classify_twilio_error(status: int, code: int | None, message: str = "") -> Exception:

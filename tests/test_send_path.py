@@ -4,6 +4,9 @@ through the real twilio client and the fake Twilio API."""
 from __future__ import annotations
 
 import json
+import time
+
+import dramatiq
 
 from playhouse.test_utils import count_queries
 
@@ -196,3 +199,36 @@ def test_send_message_uses_three_queries(db, fake_twilio, twilio_backend):
     # Then it took one load, one claim and one result update
     assert outcome.status == MessageStatus.SENT
     assert counter.count == 3, [q.msg for q in counter.get_queries()]
+
+
+class CountProcessed(dramatiq.Middleware):
+    """Counts processed messages by actor (a test seam on the broker, not a patch)."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        self.counts[message.actor_name] = self.counts.get(message.actor_name, 0) + 1
+
+
+def test_metrics_updates_are_coalesced(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    # Given a campaign of 300 customers and a counter of processed messages
+    counter = CountProcessed()
+    stub_broker.add_middleware(counter)
+    try:
+        make_customers(300)
+        campaign_id = make_campaign()
+        started = time.monotonic()
+
+        # When it runs
+        run_campaign(stub_broker, campaign_id)
+        elapsed_ms = (time.monotonic() - started) * 1000
+    finally:
+        stub_broker.middleware.remove(counter)
+
+    # Then 300 sends ran far fewer aggregations: at most one per debounce window, plus the last
+    delay_ms = actors.settings.metrics_delay_ms
+    assert counter.counts["send_sms"] == 300
+    assert 1 <= counter.counts["update_metrics"] <= elapsed_ms / delay_ms + 2
+    assert counter.counts["update_metrics"] < 300 / 3
+    assert campaigns.analytics_dict(campaign_id)["sent"] == 300
