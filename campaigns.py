@@ -7,8 +7,10 @@ duplicated broker message can never send or count anything twice.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -106,8 +108,8 @@ def pause_campaign(campaign_id: int, reason: str) -> bool:
 class FanOutResult:
     campaign_id: int
     created: int = 0
-    enqueued: int = 0
     status: str = ""
+    dispatch_token: str | None = None
 
 
 def eligibility(customer: Customer, qr_code: str | None, default_region: str) -> tuple[str | None, str | None, str | None]:
@@ -126,16 +128,18 @@ def eligibility(customer: Customer, qr_code: str | None, default_region: str) ->
 def fan_out(
     campaign_id: int,
     *,
-    enqueue: Callable[[list[int]], None],
     short_url_base: str,
     default_region: str = "US",
     batch_size: int = 500,
+    on_started: Callable[[str], None] = lambda token: None,
 ) -> FanOutResult:
-    """Record every customer's outcome row and enqueue one send per eligible customer.
+    """Check the campaign, then record every customer's outcome row.
 
+    ``on_started(token)`` is called once the campaign is sending and before any row is
+    written, so that the dispatcher (which enqueues the sends, paced) starts at once.
     Customers stream in keyset-paginated batches, so memory does not grow with the
-    campaign. Rows are inserted with ON CONFLICT DO NOTHING and only rows never enqueued
-    are enqueued, so running this again creates and sends nothing twice.
+    campaign, and rows are inserted with ON CONFLICT DO NOTHING, so running this again
+    creates nothing twice.
     """
     result = FanOutResult(campaign_id)
     campaign = Campaign.get_or_none(Campaign.id == campaign_id)
@@ -154,18 +158,67 @@ def fan_out(
         result.status = CampaignStatus.FAILED
         return result
 
+    token = uuid.uuid4().hex
     (
-        Campaign.update(status=CampaignStatus.SENDING, started_at=fn.COALESCE(Campaign.started_at, utcnow()))
-        .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.DRAFT)
+        Campaign.update(status=CampaignStatus.SENDING, started_at=fn.COALESCE(Campaign.started_at, utcnow()), dispatch_token=token)
+        .where(Campaign.id == campaign_id, Campaign.status.in_([CampaignStatus.DRAFT, CampaignStatus.SENDING]))
         .execute()
     )
+    result.dispatch_token = token
+    on_started(token)
     for batch in _customer_batches(batch_size):
         result.created += _record_outcomes(campaign_id, batch, default_region)
-        first_id, last_id = batch[0][0].id, batch[-1][0].id
-        result.enqueued += _enqueue_unqueued(campaign_id, first_id, last_id, enqueue)
     Campaign.update(fanout_done_at=utcnow()).where(Campaign.id == campaign_id, Campaign.fanout_done_at.is_null()).execute()
     result.status = CampaignStatus.SENDING
     return result
+
+
+@dataclass
+class DispatchResult:
+    enqueued: int = 0
+    inflight: int = 0
+    again: bool = False
+
+
+def dispatch(
+    campaign_id: int,
+    token: str,
+    *,
+    enqueue: Callable[[Campaign, list[int]], None],
+    max_inflight: int,
+    requeue_after_s: float,
+) -> DispatchResult:
+    """Enqueue sends so that at most ``max_inflight`` of the campaign are in the broker.
+
+    Keeping only about a rate-limit window's worth ahead bounds the queues, the delayed
+    messages and the workers' memory whatever the campaign's size, and lets a pause take
+    effect within that window. A row enqueued longer than ``requeue_after_s`` ago and still
+    pending is assumed lost by the broker and enqueued again (the claim makes a duplicate
+    harmless). Only the chain holding the campaign's current ``token`` runs.
+    """
+    campaign = Campaign.get_or_none(Campaign.id == campaign_id)
+    if campaign is None or campaign.dispatch_token != token or campaign.status != CampaignStatus.SENDING:
+        return DispatchResult()
+    stale_before = utcnow() - dt.timedelta(seconds=requeue_after_s)
+    queued = Message.select(Message.id).where(
+        Message.campaign == campaign_id, Message.status == MessageStatus.PENDING, Message.queued_at.is_null(False)
+    )
+    stale = [row.id for row in queued.where(Message.queued_at < stale_before).limit(max_inflight)]
+    inflight = queued.count() - len(stale)
+    room = max(0, max_inflight - inflight)
+    fresh = [] if room <= len(stale) else [
+        row.id
+        for row in Message.select(Message.id)
+        .where(Message.campaign == campaign_id, Message.status == MessageStatus.PENDING, Message.queued_at.is_null())
+        .order_by(Message.id)
+        .limit(room - len(stale))
+    ]
+    ids = stale[:room] + fresh
+    if ids:
+        enqueue(campaign, ids)
+        Message.update(queued_at=utcnow()).where(Message.id.in_(ids)).execute()
+    inflight += len(ids)
+    return DispatchResult(enqueued=len(ids), inflight=inflight, again=campaign.fanout_done_at is None or inflight > 0)
 
 
 def _customer_batches(batch_size: int) -> Iterable[list[tuple[Customer, str | None]]]:
@@ -212,25 +265,6 @@ def _rowcount(cursor, default: int) -> int:
     return count if isinstance(count, int) and count >= 0 else default
 
 
-def _enqueue_unqueued(campaign_id: int, first_customer_id: int, last_customer_id: int, enqueue) -> int:
-    ids = [
-        row.id
-        for row in Message.select(Message.id)
-        .where(
-            Message.campaign == campaign_id,
-            Message.customer.between(first_customer_id, last_customer_id),
-            Message.status == MessageStatus.PENDING,
-            Message.queued_at.is_null(),
-        )
-        .order_by(Message.id)
-    ]
-    if not ids:
-        return 0
-    enqueue(ids)
-    Message.update(queued_at=utcnow()).where(Message.id.in_(ids)).execute()
-    return len(ids)
-
-
 @dataclass
 class SendOutcome:
     message_id: int
@@ -259,8 +293,10 @@ def load_for_send(message_id: int) -> Message | None:
     )
 
 
-def send_message(message_id: int, *, backend: SmsBackend, short_url_base: str) -> SendOutcome:
+def send_message(message_id: int, *, backend: SmsBackend, short_url_base: str, deferrals: int = 0) -> SendOutcome:
     """Render, check, claim, send and record one message: the spec's sequence.
+
+    ``deferrals`` is how often the rate limit put this message back; it is recorded.
 
     Raises TransientError (after putting the message back to pending) when a retry may help.
     """
@@ -294,7 +330,7 @@ def send_message(message_id: int, *, backend: SmsBackend, short_url_base: str) -
     claimed = _transition(
         message_id, MessageStatus.PENDING,
         status=MessageStatus.SENDING, body=body, encoding=length.encoding, segments=length.segments,
-        attempts=Message.attempts + 1, sending_at=utcnow(),
+        attempts=Message.attempts + 1, sending_at=utcnow(), deferrals=deferrals,
     )
     if not claimed:
         outcome.detail = "claimed by another worker"

@@ -72,6 +72,8 @@ class Campaign(BaseModel):
     template = TextField()
     status = CharField(max_length=16, default=CampaignStatus.DRAFT, index=True)
     status_reason = TextField(null=True)
+    rate_limit = CharField(max_length=40, null=True)
+    dispatch_token = CharField(max_length=32, null=True)
     fanout_done_at = DateTimeField(null=True)
     started_at = DateTimeField(null=True)
     completed_at = DateTimeField(null=True)
@@ -103,6 +105,7 @@ class Message(BaseModel):
     error_code = CharField(max_length=32, null=True)
     reason = TextField(null=True)
     attempts = IntegerField(default=0)
+    deferrals = IntegerField(default=0)
     queued_at = DateTimeField(null=True)
     sending_at = DateTimeField(null=True)
     sent_at = DateTimeField(null=True)
@@ -110,7 +113,7 @@ class Message(BaseModel):
     updated_at = DateTimeField(default=utcnow)
 
     class Meta:
-        indexes = ((("campaign", "customer"), True), (("campaign", "status"), False))
+        indexes = ((("campaign", "customer"), True), (("campaign", "status", "queued_at"), False))
 
 
 class CampaignAnalytics(BaseModel):

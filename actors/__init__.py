@@ -11,7 +11,7 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import Retries
+from dramatiq.middleware import CurrentMessage, Retries
 from limits.storage import MemoryStorage, RedisStorage
 
 from middleware import DatabaseConnection
@@ -44,6 +44,7 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
             middleware.max_retries = settings.worker_max_retries
     broker.add_middleware(RateLimit(limits=settings.rate_limits, storage=storage))
     broker.add_middleware(DatabaseConnection())
+    broker.add_middleware(CurrentMessage())
     return broker
 
 
@@ -52,7 +53,7 @@ broker = build_broker(settings)
 dramatiq.set_broker(broker)
 configure_database(settings.database_url)
 
-from actors.campaigns import send_campaign, update_metrics  # noqa: E402
+from actors.campaigns import dispatch_campaign, send_campaign, update_metrics  # noqa: E402
 from actors.sms import send_sms, send_sms_exhausted  # noqa: E402
 
-__all__ = ["broker", "build_broker", "send_campaign", "send_sms", "send_sms_exhausted", "update_metrics"]
+__all__ = ["broker", "build_broker", "dispatch_campaign", "send_campaign", "send_sms", "send_sms_exhausted", "update_metrics"]

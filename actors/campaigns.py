@@ -1,4 +1,4 @@
-"""Campaign-level actors: the fan-out and the analytics update."""
+"""Campaign-level actors: the fan-out, the paced dispatcher and the analytics update."""
 
 from __future__ import annotations
 
@@ -6,27 +6,47 @@ import dramatiq
 
 import campaigns
 from actors.services import get_services
+from models import Campaign
+from ratelimit import pacing, slower
 
 
 @dramatiq.actor(queue_name="campaigns", max_retries=5, min_backoff=5_000, time_limit=6 * 3_600_000)
 def send_campaign(campaign_id: int) -> None:
-    """Record every customer's outcome and enqueue one ``send_sms`` per eligible customer."""
+    """Check the campaign, start its dispatcher, and record every customer's outcome row."""
+    services = get_services()
+    campaigns.fan_out(
+        campaign_id,
+        short_url_base=services.short_url_base,
+        default_region=services.default_region,
+        batch_size=services.fanout_batch_size,
+        on_started=lambda token: dispatch_campaign.send(campaign_id, token),
+    )
+    request_metrics_update(campaign_id)
+
+
+@dramatiq.actor(queue_name="campaigns", max_retries=20, min_backoff=1_000, max_backoff=60_000)
+def dispatch_campaign(campaign_id: int, token: str) -> None:
+    """Keep about two rate-limit windows of the campaign's sends in the broker, then run
+    again; stops by itself when the campaign has nothing left, is paused or is superseded."""
     from actors.sms import send_sms
 
     services = get_services()
 
-    def enqueue(message_ids: list[int]) -> None:
+    def enqueue(campaign: Campaign, message_ids: list[int]) -> None:
+        options = {"extra_rate_limit": [f"campaign:{campaign.id}", campaign.rate_limit]} if campaign.rate_limit else {}
         for message_id in message_ids:
-            send_sms.send(message_id)
+            send_sms.send_with_options(args=(message_id,), **options)
 
-    campaigns.fan_out(
-        campaign_id,
-        enqueue=enqueue,
-        short_url_base=services.short_url_base,
-        default_region=services.default_region,
-        batch_size=services.fanout_batch_size,
+    campaign = Campaign.get_or_none(Campaign.id == campaign_id)
+    if campaign is None:
+        return
+    max_inflight, again_ms = pacing(slower(services.sms_rate_limit, campaign.rate_limit))
+    result = campaigns.dispatch(
+        campaign_id, token, enqueue=enqueue, max_inflight=max_inflight,
+        requeue_after_s=max(300.0, 20 * again_ms / 1000),
     )
-    request_metrics_update(campaign_id)
+    if result.again:
+        dispatch_campaign.send_with_options(args=(campaign_id, token), delay=again_ms)
 
 
 @dramatiq.actor(queue_name="metrics", max_retries=10, min_backoff=1_000, max_backoff=60_000)

@@ -19,6 +19,7 @@ class Services:
     short_url_base: str
     default_region: str
     fanout_batch_size: int
+    sms_rate_limit: str
 
 
 _services: Services | None = None
@@ -38,6 +39,7 @@ def get_services() -> Services:
             short_url_base=settings.short_url_base,
             default_region=settings.default_region,
             fanout_batch_size=settings.fanout_batch_size,
+            sms_rate_limit=settings.sms_rate_limit,
         )
     return _services
 

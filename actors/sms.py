@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dramatiq
+from dramatiq.middleware import CurrentMessage
 
 import campaigns
 from actors.campaigns import request_metrics_update
@@ -23,8 +24,12 @@ from errors import PermanentError, TransientError
 def send_sms(message_id: int) -> None:
     """Send one campaign message (by its row id) exactly once."""
     services = get_services()
+    current = CurrentMessage.get_current_message()
+    deferrals = current.options.get("deferrals", 0) if current is not None else 0
     try:
-        outcome = campaigns.send_message(message_id, backend=services.backend, short_url_base=services.short_url_base)
+        outcome = campaigns.send_message(
+            message_id, backend=services.backend, short_url_base=services.short_url_base, deferrals=deferrals
+        )
     except TransientError as exc:
         raise dramatiq.Retry(exc.reason, delay=exc.retry_after_ms) from None
     if outcome.campaign_id is not None and outcome.status != "pending":

@@ -189,7 +189,7 @@ def test_send_message_uses_three_queries(db, fake_twilio, twilio_backend):
     # Given one pending message of a running campaign
     make_customers(1)
     campaign_id = make_campaign()
-    campaigns.fan_out(campaign_id, enqueue=lambda ids: None, short_url_base="https://x.test/q")
+    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
     message_id = Message.get().id
 
     # When it is sent
