@@ -293,10 +293,19 @@ def load_for_send(message_id: int) -> Message | None:
     )
 
 
-def send_message(message_id: int, *, backend: SmsBackend, short_url_base: str, deferrals: int = 0) -> SendOutcome:
+def send_message(
+    message_id: int,
+    *,
+    backend: SmsBackend,
+    short_url_base: str,
+    deferrals: int = 0,
+    acquire_slot: Callable[[int], None] | None = None,
+) -> SendOutcome:
     """Render, check, claim, send and record one message: the spec's sequence.
 
-    ``deferrals`` is how often the rate limit put this message back; it is recorded.
+    ``acquire_slot(segments)`` takes the rate-limit slot right before the HTTP call; if it
+    raises (throttled, or the limiter is unreachable) the claim is undone and the error
+    propagates. ``deferrals`` is how often the rate limit put this message back.
 
     Raises TransientError (after putting the message back to pending) when a retry may help.
     """
@@ -335,6 +344,12 @@ def send_message(message_id: int, *, backend: SmsBackend, short_url_base: str, d
     if not claimed:
         outcome.detail = "claimed by another worker"
         return outcome
+    if acquire_slot is not None:
+        try:
+            acquire_slot(length.segments)
+        except BaseException:
+            _transition(message_id, MessageStatus.SENDING, status=MessageStatus.PENDING, attempts=Message.attempts - 1)
+            raise
 
     try:
         sent = backend.send(to=message.to_phone, body=body)

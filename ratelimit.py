@@ -2,72 +2,135 @@
 
 Raising ``RateLimitExceeded`` from inside an actor (Dramatiq's own limiters) spends the
 message's retries and ends in the dead-letter queue once a backlog outlasts them. Here a
-throttled message is instead re-enqueued for a moment when it can go and acknowledged: a
+throttled message is re-enqueued for a moment when it can go and acknowledged: a
 deferral, never a retry.
 
-Exactness comes from ``limits``' moving window (one atomic Lua call in Redis). Efficiency
-comes from a line of reservations beside it: a throttled message takes the next slot in the
-line (slots are spaced ``period / amount`` apart) and sleeps until then, so deferred
-messages wake one by one at the rate the limit allows instead of all at once; a message
-without a reservation may not jump the line. A message whose slot comes a little early or
-late holds its worker thread for a short wait (``hold_ms``) instead of going back to the
-broker.
+- **Exact where it matters**: the slot is taken by the actor immediately before the HTTP
+  call (``Gate.acquire``), not when the message is picked up, so the database work in
+  between cannot bunch sends up. The moving window is enforced over ``period + margin_ms``
+  so the little jitter left between the slot and Twilio's receipt cannot push two windows'
+  sends into one. Check and count are one Lua call, on Redis's own clock.
+- **No thundering herd**: a throttled message takes the next slot in a line of reservations
+  spaced ``period / amount`` apart and sleeps until then, so deferred messages wake one by
+  one at the rate the limit allows; a message without a reservation may not jump the line.
+  A wait shorter than ``hold_ms`` is slept in the worker thread instead.
+- **Segments, not messages**: ``acquire(cost)`` charges what the message costs.
+
+Limits are written in ``limits`` notation (``10/minute``, ``20 per 2 seconds``).
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import math
 import threading
 import time
+from collections import deque
 from typing import Callable, Mapping
 
 from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware, SkipMessage
 from limits import RateLimitItem, parse
-from limits.storage import RedisStorage, Storage, storage_from_string
-from limits.strategies import MovingWindowRateLimiter
 
 DEFERRED_MARK = "_deferred_by_rate_limit"
 
+# Moving window: a list of entry times (ms), newest first, trimmed to the limit.
+# Returns 0 when `cost` units were taken, else the ms until the blocking entry leaves.
+_ACQUIRE = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit, window_ms, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local entry = redis.call('lindex', KEYS[1], limit - cost)
+if entry and tonumber(entry) > now - window_ms then
+  return tonumber(entry) + window_ms - now
+end
+for i = 1, cost do redis.call('lpush', KEYS[1], now) end
+redis.call('ltrim', KEYS[1], 0, limit - 1)
+redis.call('pexpire', KEYS[1], window_ms)
+return 0
+"""
+
+# The line of reservations: returns the ms from now to the slot taken, at least
+# ARGV[1] ms away and ARGV[2] ms after the previous one.
 _RESERVE = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local tail = tonumber(redis.call('get', KEYS[1]) or '0')
-local slot = math.max(tonumber(ARGV[1]), tail + tonumber(ARGV[2]))
-redis.call('set', KEYS[1], tostring(slot), 'px', math.ceil((slot - tonumber(ARGV[3])) * 1000) + tonumber(ARGV[4]))
-return tostring(slot)
+local slot = math.max(now + tonumber(ARGV[1]), tail + tonumber(ARGV[2]))
+redis.call('set', KEYS[1], slot, 'px', slot - now + tonumber(ARGV[3]))
+return slot - now
+"""
+
+# How far ahead of now the line reaches, in ms (0 when nobody waits).
+_BACKLOG = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local tail = tonumber(redis.call('get', KEYS[1]) or '0')
+return math.max(0, tail - now)
 """
 
 
-class Reservations:
-    """The line of future slots per limit key: in Redis when shared, else in memory."""
+class Throttled(Exception):
+    """No slot within the hold time: the message must wait ``delay_ms``."""
 
-    def __init__(self, storage: Storage, prefix: str = "reserve") -> None:
-        self.redis = storage.get_connection() if isinstance(storage, RedisStorage) else None
-        self.prefix = f"{storage.key_prefix}:{prefix}" if isinstance(storage, RedisStorage) else prefix
-        self._script = self.redis.register_script(_RESERVE) if self.redis is not None else None
-        self._tails: dict[str, float] = {}
+    def __init__(self, delay_ms: int, *, reserved: bool) -> None:
+        super().__init__(f"rate limited for {delay_ms} ms")
+        self.delay_ms = delay_ms
+        self.reserved = reserved
+
+
+class RedisWindows:
+    """Moving windows and reservation lines in Redis, shared by every process."""
+
+    def __init__(self, client, *, prefix: str) -> None:
+        self.prefix = prefix
+        self._acquire = client.register_script(_ACQUIRE)
+        self._reserve = client.register_script(_RESERVE)
+        self._backlog = client.register_script(_BACKLOG)
+
+    def acquire(self, key: str, limit: int, window_ms: int, cost: int) -> int:
+        return int(self._acquire(keys=[f"{self.prefix}:window:{key}"], args=[limit, window_ms, cost]))
+
+    def reserve(self, key: str, earliest_ms: int, step_ms: int, ttl_ms: int) -> int:
+        return int(self._reserve(keys=[f"{self.prefix}:line:{key}"], args=[earliest_ms, step_ms, ttl_ms]))
+
+    def backlog_ms(self, key: str) -> int:
+        return int(self._backlog(keys=[f"{self.prefix}:line:{key}"]))
+
+
+class MemoryWindows:
+    """The same in one process, for tests and a Redis-less demo."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._entries: dict[str, deque] = {}
+        self._tails: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def tail_s(self, key: str) -> float:
-        """The last reserved slot (seconds since the epoch), 0 when nobody waits."""
-        if self.redis is not None:
-            value = self.redis.get(f"{self.prefix}:{key}")
-            return float(value) if value else 0.0
-        with self._lock:
-            return self._tails.get(key, 0.0)
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
 
-    def reserve(self, key: str, *, earliest_s: float, step_s: float, now_s: float, ttl_ms: int) -> float:
-        """Take the next slot at or after ``earliest_s``, ``step_s`` after the line's tail."""
-        if self._script is not None:
-            return float(self._script(keys=[f"{self.prefix}:{key}"], args=[earliest_s, step_s, now_s, ttl_ms]))
+    def acquire(self, key: str, limit: int, window_ms: int, cost: int) -> int:
         with self._lock:
-            tail = self._tails.get(key, 0.0)
-            if tail < now_s - ttl_ms / 1000:
-                tail = 0.0
-            slot = max(earliest_s, tail + step_s)
+            now = self._now_ms()
+            entries = self._entries.setdefault(key, deque(maxlen=limit))
+            if len(entries) > limit - cost and entries[limit - cost] > now - window_ms:
+                return entries[limit - cost] + window_ms - now
+            entries.extendleft([now] * cost)
+            return 0
+
+    def reserve(self, key: str, earliest_ms: int, step_ms: int, ttl_ms: int) -> int:
+        with self._lock:
+            now = self._now_ms()
+            slot = max(now + earliest_ms, self._tails.get(key, 0) + step_ms)
             self._tails[key] = slot
-            return slot
+            return slot - now
+
+    def backlog_ms(self, key: str) -> int:
+        with self._lock:
+            return max(0, self._tails.get(key, 0) - self._now_ms())
 
 
 class _DropDeferralWarnings(logging.Filter):
@@ -78,42 +141,56 @@ class _DropDeferralWarnings(logging.Filter):
         return not (record.msg == "Message %s was skipped." and deferred)
 
 
+_current_gate: contextvars.ContextVar["Gate | None"] = contextvars.ContextVar("rate_limit_gate", default=None)
+
+
 class RateLimit(Middleware):
-    """Middleware that defers messages of rate-limited actors until the limit allows them.
+    """Middleware that paces messages of rate-limited actors and defers the excess.
 
     Parameters:
-      limits(Mapping[str, str]): Named limits in ``limits`` notation, for example
-        ``{"sms": "10/minute"}``. An actor opts in with ``rate_limit="sms"``.
-      storage(Storage): Where hits and reservations are kept: Redis, so that the limit
-        holds across every process (``memory://`` only within one process).
-      clock(Callable[[], float]): Seconds since the epoch, the clock ``limits`` uses.
+      limits(Mapping[str, str]): Named limits, for example ``{"sms": "10/minute"}``. An
+        actor opts in with the actor option ``rate_limit="sms"``.
+      windows: ``RedisWindows`` so the limit holds across processes, or ``MemoryWindows``.
+      margin_ms(int): Added to every window, to absorb the jitter between taking a slot
+        and the provider receiving the request.
       hold_ms(int): A wait up to this long is slept in the worker thread rather than
         sent back to the broker.
+      lead_ms(int): A message deferred to a reserved slot is woken this much early (less
+        than ``hold_ms``) and then waits in the thread, so that a late wake-up by the
+        broker's delay queue does not leave its slot unused.
 
-    Actors (or single messages) may also set ``rate_cost``, the units a message uses
-    (segments, for SMS; default 1), and a message may carry ``extra_rate_limit``, a
-    ``[key, limit]`` pair checked as well, such as a campaign's own slower limit.
+    A message may also carry ``extra_rate_limit``, a ``[key, limit]`` pair checked first,
+    such as a campaign's own slower limit. The actor takes its slot with
+    ``RateLimit.current_gate().acquire(cost)`` right before the rate-limited call; when it
+    raises ``Throttled``, the actor calls ``gate.defer(exc)``.
     """
 
     def __init__(
         self,
         *,
         limits: Mapping[str, str],
-        storage: Storage | None = None,
-        clock: Callable[[], float] = time.time,
-        hold_ms: int = 250,
+        windows: RedisWindows | MemoryWindows | None = None,
+        margin_ms: int = 50,
+        hold_ms: int = 500,
+        lead_ms: int = 300,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.limits: dict[str, RateLimitItem] = {name: parse(value) for name, value in limits.items()}
-        self.storage = storage if storage is not None else storage_from_string("memory://")
-        self.limiter = MovingWindowRateLimiter(self.storage)
-        self.reservations = Reservations(self.storage)
-        self.clock = clock
+        self.windows = windows if windows is not None else MemoryWindows()
+        self.margin_ms = margin_ms
         self.hold_ms = hold_ms
+        self.lead_ms = min(lead_ms, hold_ms)
+        self.sleep = sleep
 
     @property
     def actor_options(self):
-        return {"rate_limit", "rate_cost"}
+        return {"rate_limit"}
+
+    @staticmethod
+    def current_gate() -> "Gate | None":
+        """The gate of the message this thread is processing, if its actor is limited."""
+        return _current_gate.get()
 
     def before_worker_boot(self, broker, worker):
         worker_logger = logging.getLogger("dramatiq.worker.WorkerThread")
@@ -124,18 +201,20 @@ class RateLimit(Middleware):
         actor = broker.get_actor(message.actor_name)
         checks = self.checks_for(message.options, actor.options)
         if not checks:
+            _current_gate.set(None)
             return
-        cost = message.options.get("rate_cost") or actor.options.get("rate_cost", 1)
-        slot_s = message.options.get("rate_slot_s")
-        for key, item in checks:
-            if slot_s is None and self.reservations.tail_s(key) > self.clock():
-                self.defer(broker, message, self.reserve(key, item, cost, earliest_s=self.clock()))
-            delay_s = self.acquire(key, item, cost)
-            if delay_s is not None:
-                reset_at_s = self.clock() + delay_s
-                slot = reset_at_s if slot_s is not None else self.reserve(key, item, cost, earliest_s=reset_at_s)
-                self.defer(broker, message, slot)
-        message.options.pop("rate_slot_s", None)
+        gate = Gate(self, broker, message, checks)
+        _current_gate.set(gate)
+        if not gate.reserved:
+            for key, item in checks:
+                if self.windows.backlog_ms(key) > 0:
+                    gate.defer(Throttled(self.reserve(key, item, 1, earliest_ms=0), reserved=True))
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        _current_gate.set(None)
+
+    def after_skip_message(self, broker, message):
+        _current_gate.set(None)
 
     def checks_for(self, message_options, actor_options) -> list[tuple[str, RateLimitItem]]:
         """The (key, limit) pairs a message must pass, the more specific one first."""
@@ -148,35 +227,55 @@ class RateLimit(Middleware):
             checks.append((name, self.limits[name]))
         return checks
 
-    def acquire(self, key: str, item: RateLimitItem, cost: int) -> float | None:
-        """Take ``cost`` units now, holding the thread for a short wait; else the seconds
-        until the window frees."""
-        hold_until = self.clock() + self.hold_ms / 1000
-        while True:
-            if self.limiter.hit(item, key, cost=cost):
-                return None
-            reset_at_s, _remaining = self.limiter.get_window_stats(item, key)
-            now = self.clock()
-            if reset_at_s > hold_until:
-                return max(0.001, reset_at_s - now)
-            time.sleep(max(0.001, reset_at_s - now))
+    def window_ms(self, item: RateLimitItem) -> int:
+        return item.get_expiry() * 1000 + self.margin_ms
 
-    def reserve(self, key: str, item: RateLimitItem, cost: int, *, earliest_s: float) -> float:
-        step_s = item.get_expiry() * cost / item.amount
-        ttl_ms = item.get_expiry() * 1000 + 60_000
-        return self.reservations.reserve(key, earliest_s=earliest_s, step_s=step_s, now_s=self.clock(), ttl_ms=ttl_ms)
-
-    def defer(self, broker, message, slot_s: float):
-        delay_ms = max(1, math.ceil((slot_s - self.clock()) * 1000))
-        deferrals = message.options.get("deferrals", 0) + 1
-        self.logger.debug("Deferring message %r by %d ms.", message.message_id, delay_ms)
-        broker.enqueue(message.copy(options={"deferrals": deferrals, "rate_slot_s": slot_s}), delay=delay_ms)
-        setattr(message, DEFERRED_MARK, True)
-        raise SkipMessage(f"rate limited; deferred by {delay_ms} ms")
+    def reserve(self, key: str, item: RateLimitItem, cost: int, *, earliest_ms: int) -> int:
+        step_ms = math.ceil(self.window_ms(item) * cost / item.amount)
+        return self.windows.reserve(key, earliest_ms, step_ms, self.window_ms(item) + 60_000)
 
     def backlog_s(self, name: str) -> float:
         """How far ahead of now the line of reserved slots for ``name`` reaches."""
-        return max(0.0, self.reservations.tail_s(name) - self.clock())
+        return self.windows.backlog_ms(name) / 1000
+
+
+class Gate:
+    """One message's passage through its limits."""
+
+    def __init__(self, middleware: RateLimit, broker, message, checks) -> None:
+        self.middleware = middleware
+        self.broker = broker
+        self.message = message
+        self.checks = checks
+        self.reserved = bool(message.options.get("rate_reserved"))
+
+    def acquire(self, cost: int = 1) -> None:
+        """Take ``cost`` units of every limit now, or within ``hold_ms``; else Throttled."""
+        mw = self.middleware
+        for key, item in self.checks:
+            if cost > item.amount:
+                raise ValueError(f"a cost of {cost} can never fit a limit of {item.amount}")
+            hold_until = time.monotonic() + mw.hold_ms / 1000
+            while True:
+                wait_ms = mw.windows.acquire(key, item.amount, mw.window_ms(item), cost)
+                if wait_ms == 0:
+                    break
+                if time.monotonic() + wait_ms / 1000 > hold_until:
+                    if self.reserved:
+                        raise Throttled(wait_ms, reserved=True)
+                    raise Throttled(mw.reserve(key, item, cost, earliest_ms=wait_ms), reserved=True)
+                mw.sleep(wait_ms / 1000)
+        self.message.options.pop("rate_reserved", None)
+
+    def defer(self, throttled: Throttled):
+        """Re-enqueue the message for its slot and skip it (acknowledged, not retried)."""
+        message = self.message
+        deferrals = message.options.get("deferrals", 0) + 1
+        self.middleware.logger.debug("Deferring message %r by %d ms.", message.message_id, throttled.delay_ms)
+        copy = message.copy(options={"deferrals": deferrals, "rate_reserved": throttled.reserved})
+        self.broker.enqueue(copy, delay=max(1, throttled.delay_ms - self.middleware.lead_ms))
+        setattr(message, DEFERRED_MARK, True)
+        raise SkipMessage(f"rate limited; deferred by {throttled.delay_ms} ms")
 
 
 @functools.lru_cache(maxsize=256)
@@ -193,9 +292,9 @@ def slower(a: str, b: str | None) -> str:
 
 
 def pacing(limit: str, *, max_chunk: int = 1000) -> tuple[int, int]:
-    """(messages to keep in flight, ms between dispatcher runs) under ``limit``: about two
+    """(messages to keep in flight, ms between dispatcher runs) under ``limit``: three
     windows' worth ahead of the limiter, topped up every half window."""
     item = _parse(limit)
     chunk = max(1, min(item.amount, max_chunk))
     chunk_ms = item.get_expiry() * 1000 * chunk / item.amount
-    return 2 * chunk, max(20, int(chunk_ms / 2))
+    return 3 * chunk, max(20, int(chunk_ms / 2))

@@ -51,6 +51,9 @@ class Settings:
     default_region: str = "US"
     sms_rate_limit: str = "10/minute"
     email_rate_limit: str = "100/minute"
+    rate_limit_margin_ms: int = 50
+    rate_limit_hold_ms: int = 500
+    rate_limit_lead_ms: int = 300
     worker_max_retries: int = 5
     metrics_delay_ms: int = 1000
     fanout_batch_size: int = 500

@@ -12,11 +12,10 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, Retries
-from limits.storage import MemoryStorage, RedisStorage
 
 from middleware import DatabaseConnection
 from models import configure_database
-from ratelimit import RateLimit
+from ratelimit import MemoryWindows, RateLimit, RedisWindows
 from settings import Settings, get_settings
 
 
@@ -32,17 +31,23 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     if settings.broker == "stub":
         broker = StubBroker()
         broker.redis_client = None
-        storage = MemoryStorage()
+        windows = MemoryWindows()
     else:
         pool = redis_pool(settings.redis_url)
         client = redis.Redis(connection_pool=pool)
         broker = RedisBroker(client=client, namespace=settings.dramatiq_namespace)
         broker.redis_client = client
-        storage = RedisStorage(settings.redis_url, connection_pool=pool, key_prefix=f"{settings.dramatiq_namespace}:limits")
+        windows = RedisWindows(client, prefix=f"{settings.dramatiq_namespace}:ratelimit")
     for middleware in broker.middleware:
         if isinstance(middleware, Retries):
             middleware.max_retries = settings.worker_max_retries
-    broker.add_middleware(RateLimit(limits=settings.rate_limits, storage=storage))
+    broker.add_middleware(
+        RateLimit(
+            limits=settings.rate_limits, windows=windows,
+            margin_ms=settings.rate_limit_margin_ms, hold_ms=settings.rate_limit_hold_ms,
+            lead_ms=settings.rate_limit_lead_ms,
+        )
+    )
     broker.add_middleware(DatabaseConnection())
     broker.add_middleware(CurrentMessage())
     return broker

@@ -9,6 +9,7 @@ import campaigns
 from actors.campaigns import request_metrics_update
 from actors.services import get_services
 from errors import PermanentError, TransientError
+from ratelimit import RateLimit, Throttled
 
 
 @dramatiq.actor(
@@ -26,10 +27,14 @@ def send_sms(message_id: int) -> None:
     services = get_services()
     current = CurrentMessage.get_current_message()
     deferrals = current.options.get("deferrals", 0) if current is not None else 0
+    gate = RateLimit.current_gate()
     try:
         outcome = campaigns.send_message(
-            message_id, backend=services.backend, short_url_base=services.short_url_base, deferrals=deferrals
+            message_id, backend=services.backend, short_url_base=services.short_url_base,
+            deferrals=deferrals, acquire_slot=gate.acquire if gate is not None else None,
         )
+    except Throttled as exc:
+        gate.defer(exc)
     except TransientError as exc:
         raise dramatiq.Retry(exc.reason, delay=exc.retry_after_ms) from None
     if outcome.campaign_id is not None and outcome.status != "pending":

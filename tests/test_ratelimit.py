@@ -1,23 +1,43 @@
-"""The rate-limit middleware on its own broker, with ``memory://`` storage."""
+"""The rate-limit middleware on its own broker: memory windows with an injected clock,
+and the Redis windows under real concurrency."""
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
 
 import dramatiq
 import pytest
-from dramatiq.brokers.stub import StubBroker
+import redis
 from dramatiq.broker import MessageProxy
+from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import SkipMessage
-from limits.storage import MemoryStorage
 
-from ratelimit import RateLimit
+from ratelimit import MemoryWindows, RateLimit, RedisWindows, Throttled, pacing, slower
+from tests.conftest import REDIS_URL
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
 
 
 @pytest.fixture
-def limited():
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def limited(clock):
     broker = StubBroker(middleware=[])
-    middleware = RateLimit(limits={"sms": "3/minute"}, storage=MemoryStorage())
+    middleware = RateLimit(limits={"sms": "3/minute"}, windows=MemoryWindows(clock), margin_ms=0, hold_ms=250, lead_ms=0, sleep=clock.sleep)
     broker.add_middleware(middleware)
 
     @dramatiq.actor(broker=broker, queue_name="q", rate_limit="sms")
@@ -31,51 +51,144 @@ def limited():
     return broker, middleware, limited_actor, free_actor
 
 
-def test_throttled_messages_are_deferred_not_retried(limited):
+def admit(broker, middleware, message):
+    """What the worker and the actor do: the middleware, then the gate right before sending."""
+    middleware.before_process_message(broker, message)
+    gate = RateLimit.current_gate()
+    try:
+        gate.acquire(1)
+    except Throttled as exc:
+        gate.defer(exc)
+
+
+def delayed(broker):
+    return [dramatiq.Message.decode(raw) for raw in broker.queues["q.DQ"].queue]
+
+
+def test_excess_is_deferred_to_its_own_slot_not_retried(limited, clock):
     broker, middleware, limited_actor, _ = limited
-    # Given a limit of 3 a minute
-    messages = [MessageProxy(limited_actor.message(n)) for n in range(5)]
-
-    # When five messages are processed at once
-    passed, deferred = 0, 0
-    for message in messages:
+    # Given a limit of 3 a minute and five messages at once
+    outcomes = []
+    for n in range(5):
         try:
-            middleware.before_process_message(broker, message)
-            passed += 1
+            admit(broker, middleware, MessageProxy(limited_actor.message(n)))
+            outcomes.append("sent")
         except SkipMessage:
-            deferred += 1
+            outcomes.append("deferred")
 
-    # Then three pass, and two are re-enqueued on the delay queue, each for its own slot:
-    # the first when the window frees (~60 s), the next one slot (60 s / 3) later
-    assert (passed, deferred) == (3, 2)
-    delayed = [dramatiq.Message.decode(raw) for raw in broker.queues["q.DQ"].queue]
-    assert len(delayed) == 2
+    # Then three pass and two wait on the delay queue: the first until the window frees,
+    # the second one slot (60 s / 3) later, so they do not wake together
+    assert outcomes == ["sent", "sent", "sent", "deferred", "deferred"]
+    etas = sorted(m.options["eta"] for m in delayed(broker))
     now_ms = time.time() * 1000
-    etas = sorted(m.options["eta"] - now_ms for m in delayed)
-    assert 55_000 < etas[0] <= 60_500
-    assert 75_000 < etas[1] <= 80_500
-    for message in delayed:
-        assert message.options["deferrals"] == 1
+    assert [round((eta - now_ms) / 1000) for eta in etas] == [60, 80]
+    for message in delayed(broker):
+        assert message.options["deferrals"] == 1 and message.options["rate_reserved"] is True
         assert "retries" not in message.options
     assert broker.dead_letters == []
 
 
-def test_actors_without_a_limit_are_not_counted(limited):
-    broker, middleware, _, free_actor = limited
-    for n in range(10):
-        middleware.before_process_message(broker, MessageProxy(free_actor.message(n)))
-    assert middleware.limiter.get_window_stats(middleware.limits["sms"], "sms").remaining == 3
-
-
-def test_rate_cost_charges_several_units(limited):
+def test_a_fresh_message_does_not_jump_the_line(limited, clock):
     broker, middleware, limited_actor, _ = limited
-    heavy = MessageProxy(limited_actor.message_with_options(args=(1,), rate_cost=2))
-    middleware.before_process_message(broker, heavy)
-    assert middleware.limiter.get_window_stats(middleware.limits["sms"], "sms").remaining == 1
+    for n in range(5):
+        with pytest.raises(SkipMessage) if n >= 3 else _nothing():
+            admit(broker, middleware, MessageProxy(limited_actor.message(n)))
+    # When the window has room again but someone is still waiting in line (until +80 s)
+    clock.now += 61
+    fresh = MessageProxy(limited_actor.message(99))
+    # Then the newcomer queues behind the reservation without touching the database
     with pytest.raises(SkipMessage):
-        middleware.before_process_message(broker, MessageProxy(limited_actor.message_with_options(args=(2,), rate_cost=2)))
+        middleware.before_process_message(broker, fresh)
+    assert round((delayed(broker)[-1].options["eta"] - time.time() * 1000) / 1000) == 100 - 61
+    # And a reserved message goes when its slot comes
+    woken = MessageProxy(delayed(broker)[0])
+    admit(broker, middleware, woken)
+    assert "rate_reserved" not in woken.options
 
 
-def test_the_rate_limit_option_is_declared_by_the_middleware(limited):
-    broker, *_ = limited
-    assert {"rate_limit", "rate_cost"} <= broker.actor_options
+def test_short_waits_are_held_in_the_thread(limited, clock):
+    broker, middleware, limited_actor, _ = limited
+    for n in range(3):
+        admit(broker, middleware, MessageProxy(limited_actor.message(n)))
+    # Given the window frees in 200 ms, within the 250 ms hold
+    clock.now += 59.8
+    started = clock.now
+    admit(broker, middleware, MessageProxy(limited_actor.message(3)))
+    assert 0.19 <= clock.now - started <= 0.21
+    assert delayed(broker) == []
+
+
+def test_cost_is_charged_in_units(limited, clock):
+    broker, middleware, limited_actor, _ = limited
+    middleware.before_process_message(broker, MessageProxy(limited_actor.message(1)))
+    RateLimit.current_gate().acquire(2)
+    middleware.before_process_message(broker, MessageProxy(limited_actor.message(2)))
+    with pytest.raises(Throttled):
+        RateLimit.current_gate().acquire(2)
+    with pytest.raises(ValueError):
+        RateLimit.current_gate().acquire(4)
+
+
+def test_actors_without_a_limit_get_no_gate(limited):
+    broker, middleware, _, free_actor = limited
+    middleware.before_process_message(broker, MessageProxy(free_actor.message(1)))
+    assert RateLimit.current_gate() is None
+    assert {"rate_limit"} <= broker.actor_options
+
+
+def test_a_campaign_limit_is_checked_before_the_global_one(limited, clock):
+    broker, middleware, limited_actor, _ = limited
+    message = limited_actor.message_with_options(args=(1,), extra_rate_limit=["campaign:7", "1/minute"])
+    admit(broker, middleware, MessageProxy(message))
+    with pytest.raises(SkipMessage):
+        admit(broker, middleware, MessageProxy(limited_actor.message_with_options(args=(2,), extra_rate_limit=["campaign:7", "1/minute"])))
+    # The global limit still has room for other campaigns
+    admit(broker, middleware, MessageProxy(limited_actor.message(3)))
+
+
+def test_pacing_keeps_about_two_windows_in_flight():
+    assert pacing("10/minute") == (30, 30_000)
+    assert pacing("20 per 2 seconds") == (60, 1_000)
+    assert pacing("100000/second")[0] == 3000
+    assert slower("10/minute", "1/second") == "10/minute"
+    assert slower("10/second", "5/minute") == "5/minute"
+    assert slower("10/second", None) == "10/second"
+
+
+def test_redis_windows_hold_across_threads():
+    # Given a limit of 10 per second shared through Redis by 8 threads hammering it
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"test-rl-{uuid.uuid4().hex[:8]}"
+    windows = RedisWindows(client, prefix=prefix)
+    taken: list[float] = []
+    stop = time.monotonic() + 2.5
+
+    def hammer():
+        while time.monotonic() < stop:
+            if windows.acquire("sms", 10, 1000, 1) == 0:
+                taken.append(time.monotonic())
+            else:
+                time.sleep(0.002)
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        # Then no second-long window ever held more than 10 (checked at every acquisition)
+        taken.sort()
+        for i, t in enumerate(taken):
+            assert sum(1 for x in taken[i:] if x < t + 0.99) <= 10
+        assert 20 <= len(taken) <= 30
+    finally:
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
