@@ -14,11 +14,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from limits import parse as parse_limit
 from peewee import JOIN, fn
 
 from errors import (
     CampaignError,
     InvalidPhone,
+    MaybeSent,
     MessageTooLong,
     PermanentError,
     RecipientOptedOut,
@@ -39,7 +41,7 @@ from models import (
     utcnow,
 )
 from sms import compose, mask_phone, normalize_phone, validate_template
-from smsservice import SmsBackend
+from smsservice import SendResult, SmsBackend
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +77,15 @@ def record_event(campaign_id: int | None, code: str, detail: str, level: str = "
 
 
 def check_campaign(campaign: Campaign, short_url_base: str) -> None:
-    """Raise TemplateError/MessageTooLong if no customer could ever get this campaign."""
+    """Raise TemplateError/MessageTooLong/PermanentError if no customer could ever get
+    this campaign."""
+    if campaign.rate_limit:
+        try:
+            item = parse_limit(campaign.rate_limit)
+        except ValueError:
+            item = None
+        if item is None or item.amount < 1:
+            raise PermanentError(f"campaign rate limit {campaign.rate_limit!r} is not a limit such as '5/minute'", code="bad_rate_limit")
     validate_template(campaign.template)
     empty = {"first_name": "", "last_name": "", "name": "", "short_url": short_url(short_url_base, SAMPLE_QR_CODE)}
     try:
@@ -153,7 +163,7 @@ def fan_out(
         return result
     try:
         check_campaign(campaign, short_url_base)
-    except (TemplateError, MessageTooLong) as exc:
+    except PermanentError as exc:
         fail_campaign(campaign_id, exc.reason)
         result.status = CampaignStatus.FAILED
         return result
@@ -193,8 +203,10 @@ def dispatch(
     Keeping only about a rate-limit window's worth ahead bounds the queues, the delayed
     messages and the workers' memory whatever the campaign's size, and lets a pause take
     effect within that window. A row enqueued longer than ``requeue_after_s`` ago and still
-    pending is assumed lost by the broker and enqueued again (the claim makes a duplicate
-    harmless). Only the chain holding the campaign's current ``token`` runs.
+    pending, or left ``sending`` that long, is assumed lost by the broker (a Redis restart,
+    a killed worker) and enqueued again: the claim makes a duplicate harmless, and a
+    ``sending`` row is looked up at Twilio before any resend. Only the chain holding the
+    campaign's current ``token`` runs.
     """
     campaign = Campaign.get_or_none(Campaign.id == campaign_id)
     if campaign is None or campaign.dispatch_token != token or campaign.status != CampaignStatus.SENDING:
@@ -203,20 +215,26 @@ def dispatch(
     queued = Message.select(Message.id).where(
         Message.campaign == campaign_id, Message.status == MessageStatus.PENDING, Message.queued_at.is_null(False)
     )
-    stale = [row.id for row in queued.where(Message.queued_at < stale_before).limit(max_inflight)]
-    inflight = queued.count() - len(stale)
+    stuck = Message.select(Message.id).where(
+        Message.campaign == campaign_id, Message.status == MessageStatus.SENDING, Message.sending_at < stale_before,
+        Message.queued_at.is_null() | (Message.queued_at < stale_before),
+    )
+    stale_pending = [row.id for row in queued.where(Message.queued_at < stale_before).limit(max_inflight)]
+    stale_sending = [row.id for row in stuck.limit(max_inflight)]
+    inflight = queued.count() - len(stale_pending)
     room = max(0, max_inflight - inflight)
-    fresh = [] if room <= len(stale) else [
+    requeue = stale_pending[:room]
+    fresh = [
         row.id
         for row in Message.select(Message.id)
         .where(Message.campaign == campaign_id, Message.status == MessageStatus.PENDING, Message.queued_at.is_null())
         .order_by(Message.id)
-        .limit(room - len(stale))
-    ]
-    ids = stale[:room] + fresh
+        .limit(room - len(requeue))
+    ] if room > len(requeue) else []
+    ids = stale_sending + requeue + fresh
     if ids:
-        enqueue(campaign, ids)
         Message.update(queued_at=utcnow()).where(Message.id.in_(ids)).execute()
+        enqueue(campaign, ids)
     inflight += len(ids)
     return DispatchResult(enqueued=len(ids), inflight=inflight, again=campaign.fanout_done_at is None or inflight > 0)
 
@@ -300,6 +318,7 @@ def send_message(
     short_url_base: str,
     deferrals: int = 0,
     acquire_slot: Callable[[int], None] | None = None,
+    reconcile_after_s: float = 30.0,
 ) -> SendOutcome:
     """Render, check, claim, send and record one message: the spec's sequence.
 
@@ -307,7 +326,9 @@ def send_message(
     raises (throttled, or the limiter is unreachable) the claim is undone and the error
     propagates. ``deferrals`` is how often the rate limit put this message back.
 
-    Raises TransientError (after putting the message back to pending) when a retry may help.
+    A message left in ``sending`` (no answer from Twilio, or a crash) is looked up at
+    Twilio once it is ``reconcile_after_s`` old, and only sent again if Twilio has none.
+    Raises TransientError when a retry may help (``MaybeSent`` keeps the claim).
     """
     message = load_for_send(message_id)
     if message is None:
@@ -315,6 +336,8 @@ def send_message(
         return SendOutcome(message_id, "not_found")
     campaign, customer = message.campaign, message.customer
     outcome = SendOutcome(message_id, message.status, campaign_id=campaign.id)
+    if message.status == MessageStatus.SENDING:
+        return _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s)
     if message.status != MessageStatus.PENDING:
         outcome.detail = "already handled"
         return outcome
@@ -322,15 +345,12 @@ def send_message(
         outcome.detail = f"campaign is {campaign.status}"
         return outcome
     if not customer.sms_subscribed:
-        _transition(message_id, MessageStatus.PENDING, status=MessageStatus.SKIPPED,
-                    error_code=SkipReason.UNSUBSCRIBED, reason="customer unsubscribed before the send")
-        outcome.status = MessageStatus.SKIPPED
-        return outcome
-
+        return _skip(message_id, outcome, SkipReason.UNSUBSCRIBED, "customer unsubscribed before the send")
     qr = getattr(customer, "qr", None)
-    values = template_values(customer, qr.code if qr is not None and qr.code else None, short_url_base)
+    if qr is None or not qr.code:
+        return _skip(message_id, outcome, SkipReason.NO_QR_CODE, "customer's QR code was removed before the send")
     try:
-        body, length = compose(campaign.template, values)
+        body, length = compose(campaign.template, template_values(customer, qr.code, short_url_base))
     except (TemplateError, MessageTooLong) as exc:
         _transition(message_id, MessageStatus.PENDING, status=MessageStatus.FAILED, error_code=exc.code, reason=exc.reason)
         outcome.status, outcome.detail = MessageStatus.FAILED, exc.reason
@@ -344,18 +364,30 @@ def send_message(
     if not claimed:
         outcome.detail = "claimed by another worker"
         return outcome
+    return _send_claimed(message, body, length.segments, outcome, backend, acquire_slot, reconcile_after_s)
+
+
+def _skip(message_id: int, outcome: SendOutcome, code: str, reason: str) -> SendOutcome:
+    _transition(message_id, MessageStatus.PENDING, status=MessageStatus.SKIPPED, error_code=code, reason=reason)
+    outcome.status, outcome.detail = MessageStatus.SKIPPED, reason
+    return outcome
+
+
+def _send_claimed(message, body, segments, outcome, backend, acquire_slot, reconcile_after_s) -> SendOutcome:
+    """Send a message this worker has claimed (status ``sending``) and record the result."""
+    message_id = message.id
     if acquire_slot is not None:
         try:
-            acquire_slot(length.segments)
+            acquire_slot(segments)
         except BaseException:
-            _transition(message_id, MessageStatus.SENDING, status=MessageStatus.PENDING, attempts=Message.attempts - 1)
+            _transition(message_id, MessageStatus.SENDING, status=MessageStatus.PENDING,
+                        attempts=Message.attempts - 1, queued_at=utcnow())
             raise
-
     try:
         sent = backend.send(to=message.to_phone, body=body)
     except RecipientOptedOut as exc:
         _fail(message_id, exc)
-        Customer.update(sms_subscribed=False).where(Customer.id == customer.id).execute()
+        Customer.update(sms_subscribed=False).where(Customer.id == message.customer.id).execute()
         outcome.status, outcome.detail = MessageStatus.FAILED, exc.reason
         return outcome
     except PermanentError as exc:
@@ -364,21 +396,58 @@ def send_message(
         return outcome
     except SenderError as exc:
         _transition(message_id, MessageStatus.SENDING, status=MessageStatus.PENDING, queued_at=None)
-        pause_campaign(campaign.id, f"sender error {exc.code}: {exc.reason}")
+        pause_campaign(message.campaign.id, f"sender error {exc.code}: {exc.reason}")
         outcome.status, outcome.detail = MessageStatus.PENDING, exc.reason
         return outcome
+    except MaybeSent as exc:
+        _transition(message_id, MessageStatus.SENDING, error_code=exc.code, reason=exc.reason)
+        logger.warning("message %s to %s: maybe sent (%s); will look it up at Twilio", message_id, mask_phone(message.to_phone), exc.reason)
+        exc.retry_after_ms = int(reconcile_after_s * 1000) + 1000
+        raise
     except TransientError as exc:
-        _transition(message_id, MessageStatus.SENDING, status=MessageStatus.PENDING, error_code=exc.code, reason=exc.reason)
+        _transition(message_id, MessageStatus.SENDING, status=MessageStatus.PENDING, error_code=exc.code,
+                    reason=exc.reason, queued_at=utcnow())
         logger.warning("message %s to %s: transient error %s: %s", message_id, mask_phone(message.to_phone), exc.code, exc.reason)
         raise
+    _record_sent(message_id, sent, segments)
+    outcome.status = MessageStatus.SENT
+    return outcome
 
+
+def _record_sent(message_id: int, sent: SendResult, segments: int, reason: str | None = None) -> None:
     _transition(
         message_id, MessageStatus.SENDING,
         status=MessageStatus.SENT, twilio_sid=sent.sid, sent_at=utcnow(),
-        segments=sent.segments or length.segments, error_code=None, reason=None,
+        segments=sent.segments or segments, error_code=None, reason=reason,
     )
-    outcome.status = MessageStatus.SENT
-    return outcome
+
+
+def _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s) -> SendOutcome:
+    """A message left in ``sending``: if it is old enough that no worker can still be
+    waiting for Twilio, look it up there; record it sent if found, else send it again."""
+    started = message.sending_at
+    if started is not None and started > utcnow() - dt.timedelta(seconds=reconcile_after_s):
+        outcome.detail = "being sent by another worker"
+        return outcome
+    taken = (
+        Message.update(sending_at=utcnow(), attempts=Message.attempts + 1, updated_at=utcnow())
+        .where(Message.id == message.id, Message.status == MessageStatus.SENDING, Message.sending_at == started)
+        .execute()
+    )
+    if not taken:
+        outcome.detail = "reconciled by another worker"
+        return outcome
+    since = (started or utcnow()) - dt.timedelta(minutes=1)
+    found = backend.find_sent(to=message.to_phone, body=message.body, since=since)
+    if found is not None:
+        _record_sent(message.id, found, message.segments or 1, reason="found at Twilio after an unanswered request")
+        outcome.status, outcome.detail = MessageStatus.SENT, "reconciled"
+        return outcome
+    if message.campaign.status != CampaignStatus.SENDING:
+        _transition(message.id, MessageStatus.SENDING, status=MessageStatus.PENDING, queued_at=None)
+        outcome.status, outcome.detail = MessageStatus.PENDING, f"campaign is {message.campaign.status}"
+        return outcome
+    return _send_claimed(message, message.body, message.segments or 1, outcome, backend, acquire_slot, reconcile_after_s)
 
 
 def give_up(message_id: int, *, retries: int) -> int | None:
@@ -387,7 +456,8 @@ def give_up(message_id: int, *, retries: int) -> int | None:
     if message is None:
         return None
     reason = f"gave up after {retries} retries; last error: {message.reason or 'unknown'}"
-    if _transition(message_id, MessageStatus.PENDING, status=MessageStatus.FAILED, error_code="retries_exhausted", reason=reason):
+    code = "unknown_outcome" if message.status == MessageStatus.SENDING else "retries_exhausted"
+    if _transition(message_id, MessageStatus.OPEN, status=MessageStatus.FAILED, error_code=code, reason=reason):
         record_event(message.campaign_id, "retries_exhausted", f"message {message_id}: {reason}")
     return message.campaign_id
 
@@ -439,9 +509,13 @@ def recompute_analytics(campaign_id: int) -> CampaignAnalytics | None:
         .execute()
     )
     if campaign.status == CampaignStatus.SENDING and campaign.fanout_done_at is not None and values["pending"] == 0:
+        open_rows = Message.select(Message.id).where(Message.campaign == campaign_id, Message.status.in_(MessageStatus.OPEN))
         (
             Campaign.update(status=CampaignStatus.COMPLETED, completed_at=utcnow())
-            .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING)
+            .where(
+                Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING,
+                Campaign.fanout_done_at.is_null(False), ~fn.EXISTS(open_rows),
+            )
             .execute()
         )
     return CampaignAnalytics.get(CampaignAnalytics.campaign == campaign_id)

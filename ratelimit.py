@@ -25,6 +25,7 @@ import contextvars
 import functools
 import logging
 import math
+import random
 import threading
 import time
 from collections import deque
@@ -36,19 +37,28 @@ from limits import RateLimitItem, parse
 
 DEFERRED_MARK = "_deferred_by_rate_limit"
 
-# Moving window: a list of entry times (ms), newest first, trimmed to the limit.
-# Returns 0 when `cost` units were taken, else the ms until the blocking entry leaves.
+# Moving windows, all or nothing: each key is a list of entry times (ms), newest first,
+# trimmed to its limit. ARGV: cost, then (limit, window_ms) per key. Returns 0 when `cost`
+# units were taken from every window, else the ms until the last blocking entry leaves.
 _ACQUIRE = """
 local t = redis.call('time')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local limit, window_ms, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local entry = redis.call('lindex', KEYS[1], limit - cost)
-if entry and tonumber(entry) > now - window_ms then
-  return tonumber(entry) + window_ms - now
+local cost = tonumber(ARGV[1])
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local limit, window_ms = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local entry = redis.call('lindex', key, limit - cost)
+  if entry and tonumber(entry) > now - window_ms then
+    wait = math.max(wait, tonumber(entry) + window_ms - now)
+  end
 end
-for i = 1, cost do redis.call('lpush', KEYS[1], now) end
-redis.call('ltrim', KEYS[1], 0, limit - 1)
-redis.call('pexpire', KEYS[1], window_ms)
+if wait > 0 then return wait end
+for i, key in ipairs(KEYS) do
+  local limit, window_ms = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  for j = 1, cost do redis.call('lpush', key, now) end
+  redis.call('ltrim', key, 0, limit - 1)
+  redis.call('pexpire', key, window_ms)
+end
 return 0
 """
 
@@ -90,8 +100,12 @@ class RedisWindows:
         self._reserve = client.register_script(_RESERVE)
         self._backlog = client.register_script(_BACKLOG)
 
-    def acquire(self, key: str, limit: int, window_ms: int, cost: int) -> int:
-        return int(self._acquire(keys=[f"{self.prefix}:window:{key}"], args=[limit, window_ms, cost]))
+    def acquire(self, windows: list[tuple[str, int, int]], cost: int) -> int:
+        """Take ``cost`` from every (key, limit, window_ms) or none; 0, or the ms to wait."""
+        args = [cost]
+        for _key, limit, window_ms in windows:
+            args += [limit, window_ms]
+        return int(self._acquire(keys=[f"{self.prefix}:window:{key}" for key, _l, _w in windows], args=args))
 
     def reserve(self, key: str, earliest_ms: int, step_ms: int, ttl_ms: int) -> int:
         return int(self._reserve(keys=[f"{self.prefix}:line:{key}"], args=[earliest_ms, step_ms, ttl_ms]))
@@ -112,13 +126,18 @@ class MemoryWindows:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def acquire(self, key: str, limit: int, window_ms: int, cost: int) -> int:
+    def acquire(self, windows: list[tuple[str, int, int]], cost: int) -> int:
         with self._lock:
             now = self._now_ms()
-            entries = self._entries.setdefault(key, deque(maxlen=limit))
-            if len(entries) > limit - cost and entries[limit - cost] > now - window_ms:
-                return entries[limit - cost] + window_ms - now
-            entries.extendleft([now] * cost)
+            wait = 0
+            for key, limit, window_ms in windows:
+                entries = self._entries.setdefault(key, deque(maxlen=limit))
+                if len(entries) > limit - cost and entries[limit - cost] > now - window_ms:
+                    wait = max(wait, entries[limit - cost] + window_ms - now)
+            if wait:
+                return wait
+            for key, _limit, _window_ms in windows:
+                self._entries[key].extendleft([now] * cost)
             return 0
 
     def reserve(self, key: str, earliest_ms: int, step_ms: int, ttl_ms: int) -> int:
@@ -205,10 +224,8 @@ class RateLimit(Middleware):
             return
         gate = Gate(self, broker, message, checks)
         _current_gate.set(gate)
-        if not gate.reserved:
-            for key, item in checks:
-                if self.windows.backlog_ms(key) > 0:
-                    gate.defer(Throttled(self.reserve(key, item, 1, earliest_ms=0), reserved=True))
+        if not gate.reserved and self.windows.backlog_ms(gate.line[0]) > 0:
+            gate.defer(Throttled(self.reserve(*gate.line, 1, earliest_ms=0), reserved=True))
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
         _current_gate.set(None)
@@ -240,31 +257,39 @@ class RateLimit(Middleware):
 
 
 class Gate:
-    """One message's passage through its limits."""
+    """One message's passage through its limits.
+
+    All of its limits are taken together or not at all, and it waits in the line of the
+    slowest one, whose spacing is the one that binds.
+    """
 
     def __init__(self, middleware: RateLimit, broker, message, checks) -> None:
         self.middleware = middleware
         self.broker = broker
         self.message = message
         self.checks = checks
+        self.line = min(checks, key=lambda check: check[1].amount / check[1].get_expiry())
         self.reserved = bool(message.options.get("rate_reserved"))
 
     def acquire(self, cost: int = 1) -> None:
         """Take ``cost`` units of every limit now, or within ``hold_ms``; else Throttled."""
         mw = self.middleware
-        for key, item in self.checks:
+        for _key, item in self.checks:
             if cost > item.amount:
                 raise ValueError(f"a cost of {cost} can never fit a limit of {item.amount}")
-            hold_until = time.monotonic() + mw.hold_ms / 1000
-            while True:
-                wait_ms = mw.windows.acquire(key, item.amount, mw.window_ms(item), cost)
-                if wait_ms == 0:
-                    break
-                if time.monotonic() + wait_ms / 1000 > hold_until:
-                    if self.reserved:
-                        raise Throttled(wait_ms, reserved=True)
-                    raise Throttled(mw.reserve(key, item, cost, earliest_ms=wait_ms), reserved=True)
-                mw.sleep(wait_ms / 1000)
+        windows = [(key, item.amount, mw.window_ms(item)) for key, item in self.checks]
+        hold_until = time.monotonic() + mw.hold_ms / 1000
+        while True:
+            wait_ms = mw.windows.acquire(windows, cost)
+            if wait_ms == 0:
+                break
+            if time.monotonic() + wait_ms / 1000 > hold_until:
+                if self.reserved:
+                    # Keep its place, but do not wake with every other early bird at once.
+                    step_ms = mw.window_ms(self.line[1]) / self.line[1].amount
+                    raise Throttled(wait_ms + int(random.uniform(0, step_ms)), reserved=True)
+                raise Throttled(mw.reserve(*self.line, cost, earliest_ms=wait_ms), reserved=True)
+            mw.sleep(wait_ms / 1000)
         self.message.options.pop("rate_reserved", None)
 
     def defer(self, throttled: Throttled):

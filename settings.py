@@ -55,6 +55,7 @@ class Settings:
     rate_limit_hold_ms: int = 500
     rate_limit_lead_ms: int = 300
     worker_max_retries: int = 5
+    reconcile_after_s: float = 30.0
     metrics_delay_ms: int = 1000
     fanout_batch_size: int = 500
 
@@ -93,6 +94,8 @@ class Settings:
                 parse_limit(value)
             except ValueError:
                 raise ConfigurationError(f"{name}={value!r} is not a rate limit such as '10/minute' or '20 per 2 seconds'") from None
+        if self.reconcile_after_s <= self.twilio_timeout_s:
+            raise ConfigurationError("RECONCILE_AFTER_S must be longer than TWILIO_TIMEOUT_S, or a request still in flight could be sent twice")
         if self.twilio_timeout_s <= 0:
             raise ConfigurationError("TWILIO_TIMEOUT_S must be a positive number of seconds")
         if self.twilio_api_base_url:

@@ -3,6 +3,7 @@ place where Twilio's answers are mapped onto the project's error hierarchy."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
@@ -102,6 +103,9 @@ class SendResult:
 class SmsBackend(Protocol):
     def send(self, *, to: str, body: str) -> SendResult: ...
 
+    def find_sent(self, *, to: str, body: str, since: dt.datetime) -> SendResult | None:
+        """The message with this body sent to ``to`` since ``since`` (naive UTC), if any."""
+
 
 class TwilioBackend:
     """Sends through the real ``twilio`` client; every failure leaves as a project error."""
@@ -118,10 +122,32 @@ class TwilioBackend:
             )
         except TwilioRestException as exc:
             raise classify_twilio_error(exc.status, exc.code, exc.msg) from None
+        except TwilioServiceException as exc:
+            raise classify_twilio_error(exc.status, exc.code, exc.title) from None
         except requests.RequestException as exc:
             raise classify_transport_error(exc) from None
-        segments = int(message.num_segments) if message.num_segments not in (None, "") else None
-        return SendResult(sid=message.sid, status=message.status or "queued", segments=segments)
+        except (TwilioException, ValueError, KeyError) as exc:
+            # An answer we could not read: the message may well exist.
+            raise MaybeSent(f"unreadable answer from Twilio ({type(exc).__name__})", code="bad_response") from None
+        return _result(message)
+
+    def find_sent(self, *, to: str, body: str, since: dt.datetime) -> SendResult | None:
+        since_utc = since.replace(tzinfo=dt.timezone.utc)
+        try:
+            for message in self.client.messages.list(to=to, limit=50, page_size=50):
+                created = message.date_created
+                if message.body == body and (created is None or created >= since_utc):
+                    return _result(message)
+        except TwilioRestException as exc:
+            raise TransientError(f"could not list messages at Twilio (HTTP {exc.status})", code=exc.code or exc.status) from None
+        except requests.RequestException as exc:
+            raise TransientError(f"could not list messages at Twilio ({type(exc).__name__})", code="lookup_failed") from None
+        return None
+
+
+def _result(message) -> SendResult:
+    segments = int(message.num_segments) if message.num_segments not in (None, "") else None
+    return SendResult(sid=message.sid, status=message.status or "queued", segments=segments)
 
 
 class ConsoleBackend:
@@ -135,6 +161,9 @@ class ConsoleBackend:
         first_line = body.splitlines()[0] if body else ""
         print(f"[console sms] to {mask_phone(to)} ({length.encoding}, {length.units} units): {first_line}", file=self.stream, flush=True)
         return SendResult(sid="CO" + uuid.uuid4().hex, status="sent", segments=length.segments)
+
+    def find_sent(self, *, to: str, body: str, since: dt.datetime) -> SendResult | None:
+        return None
 
 
 def make_twilio_client(settings: Settings) -> Client:

@@ -43,7 +43,7 @@ def dispatch_campaign(campaign_id: int, token: str) -> None:
     max_inflight, again_ms = pacing(slower(services.sms_rate_limit, campaign.rate_limit))
     result = campaigns.dispatch(
         campaign_id, token, enqueue=enqueue, max_inflight=max_inflight,
-        requeue_after_s=max(300.0, 20 * again_ms / 1000),
+        requeue_after_s=max(1_200.0, 40 * again_ms / 1000),
     )
     if result.again:
         dispatch_campaign.send_with_options(args=(campaign_id, token), delay=again_ms)

@@ -20,6 +20,7 @@ class Services:
     default_region: str
     fanout_batch_size: int
     sms_rate_limit: str
+    reconcile_after_s: float
 
 
 _services: Services | None = None
@@ -40,6 +41,7 @@ def get_services() -> Services:
             default_region=settings.default_region,
             fanout_batch_size=settings.fanout_batch_size,
             sms_rate_limit=settings.sms_rate_limit,
+            reconcile_after_s=settings.reconcile_after_s,
         )
     return _services
 

@@ -32,6 +32,7 @@ def send_sms(message_id: int) -> None:
         outcome = campaigns.send_message(
             message_id, backend=services.backend, short_url_base=services.short_url_base,
             deferrals=deferrals, acquire_slot=gate.acquire if gate is not None else None,
+            reconcile_after_s=services.reconcile_after_s,
         )
     except Throttled as exc:
         gate.defer(exc)

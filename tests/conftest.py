@@ -26,6 +26,8 @@ os.environ.update(
     DATABASE_URL="sqlite:///" + os.path.join(ROOT, ".pytest-default.db"),
     SMS_RATE_LIMIT="1000/second",
     METRICS_DELAY_MS="50",
+    RECONCILE_AFTER_S="1",
+    TWILIO_TIMEOUT_S="0.5",
 )
 
 import dramatiq  # noqa: E402
@@ -105,7 +107,7 @@ def twilio_settings(fake: FakeTwilio, **overrides) -> Settings:
         twilio_auth_token=fake.auth_token,
         twilio_from_number=FROM_NUMBER,
         twilio_api_base_url=fake.base_url,
-        twilio_timeout_s=5.0,
+        twilio_timeout_s=0.5,
     )
     values.update(overrides)
     return Settings(**values)
@@ -119,13 +121,13 @@ def twilio_backend(fake_twilio, stub_broker):
     return backend
 
 
-def join_all(broker, timeout_ms: int = 30_000) -> None:
+def join_all(broker, timeout_ms: int = 30_000, fail_fast: bool = True) -> None:
     """Wait until every queue, delayed ones included, is drained (twice: a drained queue
     can be refilled by a message from another)."""
     for _ in range(3):
         for queue in ("campaigns", "sms", "metrics"):
             if queue in broker.queues:
-                broker.join(queue, timeout=timeout_ms)
+                broker.join(queue, timeout=timeout_ms, fail_fast=fail_fast)
 
 
 @pytest.fixture

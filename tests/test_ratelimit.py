@@ -136,14 +136,24 @@ def test_actors_without_a_limit_get_no_gate(limited):
     assert {"rate_limit"} <= broker.actor_options
 
 
-def test_a_campaign_limit_is_checked_before_the_global_one(limited, clock):
+def test_a_campaign_limit_and_the_global_one_are_taken_together(limited, clock):
     broker, middleware, limited_actor, _ = limited
-    message = limited_actor.message_with_options(args=(1,), extra_rate_limit=["campaign:7", "1/minute"])
-    admit(broker, middleware, MessageProxy(message))
+    campaign = ["campaign:7", "1/minute"]
+    admit(broker, middleware, MessageProxy(limited_actor.message_with_options(args=(1,), extra_rate_limit=campaign)))
+    # A second message of the slow campaign waits, in the campaign's own line (60 s apart)
     with pytest.raises(SkipMessage):
-        admit(broker, middleware, MessageProxy(limited_actor.message_with_options(args=(2,), extra_rate_limit=["campaign:7", "1/minute"])))
-    # The global limit still has room for other campaigns
+        admit(broker, middleware, MessageProxy(limited_actor.message_with_options(args=(2,), extra_rate_limit=campaign)))
+    assert round((delayed(broker)[0].options["eta"] - time.time() * 1000) / 1000) == 60
+    # The global limit still has room for other campaigns, and fills up
     admit(broker, middleware, MessageProxy(limited_actor.message(3)))
+    admit(broker, middleware, MessageProxy(limited_actor.message(4)))
+    # When the campaign's window frees but the global one is full, nothing of the
+    # campaign's window is spent: all or nothing
+    clock.now += 30
+    middleware.before_process_message(broker, MessageProxy(limited_actor.message_with_options(args=(5,), extra_rate_limit=["campaign:8", "5/minute"])))
+    with pytest.raises(Throttled):
+        RateLimit.current_gate().acquire(1)
+    assert middleware.windows.acquire([("campaign:8", 5, 60_000)], 5) == 0
 
 
 def test_pacing_keeps_about_two_windows_in_flight():
@@ -165,7 +175,7 @@ def test_redis_windows_hold_across_threads():
 
     def hammer():
         while time.monotonic() < stop:
-            if windows.acquire("sms", 10, 1000, 1) == 0:
+            if windows.acquire([("sms", 10, 1000)], 1) == 0:
                 taken.append(time.monotonic())
             else:
                 time.sleep(0.002)

@@ -1,0 +1,92 @@
+"""'Maybe sent' is reconciled at Twilio, not resent: a 5xx after acceptance, a dropped
+connection, a read timeout, and a row a crashed worker left in ``sending``."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+import actors
+import campaigns
+from models import Message, MessageStatus, utcnow
+from tests.conftest import join_all
+from tests.factories import make_campaign, make_customers, phone_for
+
+
+@pytest.mark.parametrize("mode", ["500", "drop"])
+def test_accepted_then_no_answer_is_found_at_twilio_not_resent(db, stub_broker, stub_worker, twilio_backend, fake_twilio, mode):
+    # Given Twilio accepts the first message but the answer is lost
+    make_customers(3)
+    fake_twilio.accept_then_fail(1, mode)
+    campaign_id = make_campaign()
+
+    # When the campaign runs (the retry waits RECONCILE_AFTER_S, 1 s in the tests)
+    actors.send_campaign.send(campaign_id)
+    join_all(stub_broker)
+
+    # Then every customer has exactly one message at Twilio and one sent row with its SID
+    tos = [m["to"] for m in fake_twilio.messages]
+    assert sorted(tos) == sorted(phone_for(i) for i in range(3))
+    sids = {m["to"]: m["sid"] for m in fake_twilio.messages}
+    rows = list(Message.select().where(Message.campaign == campaign_id))
+    assert {r.status for r in rows} == {MessageStatus.SENT}
+    assert {r.to_phone: r.twilio_sid for r in rows} == sids
+    reconciled = [r for r in rows if r.attempts == 2]
+    assert len(reconciled) == 1 and reconciled[0].reason == "found at Twilio after an unanswered request"
+    assert campaigns.analytics_dict(campaign_id)["sent"] == 3
+
+
+def test_read_timeout_is_reconciled(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    # Given Twilio answers slower than the client's 0.5 s timeout
+    make_customers(1)
+    fake_twilio.latency_s = 0.8
+    campaign_id = make_campaign()
+
+    actors.send_campaign.send(campaign_id)
+    join_all(stub_broker)
+
+    assert len(fake_twilio.messages) == 1
+    row = Message.get(Message.campaign == campaign_id)
+    assert row.status == MessageStatus.SENT and row.twilio_sid == fake_twilio.messages[0]["sid"]
+
+
+def test_a_row_left_sending_by_a_crash_is_sent_once_when_twilio_has_none(db, fake_twilio, twilio_backend):
+    # Given a worker claimed a message and died before calling Twilio
+    make_customers(1)
+    campaign_id = make_campaign()
+    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    row = Message.get(Message.campaign == campaign_id)
+    Message.update(status=MessageStatus.SENDING, body="Hi\nReply STOP to unsubscribe", segments=1,
+                   sending_at=utcnow() - dt.timedelta(seconds=5), attempts=1).where(Message.id == row.id).execute()
+
+    # When the message comes back while the claim is recent, nothing happens
+    recent = campaigns.send_message(row.id, backend=twilio_backend, short_url_base="https://x.test/q", reconcile_after_s=60)
+    assert recent.detail == "being sent by another worker" and fake_twilio.messages == []
+
+    # And once it is old enough, Twilio is asked, has nothing, and it is sent exactly once
+    outcome = campaigns.send_message(row.id, backend=twilio_backend, short_url_base="https://x.test/q", reconcile_after_s=1)
+    again = campaigns.send_message(row.id, backend=twilio_backend, short_url_base="https://x.test/q", reconcile_after_s=1)
+    assert outcome.status == MessageStatus.SENT and again.detail == "already handled"
+    assert [m["body"] for m in fake_twilio.messages] == ["Hi\nReply STOP to unsubscribe"]
+    assert Message.get_by_id(row.id).attempts == 2
+
+
+def test_retries_exhausted_leave_a_recorded_failure(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    # Given Twilio is rate limiting every request and the actor may retry only twice, quickly
+    make_customers(1)
+    fake_twilio.set_error_rates(rate_429=1.0)
+    campaign_id = make_campaign()
+    actors.send_sms.options.update(max_retries=2, min_backoff=10, max_backoff=50)
+    try:
+        actors.send_campaign.send(campaign_id)
+        join_all(stub_broker, fail_fast=False)
+    finally:
+        actors.send_sms.options.update(max_retries=10, min_backoff=5_000, max_backoff=15 * 60_000)
+
+    # Then the customer's row is failed with the reason, and the campaign finished
+    row = Message.get(Message.campaign == campaign_id)
+    assert row.status == MessageStatus.FAILED and row.error_code == "retries_exhausted"
+    assert "too many requests" in row.reason
+    assert fake_twilio.messages == [] and len(fake_twilio.requests) == 3
+    assert campaigns.analytics_dict(campaign_id)["status"] == "completed"
