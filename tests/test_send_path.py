@@ -232,3 +232,40 @@ def test_metrics_updates_are_coalesced(sqlite_db, stub_broker, stub_worker, twil
     assert 1 <= counter.counts["update_metrics"] <= elapsed_ms / delay_ms + 2
     assert counter.counts["update_metrics"] < 300 / 3
     assert campaigns.analytics_dict(campaign_id)["sent"] == 300
+
+
+def test_dispatcher_keeps_about_three_windows_in_flight_and_carries_the_campaign_limit(sqlite_db, stub_broker):
+    # Given a campaign of 100 customers with its own limit of 5 a minute (slower than the global one)
+    make_customers(100)
+    campaign_id = make_campaign()
+    Campaign.update(rate_limit="5/minute").where(Campaign.id == campaign_id).execute()
+    result = campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+
+    # When the dispatcher runs (no worker: we look at what it put on the broker)
+    actors.dispatch_campaign.fn(campaign_id, result.dispatch_token)
+
+    # Then it enqueued three windows of the campaign's limit, each carrying that limit,
+    # and scheduled itself to top up
+    sends = [dramatiq.Message.decode(raw) for raw in stub_broker.queues["sms"].queue]
+    assert len(sends) == 15
+    assert all(m.options["extra_rate_limit"] == [f"campaign:{campaign_id}", "5/minute"] for m in sends)
+    assert Message.select().where(Message.queued_at.is_null(False)).count() == 15
+    assert len(stub_broker.queues["campaigns.DQ"].queue) == 1
+
+    # And a second run while those are still in flight adds nothing
+    actors.dispatch_campaign.fn(campaign_id, result.dispatch_token)
+    assert len(stub_broker.queues["sms"].queue) == 15
+
+    # And a superseded chain (an older token) stops
+    actors.dispatch_campaign.fn(campaign_id, "stale-token")
+    assert len(stub_broker.queues["campaigns.DQ"].queue) == 2
+
+
+def test_a_malformed_campaign_rate_limit_fails_the_campaign(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    make_customers(2)
+    campaign_id = make_campaign()
+    Campaign.update(rate_limit="fast please").where(Campaign.id == campaign_id).execute()
+    run_campaign(stub_broker, campaign_id)
+    campaign = Campaign.get_by_id(campaign_id)
+    assert campaign.status == CampaignStatus.FAILED and "fast please" in campaign.status_reason
+    assert fake_twilio.messages == []
