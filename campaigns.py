@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from limits import parse as parse_limit
@@ -170,7 +170,10 @@ def fan_out(
 
     token = uuid.uuid4().hex
     (
-        Campaign.update(status=CampaignStatus.SENDING, started_at=fn.COALESCE(Campaign.started_at, utcnow()), dispatch_token=token)
+        Campaign.update(
+            status=CampaignStatus.SENDING, started_at=fn.COALESCE(Campaign.started_at, utcnow()),
+            dispatch_token=token, heartbeat_at=utcnow(),
+        )
         .where(Campaign.id == campaign_id, Campaign.status.in_([CampaignStatus.DRAFT, CampaignStatus.SENDING]))
         .execute()
     )
@@ -178,6 +181,7 @@ def fan_out(
     on_started(token)
     for batch in _customer_batches(batch_size):
         result.created += _record_outcomes(campaign_id, batch, default_region)
+        Campaign.update(heartbeat_at=utcnow()).where(Campaign.id == campaign_id).execute()
     Campaign.update(fanout_done_at=utcnow()).where(Campaign.id == campaign_id, Campaign.fanout_done_at.is_null()).execute()
     result.status = CampaignStatus.SENDING
     return result
@@ -211,6 +215,7 @@ def dispatch(
     campaign = Campaign.get_or_none(Campaign.id == campaign_id)
     if campaign is None or campaign.dispatch_token != token or campaign.status != CampaignStatus.SENDING:
         return DispatchResult()
+    Campaign.update(heartbeat_at=utcnow()).where(Campaign.id == campaign_id).execute()
     stale_before = utcnow() - dt.timedelta(seconds=requeue_after_s)
     queued = Message.select(Message.id).where(
         Message.campaign == campaign_id, Message.status == MessageStatus.PENDING, Message.queued_at.is_null(False)
@@ -281,6 +286,83 @@ def _record_outcomes(campaign_id: int, batch: list[tuple[Customer, str | None]],
 def _rowcount(cursor, default: int) -> int:
     count = getattr(cursor, "rowcount", None)
     return count if isinstance(count, int) and count >= 0 else default
+
+
+@dataclass
+class SweepResult:
+    checked: int = 0
+    restarted: list[int] = field(default_factory=list)
+
+
+def sweep(
+    *,
+    stale_after_s: Callable[[Campaign], float],
+    restart_fan_out: Callable[[int], None],
+    restart_dispatch: Callable[[int, str], None],
+    request_metrics: Callable[[int], None],
+) -> SweepResult:
+    """Restart the work of every sending campaign whose fan-out or dispatcher has gone
+    quiet, as happens when Redis loses its keys or a worker dies mid-chain.
+
+    Only the database is consulted, so this works whatever the broker has forgotten; the
+    takeover is a conditional UPDATE, so concurrent sweepers restart a campaign once.
+    """
+    result = SweepResult()
+    now = utcnow()
+    for campaign in Campaign.select().where(Campaign.status == CampaignStatus.SENDING):
+        result.checked += 1
+        request_metrics(campaign.id)
+        cutoff = now - dt.timedelta(seconds=stale_after_s(campaign))
+        if campaign.heartbeat_at is not None and campaign.heartbeat_at >= cutoff:
+            continue
+        token = uuid.uuid4().hex
+        beat = Campaign.heartbeat_at.is_null() if campaign.heartbeat_at is None else Campaign.heartbeat_at == campaign.heartbeat_at
+        taken = (
+            Campaign.update(dispatch_token=token, heartbeat_at=now)
+            .where(Campaign.id == campaign.id, Campaign.status == CampaignStatus.SENDING, beat)
+            .execute()
+        )
+        if not taken:
+            continue
+        record_event(campaign.id, "campaign_restarted", "no progress from the fan-out or the dispatcher; restarted", level="warning")
+        result.restarted.append(campaign.id)
+        if campaign.fanout_done_at is None:
+            restart_fan_out(campaign.id)
+        else:
+            restart_dispatch(campaign.id, token)
+    return result
+
+
+def resume_campaign(campaign_id: int) -> str | None:
+    """Resume a paused campaign where it stopped; returns the new dispatcher token."""
+    token = uuid.uuid4().hex
+    changed = (
+        Campaign.update(status=CampaignStatus.SENDING, status_reason=None, dispatch_token=token, heartbeat_at=utcnow())
+        .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.PAUSED)
+        .execute()
+    )
+    if not changed:
+        return None
+    Message.update(queued_at=None).where(Message.campaign == campaign_id, Message.status == MessageStatus.PENDING).execute()
+    record_event(campaign_id, "campaign_resumed", "resumed by an operator", level="info")
+    return token
+
+
+def check_error_storm(campaign_id: int, *, window: int, min_attempts: int, ratio: float) -> bool:
+    """Pause the campaign when most of its recent attempts failed (a bad sender, a broken
+    template, a dead list), rather than burning through the rest of the list."""
+    recent = [
+        status
+        for (status,) in Message.select(Message.status)
+        .where(Message.campaign == campaign_id, Message.status.in_([MessageStatus.SENT, MessageStatus.FAILED]))
+        .order_by(Message.updated_at.desc(), Message.id.desc())
+        .limit(window)
+        .tuples()
+    ]
+    failed = recent.count(MessageStatus.FAILED)
+    if len(recent) < min_attempts or failed < ratio * len(recent):
+        return False
+    return pause_campaign(campaign_id, f"error storm: {failed} of the last {len(recent)} attempts failed")
 
 
 @dataclass

@@ -97,6 +97,34 @@ def campaign_send(campaign_id: int) -> None:
     click.echo(f"campaign {campaign_id} enqueued")
 
 
+@campaign.command("pause")
+@click.argument("campaign_id", type=int)
+@click.option("--reason", default="paused by an operator")
+def campaign_pause(campaign_id: int, reason: str) -> None:
+    """Stop new sends; pending customers stay pending."""
+    _bootstrap()
+    from campaigns import pause_campaign
+    from models import connection
+
+    with connection():
+        if not pause_campaign(campaign_id, reason):
+            raise click.ClickException(f"campaign {campaign_id} is not sending")
+    click.echo(f"campaign {campaign_id} paused")
+
+
+@campaign.command("resume")
+@click.argument("campaign_id", type=int)
+def campaign_resume(campaign_id: int) -> None:
+    """Continue a paused campaign exactly where it stopped."""
+    actors = _bootstrap()
+    from models import connection
+
+    with connection():
+        if not actors.resume(campaign_id):
+            raise click.ClickException(f"campaign {campaign_id} is not paused")
+    click.echo(f"campaign {campaign_id} resumed")
+
+
 @campaign.command("status")
 @click.argument("campaign_id", type=int)
 def campaign_status(campaign_id: int) -> None:
@@ -110,6 +138,17 @@ def campaign_status(campaign_id: int) -> None:
             raise click.ClickException(f"campaign {campaign_id} does not exist")
         json.dump(analytics_dict(campaign_id), sys.stdout, indent=2)
         click.echo()
+
+
+@main.command()
+def sweep() -> None:
+    """Restart stalled campaigns once (the workers also do this every SWEEP_INTERVAL_S)."""
+    actors = _bootstrap()
+    from models import connection
+
+    with connection():
+        result = actors.sweep()
+    click.echo(f"checked {result.checked} sending campaign(s); restarted {result.restarted or 'none'}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ class MetricsDebouncer:
 
     def claim(self, campaign_id: int) -> bool:
         """True if the caller must enqueue the update (nobody else has in this window)."""
-        ttl_ms = self.delay_ms * 10 + 60_000
+        ttl_ms = self.delay_ms * 2 + 5_000  # outlives a lost update message only briefly
         if self.redis is not None:
             return bool(self.redis.set(f"{self.prefix}:{campaign_id}", "1", nx=True, px=ttl_ms))
         now = time.monotonic()

@@ -74,6 +74,7 @@ class Campaign(BaseModel):
     status_reason = TextField(null=True)
     rate_limit = CharField(max_length=40, null=True)
     dispatch_token = CharField(max_length=32, null=True)
+    heartbeat_at = DateTimeField(null=True)
     fanout_done_at = DateTimeField(null=True)
     started_at = DateTimeField(null=True)
     completed_at = DateTimeField(null=True)

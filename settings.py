@@ -56,6 +56,13 @@ class Settings:
     rate_limit_lead_ms: int = 300
     worker_max_retries: int = 5
     reconcile_after_s: float = 30.0
+    requeue_after_s: float = 1200.0
+    sweep_interval_s: float = 60.0
+    error_storm_window: int = 50
+    error_storm_min_attempts: int = 20
+    error_storm_ratio: float = 0.8
+    dramatiq_heartbeat_timeout_ms: int = 60_000
+    dramatiq_maintenance_chance: int = 1000
     metrics_delay_ms: int = 1000
     fanout_batch_size: int = 500
 
@@ -96,6 +103,8 @@ class Settings:
                 raise ConfigurationError(f"{name}={value!r} is not a rate limit such as '10/minute' or '20 per 2 seconds'") from None
         if self.reconcile_after_s <= self.twilio_timeout_s:
             raise ConfigurationError("RECONCILE_AFTER_S must be longer than TWILIO_TIMEOUT_S, or a request still in flight could be sent twice")
+        if not 0 < self.error_storm_ratio <= 1:
+            raise ConfigurationError("ERROR_STORM_RATIO must be a fraction in (0, 1]")
         if self.twilio_timeout_s <= 0:
             raise ConfigurationError("TWILIO_TIMEOUT_S must be a positive number of seconds")
         if self.twilio_api_base_url:

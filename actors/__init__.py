@@ -13,7 +13,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, Retries
 
-from middleware import DatabaseConnection
+from middleware import DatabaseConnection, Sweeper
 from models import configure_database
 from ratelimit import MemoryWindows, RateLimit, RedisWindows
 from settings import Settings, get_settings
@@ -35,7 +35,11 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     else:
         pool = redis_pool(settings.redis_url)
         client = redis.Redis(connection_pool=pool)
-        broker = RedisBroker(client=client, namespace=settings.dramatiq_namespace)
+        broker = RedisBroker(
+            client=client, namespace=settings.dramatiq_namespace,
+            heartbeat_timeout=settings.dramatiq_heartbeat_timeout_ms,
+            maintenance_chance=settings.dramatiq_maintenance_chance,
+        )
         broker.redis_client = client
         windows = RedisWindows(client, prefix=f"{settings.dramatiq_namespace}:ratelimit")
     for middleware in broker.middleware:
@@ -58,7 +62,9 @@ broker = build_broker(settings)
 dramatiq.set_broker(broker)
 configure_database(settings.database_url)
 
-from actors.campaigns import dispatch_campaign, send_campaign, update_metrics  # noqa: E402
+from actors.campaigns import dispatch_campaign, resume, send_campaign, sweep, update_metrics  # noqa: E402
 from actors.sms import send_sms, send_sms_exhausted  # noqa: E402
 
-__all__ = ["broker", "build_broker", "dispatch_campaign", "send_campaign", "send_sms", "send_sms_exhausted", "update_metrics"]
+broker.add_middleware(Sweeper(interval_s=settings.sweep_interval_s, sweep=sweep))
+
+__all__ = ["broker", "build_broker", "dispatch_campaign", "resume", "send_campaign", "sweep", "send_sms", "send_sms_exhausted", "update_metrics"]

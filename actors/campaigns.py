@@ -43,7 +43,7 @@ def dispatch_campaign(campaign_id: int, token: str) -> None:
     max_inflight, again_ms = pacing(slower(services.sms_rate_limit, campaign.rate_limit))
     result = campaigns.dispatch(
         campaign_id, token, enqueue=enqueue, max_inflight=max_inflight,
-        requeue_after_s=max(1_200.0, 40 * again_ms / 1000),
+        requeue_after_s=max(services.requeue_after_s, 6 * again_ms / 1000),
     )
     if result.again:
         dispatch_campaign.send_with_options(args=(campaign_id, token), delay=again_ms)
@@ -51,9 +51,38 @@ def dispatch_campaign(campaign_id: int, token: str) -> None:
 
 @dramatiq.actor(queue_name="metrics", max_retries=10, min_backoff=1_000, max_backoff=60_000)
 def update_metrics(campaign_id: int) -> None:
-    """Recompute the campaign's analytics from its message rows."""
-    get_services().debouncer.release(campaign_id)
+    """Recompute the campaign's analytics from its message rows; pause it on an error storm."""
+    services = get_services()
+    services.debouncer.release(campaign_id)
     campaigns.recompute_analytics(campaign_id)
+    storm = services.error_storm
+    campaigns.check_error_storm(campaign_id, window=storm[0], min_attempts=storm[1], ratio=storm[2])
+
+
+def sweep() -> campaigns.SweepResult:
+    """Restart stalled campaigns (see ``campaigns.sweep``); run by the Sweeper middleware
+    in every worker process and by ``python -m cli sweep``."""
+    services = get_services()
+
+    def stale_after_s(campaign: Campaign) -> float:
+        _inflight, again_ms = pacing(slower(services.sms_rate_limit, campaign.rate_limit))
+        return max(60.0, 3 * again_ms / 1000 + 30)
+
+    return campaigns.sweep(
+        stale_after_s=stale_after_s,
+        restart_fan_out=lambda campaign_id: send_campaign.send(campaign_id),
+        restart_dispatch=lambda campaign_id, token: dispatch_campaign.send(campaign_id, token),
+        request_metrics=request_metrics_update,
+    )
+
+
+def resume(campaign_id: int) -> bool:
+    """Resume a paused campaign exactly where it stopped."""
+    token = campaigns.resume_campaign(campaign_id)
+    if token is None:
+        return False
+    dispatch_campaign.send(campaign_id, token)
+    return True
 
 
 def request_metrics_update(campaign_id: int) -> None:

@@ -21,6 +21,8 @@ class Services:
     fanout_batch_size: int
     sms_rate_limit: str
     reconcile_after_s: float
+    requeue_after_s: float
+    error_storm: tuple[int, int, float]
 
 
 _services: Services | None = None
@@ -42,6 +44,8 @@ def get_services() -> Services:
             fanout_batch_size=settings.fanout_batch_size,
             sms_rate_limit=settings.sms_rate_limit,
             reconcile_after_s=settings.reconcile_after_s,
+            requeue_after_s=settings.requeue_after_s,
+            error_storm=(settings.error_storm_window, settings.error_storm_min_attempts, settings.error_storm_ratio),
         )
     return _services
 

@@ -1,0 +1,84 @@
+"""Recovery without Redis's help: the sweeper, the error-storm pause, pause and resume."""
+
+from __future__ import annotations
+
+from dramatiq import Worker
+
+import actors
+import campaigns
+from models import Campaign, CampaignStatus, Event, Message, MessageStatus
+from tests.conftest import join_all
+from tests.factories import make_campaign, make_customers, phone_for
+
+
+def test_sweeper_finishes_a_campaign_after_the_broker_forgot_everything(db, stub_broker, twilio_backend, fake_twilio):
+    # Given a campaign whose fan-out ran and whose dispatcher enqueued sends...
+    make_customers(20)
+    campaign_id = make_campaign()
+    actors.send_campaign.fn(campaign_id)
+    actors.dispatch_campaign.fn(campaign_id, Campaign.get_by_id(campaign_id).dispatch_token)
+    assert Message.select().where(Message.queued_at.is_null(False)).count() == 20
+    # ...when the broker loses every message (as a Redis restart without persistence does)
+    stub_broker.flush_all()
+    actors.services.reset_services()  # Redis would have lost the metrics debounce keys too
+    actors.services.configure_services(backend=twilio_backend, requeue_after_s=0)
+    Campaign.update(heartbeat_at=None).where(Campaign.id == campaign_id).execute()
+
+    # When the sweeper runs (it reads only the database) and a worker processes the result
+    result = actors.sweep()
+    assert result.restarted == [campaign_id]
+    worker = Worker(stub_broker, worker_timeout=50, worker_threads=4)
+    worker.start()
+    try:
+        join_all(stub_broker)
+    finally:
+        worker.stop()
+
+    # Then every customer got exactly one message and the campaign completed
+    assert sorted(m["to"] for m in fake_twilio.messages) == sorted(phone_for(i) for i in range(20))
+    assert Campaign.get_by_id(campaign_id).status == CampaignStatus.COMPLETED
+    assert Event.get(Event.code == "campaign_restarted").campaign_id == campaign_id
+    # And a second sweep finds nothing to restart
+    assert actors.sweep().restarted == []
+
+
+def test_an_error_storm_pauses_the_campaign(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    # Given a list where almost every number is rejected by Twilio
+    make_customers(60)
+    for i in range(60):
+        if i % 10:
+            fake_twilio.fail_number(phone_for(i), 21211)
+    actors.services.configure_services(error_storm=(20, 20, 0.8))
+    campaign_id = make_campaign()
+
+    actors.send_campaign.send(campaign_id)
+    join_all(stub_broker)
+
+    # Then the campaign is paused with the reason, with customers left pending, not burned
+    campaign = Campaign.get_by_id(campaign_id)
+    assert campaign.status == CampaignStatus.PAUSED and campaign.status_reason.startswith("error storm")
+    counts = campaigns.database_counts(campaign_id)
+    assert counts.get("pending", 0) > 0 and counts["failed"] >= 16
+
+
+def test_pause_then_resume_sends_everyone_exactly_once(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    # Given a sender error pauses a campaign part-way
+    make_customers(30)
+    campaign_id = make_campaign()
+    fake_twilio.fail_all(21606)
+    actors.send_campaign.send(campaign_id)
+    join_all(stub_broker)
+    assert Campaign.get_by_id(campaign_id).status == CampaignStatus.PAUSED
+    assert fake_twilio.messages == []
+
+    # When the operator fixes the sender and resumes
+    fake_twilio.fail_all(None)
+    assert actors.resume(campaign_id) is True
+    join_all(stub_broker)
+
+    # Then everyone is sent exactly once and the campaign completes
+    tos = [m["to"] for m in fake_twilio.messages]
+    assert sorted(tos) == sorted(phone_for(i) for i in range(30))
+    assert Campaign.get_by_id(campaign_id).status == CampaignStatus.COMPLETED
+    assert actors.resume(campaign_id) is False
+    assert Message.select().where(Message.status != MessageStatus.SENT).count() == 0
