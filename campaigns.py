@@ -509,8 +509,9 @@ def _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s) -> Se
     waiting for Twilio, look it up there; record it sent if found, else send it again."""
     started = message.sending_at
     if started is not None and started > utcnow() - dt.timedelta(seconds=reconcile_after_s):
-        outcome.detail = "being sent by another worker"
-        return outcome
+        # Another worker may still be waiting for Twilio; if it died, come back to look.
+        wait_s = (started + dt.timedelta(seconds=reconcile_after_s) - utcnow()).total_seconds()
+        raise TransientError("being sent by another worker", code="in_flight", retry_after_ms=int(wait_s * 1000) + 1000)
     taken = (
         Message.update(sending_at=utcnow(), attempts=Message.attempts + 1, updated_at=utcnow())
         .where(Message.id == message.id, Message.status == MessageStatus.SENDING, Message.sending_at == started)

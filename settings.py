@@ -58,6 +58,9 @@ class Settings:
     reconcile_after_s: float = 30.0
     requeue_after_s: float = 1200.0
     sweep_interval_s: float = 60.0
+    sweep_stale_after_s: float = 60.0
+    sms_max_retries: int = 10
+    sms_min_backoff_ms: int = 5_000
     error_storm_window: int = 50
     error_storm_min_attempts: int = 20
     error_storm_ratio: float = 0.8

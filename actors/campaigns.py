@@ -66,7 +66,7 @@ def sweep() -> campaigns.SweepResult:
 
     def stale_after_s(campaign: Campaign) -> float:
         _inflight, again_ms = pacing(slower(services.sms_rate_limit, campaign.rate_limit))
-        return max(60.0, 3 * again_ms / 1000 + 30)
+        return max(services.sweep_stale_after_s, 3 * again_ms / 1000)
 
     return campaigns.sweep(
         stale_after_s=stale_after_s,

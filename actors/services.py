@@ -22,6 +22,7 @@ class Services:
     sms_rate_limit: str
     reconcile_after_s: float
     requeue_after_s: float
+    sweep_stale_after_s: float
     error_storm: tuple[int, int, float]
 
 
@@ -45,6 +46,7 @@ def get_services() -> Services:
             sms_rate_limit=settings.sms_rate_limit,
             reconcile_after_s=settings.reconcile_after_s,
             requeue_after_s=settings.requeue_after_s,
+            sweep_stale_after_s=settings.sweep_stale_after_s,
             error_storm=(settings.error_storm_window, settings.error_storm_min_attempts, settings.error_storm_ratio),
         )
     return _services

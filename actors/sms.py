@@ -10,13 +10,17 @@ from actors.campaigns import request_metrics_update
 from actors.services import get_services
 from errors import PermanentError, TransientError
 from ratelimit import RateLimit, Throttled
+from settings import get_settings
+
+
+_settings = get_settings()
 
 
 @dramatiq.actor(
     queue_name="sms",
     rate_limit="sms",
-    max_retries=10,
-    min_backoff=5_000,
+    max_retries=_settings.sms_max_retries,
+    min_backoff=_settings.sms_min_backoff_ms,
     max_backoff=15 * 60_000,
     time_limit=120_000,
     throws=(PermanentError,),

@@ -269,6 +269,7 @@ class FakeTwilio:
             self._fail_all: tuple[int, int, str | None] | None = None
             self._rate_429 = self._rate_500 = 0.0
             self._pending: collections.deque[str] = collections.deque()
+            self._hang: dict[str, float] = {}
             self._rng = random.Random(self._seed)
             self.latency_s = self._default_latency
 
@@ -314,6 +315,17 @@ class FakeTwilio:
             raise ValueError("mode must be 'drop' or '500'")
         with self._lock:
             self._pending.extend([mode] * count)
+
+    def hang_after_accept(self, to: str, seconds: float) -> None:
+        """Accept (record) the next create to ``to``, then hold the answer ``seconds``:
+        a test can kill the worker while it waits, after Twilio accepted and before the
+        worker could record it."""
+        with self._lock:
+            self._hang[to] = seconds
+
+    def accepted(self, to: str) -> bool:
+        with self._lock:
+            return any(m["to"] == to for m in self._messages)
 
     # -------------------------------------------------------------- routing
     def _handle(self, method: str, raw_path: str, headers, body: bytes) -> _Reply:
@@ -365,7 +377,7 @@ class FakeTwilio:
         """
         f = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
         to, text, now = f.get("To", ""), f.get("Body", ""), time.time()
-        rejection, extra, outcome, payload, drop = None, {}, "rejected", None, False
+        rejection, extra, outcome, payload, drop, hang_s = None, {}, "rejected", None, False, 0.0
         with self._lock:
             if not self._authorized(headers, path_sid):
                 rejection = (401, 20003, None)
@@ -394,6 +406,7 @@ class FakeTwilio:
                 }
                 self._index[sid] = len(self._messages)
                 self._messages.append(record)
+                hang_s = self._hang.pop(to, 0.0)
                 mode = self._pending.popleft() if self._pending else None
                 if mode == "drop":
                     outcome, status, code, drop = "accepted_then_dropped", None, None, True
@@ -410,8 +423,8 @@ class FakeTwilio:
                 "to": to, "body": text, "http_status": status, "code": code,
                 "at": now, "outcome": outcome, "sid": sid,
             })
-        if self.latency_s > 0:
-            time.sleep(self.latency_s)
+        if self.latency_s > 0 or hang_s > 0:
+            time.sleep(self.latency_s + hang_s)
         return _Reply(status or 0, payload, extra, drop)
 
     def _resource(self, m: dict) -> dict:

@@ -9,6 +9,7 @@ import pytest
 
 import actors
 import campaigns
+from errors import TransientError
 from models import Message, MessageStatus, utcnow
 from tests.conftest import join_all
 from tests.factories import make_campaign, make_customers, phone_for
@@ -60,9 +61,11 @@ def test_a_row_left_sending_by_a_crash_is_sent_once_when_twilio_has_none(db, fak
     Message.update(status=MessageStatus.SENDING, body="Hi\nReply STOP to unsubscribe", segments=1,
                    sending_at=utcnow() - dt.timedelta(seconds=5), attempts=1).where(Message.id == row.id).execute()
 
-    # When the message comes back while the claim is recent, nothing happens
-    recent = campaigns.send_message(row.id, backend=twilio_backend, short_url_base="https://x.test/q", reconcile_after_s=60)
-    assert recent.detail == "being sent by another worker" and fake_twilio.messages == []
+    # When the message comes back while the claim is recent, it is told to come back later
+    with pytest.raises(TransientError) as later:
+        campaigns.send_message(row.id, backend=twilio_backend, short_url_base="https://x.test/q", reconcile_after_s=60)
+    assert later.value.code == "in_flight" and 55_000 < later.value.retry_after_ms <= 56_000
+    assert fake_twilio.messages == []
 
     # And once it is old enough, Twilio is asked, has nothing, and it is sent exactly once
     outcome = campaigns.send_message(row.id, backend=twilio_backend, short_url_base="https://x.test/q", reconcile_after_s=1)
