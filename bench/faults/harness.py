@@ -1,0 +1,253 @@
+"""The fault-injection harness: a campaign on real parts, a fault, and the ledger.
+
+Real parts: ``dramatiq actors`` worker processes on the Redis broker, PostgreSQL, and the
+real twilio client talking HTTP to the fake Twilio API in this process. After the fault,
+``Scenario.verify()`` checks that every eligible customer has exactly one message accepted
+by the fake and exactly one sent row carrying that message's SID, that no ineligible
+customer got anything, and that the campaign's analytics equal the database's counts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import redis
+from dramatiq import Message as BrokerMessage
+from dramatiq.brokers.redis import RedisBroker
+
+from bench.common import POSTGRES_URL, REDIS_URL, Workers, delete_namespace, namespace, worker_env
+
+#: Worker settings that make recovery fast enough to watch: a killed worker's messages
+#: come back after 3 s, stale rows after 8 s, the sweeper looks every 2 s.
+FAST_RECOVERY = dict(
+    SMS_RATE_LIMIT="100/second",
+    TWILIO_TIMEOUT_S="2",
+    RECONCILE_AFTER_S="4",
+    REQUEUE_AFTER_S="8",
+    SWEEP_INTERVAL_S="2",
+    SWEEP_STALE_AFTER_S="6",
+    SMS_MIN_BACKOFF_MS="500",
+    SMS_MAX_RETRIES="20",
+    DRAMATIQ_HEARTBEAT_TIMEOUT_MS="3000",
+    DRAMATIQ_MAINTENANCE_CHANCE="200000",
+    METRICS_DELAY_MS="300",
+)
+
+
+@dataclass
+class Verdict:
+    case: str
+    eligible: int
+    lost: int
+    duplicated: int
+    ineligible_sent: int
+    sid_mismatch: int
+    analytics_match: bool
+    expected_failures_ok: bool
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (self.lost, self.duplicated, self.ineligible_sent, self.sid_mismatch) == (0, 0, 0, 0) \
+            and self.analytics_match and self.expected_failures_ok
+
+    def row(self) -> str:
+        return (f"| {self.case} | {self.eligible} | {self.lost} | {self.duplicated} | {self.ineligible_sent} | "
+                f"{'yes' if self.analytics_match else 'NO'} | {self.seconds:.1f} s | {'PASS' if self.ok else 'FAIL'} |")
+
+
+class Scenario:
+    """One campaign: customers (10% ineligible), a worker group or two, and the checks."""
+
+    def __init__(self, fake, tmp: str, *, customers: int = 1000, expected_failures: dict[str, str] | None = None,
+                 processes: int = 1, threads: int = 8, **settings: str) -> None:
+        from models import MODELS, configure_database, create_schema, database
+        from tests.factories import make_campaign, make_customers, phone_for
+
+        self.fake, self.tmp = fake, tmp
+        self.db = configure_database(POSTGRES_URL)
+        if not self.db.is_closed():
+            self.db.close()
+        with database.connection_context():
+            database.drop_tables(MODELS, safe=True, cascade=True)
+        create_schema()
+        unsubscribed = set(range(0, customers, 20))
+        bad = {i: "12345" for i in range(7, customers, 20)}
+        with database.connection_context():
+            make_customers(customers, unsubscribed=unsubscribed, bad_phones=bad)
+            self.campaign_id = make_campaign()
+        ineligible = unsubscribed | set(bad)
+        self.eligible = {phone_for(i) for i in range(customers) if i not in ineligible}
+        self.ineligible = {phone_for(i) for i in ineligible}
+        self.expected_failures = expected_failures or {}
+        self.ns = namespace("faults")
+        self.env = worker_env(fake, ns=self.ns, database_url=POSTGRES_URL, **{**FAST_RECOVERY, **settings})
+        self.env["dramatiq_worker_timeout"] = "100"
+        self.processes, self.threads = processes, threads
+        self.redis = redis.Redis.from_url(REDIS_URL)
+        self.groups: list[Workers] = []
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------- control
+    def start_workers(self) -> Workers:
+        group = Workers("actors", self.env, f"{self.tmp}/workers-{len(self.groups)}.log",
+                        processes=self.processes, threads=self.threads)
+        self.groups.append(group)
+        return group
+
+    def kill9(self, group: Workers) -> None:
+        """SIGKILL the whole group (main process and its worker processes) at once."""
+        os.killpg(group.proc.pid, signal.SIGKILL)
+        group.proc.wait(10)
+
+    def launch(self) -> None:
+        broker = RedisBroker(url=REDIS_URL, namespace=self.ns)
+        try:
+            broker.enqueue(BrokerMessage(queue_name="campaigns", actor_name="send_campaign",
+                                         args=(self.campaign_id,), kwargs={}, options={}))
+        finally:
+            broker.close()
+        self.started = time.monotonic()
+
+    def sent_count(self) -> int:
+        return len(self.fake.messages)
+
+    def wait_until(self, predicate, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return True
+            except Exception:  # the database may be restarting
+                pass
+            time.sleep(0.2)
+        return False
+
+    def finished(self) -> bool:
+        from models import Campaign, CampaignStatus, database
+
+        with database.connection_context():
+            return Campaign.get_by_id(self.campaign_id).status in CampaignStatus.FINISHED
+
+    def wait_finished(self, timeout_s: float = 180) -> bool:
+        return self.wait_until(self.finished, timeout_s)
+
+    def stop(self) -> None:
+        for group in self.groups:
+            group.stop()
+        delete_namespace(self.redis, self.ns)
+
+    def logs(self) -> str:
+        return "\n".join(group.tail(1500) for group in self.groups)
+
+    # ------------------------------------------------------------- verdict
+    def verify(self, case: str) -> Verdict:
+        import campaigns
+        from models import Message, MessageStatus, database
+
+        seconds = time.monotonic() - self.started
+        accepted = Counter(m["to"] for m in self.fake.messages)
+        sids = {m["sid"]: m["to"] for m in self.fake.messages}
+        with database.connection_context():
+            rows = list(Message.select(Message.to_phone, Message.status, Message.twilio_sid, Message.error_code)
+                        .where(Message.campaign == self.campaign_id))
+            analytics = campaigns.analytics_dict(self.campaign_id)
+            counts = campaigns.database_counts(self.campaign_id)
+        by_phone = {r.to_phone: r for r in rows if r.to_phone}
+        to_send = self.eligible - set(self.expected_failures)
+        lost = sum(1 for p in to_send if accepted[p] == 0 or by_phone.get(p) is None or by_phone[p].status != MessageStatus.SENT)
+        duplicated = sum(1 for p in self.eligible if accepted[p] > 1)
+        ineligible_sent = sum(1 for p in self.ineligible if accepted[p])
+        sid_mismatch = sum(1 for p in to_send if p in by_phone and by_phone[p].twilio_sid
+                           and sids.get(by_phone[p].twilio_sid) != p)
+        sid_mismatch += sum(1 for r in rows if r.status == MessageStatus.SENT and r.twilio_sid not in sids)
+        expected_ok = all(
+            by_phone.get(p) is not None and by_phone[p].status == MessageStatus.FAILED and by_phone[p].error_code == code
+            for p, code in self.expected_failures.items()
+        )
+        analytics_match = (
+            analytics.get("sent") == counts.get("sent", 0)
+            and analytics.get("failed") == counts.get("failed", 0)
+            and analytics.get("skipped") == counts.get("skipped", 0)
+            and analytics.get("targeted") == sum(counts.values())
+        )
+        return Verdict(case, len(self.eligible), lost, duplicated, ineligible_sent, sid_mismatch,
+                       analytics_match, expected_ok, seconds)
+
+
+def restart_redis_losing_everything() -> None:
+    """Shut Redis down without saving and start it again as the machine does; raises
+    unless a new server (another run id, no keys) answers."""
+    client = redis.Redis.from_url(REDIS_URL)
+    before = client.info("server")["run_id"]
+    subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], capture_output=True, timeout=10)
+    for _ in range(50):
+        if not _port_open(6379):
+            break
+        time.sleep(0.1)
+    start_redis()
+    after = redis.Redis.from_url(REDIS_URL)
+    if after.info("server")["run_id"] == before or after.dbsize() != 0:
+        raise RuntimeError("Redis did not restart empty")
+
+
+def start_redis() -> None:
+    if _port_open(6379):
+        return
+    os.makedirs("/var/lib/redis", exist_ok=True)
+    os.makedirs("/var/log/redis", exist_ok=True)
+    subprocess.run(
+        ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
+         "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"],
+        check=True, timeout=10,
+    )
+    for _ in range(50):
+        if _port_open(6379):
+            return
+        time.sleep(0.1)
+
+
+def restart_postgres_immediately() -> None:
+    """Restart PostgreSQL without a clean shutdown; raises unless its start time changed."""
+    import psycopg2
+
+    def started_at():
+        with psycopg2.connect(POSTGRES_URL) as conn, conn.cursor() as cur:
+            cur.execute("select pg_postmaster_start_time()")
+            return cur.fetchone()[0]
+
+    before = started_at()
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "immediate"],
+                   check=True, capture_output=True, timeout=60)
+    for _ in range(100):
+        try:
+            if started_at() != before:
+                return
+        except psycopg2.OperationalError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("PostgreSQL did not restart")
+
+
+def start_postgres() -> None:
+    if _port_open(5432):
+        return
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], capture_output=True, timeout=60)
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
