@@ -171,6 +171,14 @@ def test_permanent_twilio_errors_fail_the_record_once(db, stub_broker, stub_work
     analytics = campaigns.analytics_dict(campaign_id)
     assert analytics["failed_by_reason"] == {"21211": 1, "21610": 1} and analytics["sent"] == 2
 
+    # And the next campaign skips the customer who replied STOP, without asking Twilio
+    requests_before = len(fake_twilio.requests)
+    next_campaign = make_campaign(name="Next")
+    run_campaign(stub_broker, next_campaign)
+    row = Message.get(Message.campaign == next_campaign, Message.customer == ids[2])
+    assert (row.status, row.error_code) == (MessageStatus.SKIPPED, "unsubscribed")
+    assert phone_for(2) not in [r["to"] for r in fake_twilio.requests[requests_before:]]
+
 
 def test_sender_error_pauses_the_campaign_and_sends_nothing_more(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
     make_customers(10)
