@@ -30,6 +30,7 @@ from errors import (
 )
 from models import (
     Campaign,
+    Click,
     CampaignAnalytics,
     CampaignStatus,
     Customer,
@@ -570,6 +571,19 @@ def recompute_analytics(campaign_id: int) -> CampaignAnalytics | None:
             failed_by_reason[code or "unknown"] = failed_by_reason.get(code or "unknown", 0) + n
         elif status == MessageStatus.SENT:
             segments += int(segs or 0)
+    delivery: dict[str, int] = {}
+    carrier_errors: dict[str, int] = {}
+    delivery_query = (
+        Message.select(Message.delivery_status, Message.delivery_error_code, fn.COUNT(Message.id))
+        .where(Message.campaign == campaign_id, Message.delivery_status.is_null(False))
+        .group_by(Message.delivery_status, Message.delivery_error_code)
+        .tuples()
+    )
+    for status, code, n in delivery_query:
+        delivery[status] = delivery.get(status, 0) + n
+        if code:
+            carrier_errors[code] = carrier_errors.get(code, 0) + n
+    unique_clicks = Click.select(fn.COUNT(fn.DISTINCT(Click.customer))).where(Click.campaign == campaign_id).scalar() or 0
     targeted = sum(counts.values())
     values = {
         "targeted": targeted,
@@ -579,6 +593,10 @@ def recompute_analytics(campaign_id: int) -> CampaignAnalytics | None:
         "failed": counts[MessageStatus.FAILED],
         "skipped": counts[MessageStatus.SKIPPED],
         "segments": segments,
+        "delivered": delivery.get("delivered", 0),
+        "undelivered": delivery.get("undelivered", 0) + delivery.get("failed", 0),
+        "unique_clicks": unique_clicks,
+        "carrier_errors": json.dumps(carrier_errors, sort_keys=True),
         "skipped_by_reason": json.dumps(skipped_by_reason, sort_keys=True),
         "failed_by_reason": json.dumps(failed_by_reason, sort_keys=True),
         "updated_at": utcnow(),
@@ -613,7 +631,8 @@ def analytics_dict(campaign_id: int) -> dict:
         return data
     data.update(
         targeted=row.targeted, eligible=row.eligible, pending=row.pending, sent=row.sent, failed=row.failed,
-        skipped=row.skipped, segments=row.segments,
+        skipped=row.skipped, segments=row.segments, delivered=row.delivered, undelivered=row.undelivered,
+        unique_clicks=row.unique_clicks, carrier_errors=json.loads(row.carrier_errors),
         skipped_by_reason=json.loads(row.skipped_by_reason), failed_by_reason=json.loads(row.failed_by_reason),
     )
     return data

@@ -48,6 +48,8 @@ class Customer(BaseModel):
     first_name = CharField(max_length=100, default="")
     last_name = CharField(max_length=100, default="")
     phone = CharField(max_length=40, null=True)
+    phone_e164 = CharField(max_length=20, null=True, index=True)
+    time_zone = CharField(max_length=64, null=True)
     sms_subscribed = BooleanField(default=True)
     created_at = DateTimeField(default=utcnow)
 
@@ -73,6 +75,8 @@ class Campaign(BaseModel):
     status = CharField(max_length=16, default=CampaignStatus.DRAFT, index=True)
     status_reason = TextField(null=True)
     rate_limit = CharField(max_length=40, null=True)
+    time_zone = CharField(max_length=64, null=True)
+    send_at = DateTimeField(null=True)
     dispatch_token = CharField(max_length=32, null=True)
     heartbeat_at = DateTimeField(null=True)
     fanout_done_at = DateTimeField(null=True)
@@ -98,11 +102,14 @@ class Message(BaseModel):
     campaign = ForeignKeyField(Campaign, backref="messages", on_delete="CASCADE")
     customer = ForeignKeyField(Customer, backref="messages", on_delete="CASCADE")
     status = CharField(max_length=16, default=MessageStatus.PENDING)
-    to_phone = CharField(max_length=20, null=True)
+    to_phone = CharField(max_length=20, null=True, index=True)
     body = TextField(null=True)
     encoding = CharField(max_length=8, null=True)
     segments = IntegerField(null=True)
     twilio_sid = CharField(max_length=40, null=True, unique=True)
+    delivery_status = CharField(max_length=16, null=True)
+    delivery_error_code = CharField(max_length=16, null=True)
+    delivered_at = DateTimeField(null=True)
     error_code = CharField(max_length=32, null=True)
     reason = TextField(null=True)
     attempts = IntegerField(default=0)
@@ -126,6 +133,10 @@ class CampaignAnalytics(BaseModel):
     failed = IntegerField(default=0)
     skipped = IntegerField(default=0)
     segments = IntegerField(default=0)
+    delivered = IntegerField(default=0)
+    undelivered = IntegerField(default=0)
+    unique_clicks = IntegerField(default=0)
+    carrier_errors = TextField(default="{}")
     skipped_by_reason = TextField(default="{}")
     failed_by_reason = TextField(default="{}")
     updated_at = DateTimeField(default=utcnow)
@@ -142,7 +153,28 @@ class Event(BaseModel):
     created_at = DateTimeField(default=utcnow)
 
 
-MODELS = [Customer, QRCode, Campaign, Message, CampaignAnalytics, Event]
+class OptOutEvent(BaseModel):
+    """Every change of a customer's SMS consent, kept for audit."""
+
+    customer = ForeignKeyField(Customer, backref="opt_out_events", null=True, on_delete="SET NULL")
+    phone_e164 = CharField(max_length=20, index=True)
+    action = CharField(max_length=8)  # "stop" or "start"
+    keyword = CharField(max_length=40, null=True)
+    message_sid = CharField(max_length=40, null=True, unique=True)
+    created_at = DateTimeField(default=utcnow)
+
+
+class Click(BaseModel):
+    """A visit of a customer's short link (link-preview bots excluded)."""
+
+    customer = ForeignKeyField(Customer, backref="clicks", on_delete="CASCADE")
+    campaign = ForeignKeyField(Campaign, backref="clicks", null=True, on_delete="SET NULL")
+    code = CharField(max_length=32)
+    user_agent = CharField(max_length=300, null=True)
+    created_at = DateTimeField(default=utcnow)
+
+
+MODELS = [Customer, QRCode, Campaign, Message, CampaignAnalytics, Event, OptOutEvent, Click]
 
 
 def make_database(url: str):
