@@ -41,6 +41,7 @@ from models import (
     database,
     utcnow,
 )
+from quiet import QuietHours, recipient_zone
 from sms import compose, mask_phone, normalize_phone, validate_template
 from smsservice import SendResult, SmsBackend
 
@@ -162,6 +163,9 @@ def fan_out(
         logger.info("campaign %s is %s: nothing to fan out", campaign_id, campaign.status)
         result.status = campaign.status
         return result
+    if campaign.status == CampaignStatus.SCHEDULED and campaign.send_at is not None and campaign.send_at > utcnow():
+        result.status = CampaignStatus.SCHEDULED
+        return result
     try:
         check_campaign(campaign, short_url_base)
     except PermanentError as exc:
@@ -175,7 +179,7 @@ def fan_out(
             status=CampaignStatus.SENDING, started_at=fn.COALESCE(Campaign.started_at, utcnow()),
             dispatch_token=token, heartbeat_at=utcnow(),
         )
-        .where(Campaign.id == campaign_id, Campaign.status.in_([CampaignStatus.DRAFT, CampaignStatus.SENDING]))
+        .where(Campaign.id == campaign_id, Campaign.status.in_([CampaignStatus.DRAFT, CampaignStatus.SCHEDULED, CampaignStatus.SENDING]))
         .execute()
     )
     result.dispatch_token = token
@@ -366,19 +370,82 @@ def check_error_storm(campaign_id: int, *, window: int, min_attempts: int, ratio
     return pause_campaign(campaign_id, f"error storm: {failed} of the last {len(recent)} attempts failed")
 
 
+class QuietNow(Exception):
+    """The recipient is inside quiet hours until ``until_utc`` (naive UTC)."""
+
+    def __init__(self, until_utc: dt.datetime) -> None:
+        super().__init__(f"quiet hours until {until_utc:%Y-%m-%d %H:%M} UTC")
+        self.until_utc = until_utc
+
+
+@dataclass(frozen=True)
+class QuietPolicy:
+    """Quiet hours in the recipient's local time, with an injectable clock (naive UTC)."""
+
+    hours: QuietHours
+    default_zone: str
+    clock: Callable[[], dt.datetime] = utcnow
+
+    def check(self, message: Message) -> None:
+        zone = recipient_zone(
+            message.to_phone, customer_zone=message.customer.time_zone,
+            campaign_zone=message.campaign.time_zone, default_zone=self.default_zone,
+        )
+        until = self.hours.next_allowed_utc(self.clock(), zone)
+        if until is not None:
+            raise QuietNow(until)
+
+
+def cancel_campaign(campaign_id: int, reason: str = "cancelled by an operator") -> int | None:
+    """Cancel a campaign: every customer not yet sent is recorded as cancelled. Returns the
+    number of rows cancelled, None if the campaign was already finished."""
+    changed = (
+        Campaign.update(status=CampaignStatus.CANCELLED, status_reason=reason, completed_at=utcnow())
+        .where(Campaign.id == campaign_id, Campaign.status.not_in(CampaignStatus.FINISHED))
+        .execute()
+    )
+    if not changed:
+        return None
+    rows = (
+        Message.update(status=MessageStatus.CANCELLED, error_code="cancelled", reason=reason, updated_at=utcnow())
+        .where(Message.campaign == campaign_id, Message.status == MessageStatus.PENDING)
+        .execute()
+    )
+    record_event(campaign_id, "campaign_cancelled", f"{reason}; {rows} unsent customers cancelled", level="warning")
+    return rows
+
+
+def schedule_campaign(campaign_id: int, send_at_utc: dt.datetime) -> bool:
+    """Mark a draft campaign to start at ``send_at_utc`` (naive UTC); the sweeper starts it."""
+    return bool(
+        Campaign.update(status=CampaignStatus.SCHEDULED, send_at=send_at_utc)
+        .where(Campaign.id == campaign_id, Campaign.status.in_([CampaignStatus.DRAFT, CampaignStatus.SCHEDULED]))
+        .execute()
+    )
+
+
+def due_scheduled_campaigns(now: dt.datetime | None = None) -> list[int]:
+    now = now or utcnow()
+    return [c.id for c in Campaign.select(Campaign.id).where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.send_at <= now)]
+
+
 @dataclass
 class SendOutcome:
     message_id: int
     status: str
     detail: str = ""
     campaign_id: int | None = None
+    paused: bool = False
 
 
-def _transition(message_id: int, expected: str | tuple[str, ...], **changes) -> bool:
+def _transition(message_id: int, expected: str | tuple[str, ...], _also=None, **changes) -> bool:
     """Move one message from ``expected`` to new values; False if someone else moved it."""
     expected = (expected,) if isinstance(expected, str) else expected
     changes.setdefault("updated_at", utcnow())
-    return bool(Message.update(**changes).where(Message.id == message_id, Message.status.in_(expected)).execute())
+    condition = (Message.id == message_id) & Message.status.in_(expected)
+    if _also is not None:
+        condition &= _also
+    return bool(Message.update(**changes).where(condition).execute())
 
 
 def load_for_send(message_id: int) -> Message | None:
@@ -402,6 +469,7 @@ def send_message(
     deferrals: int = 0,
     acquire_slot: Callable[[int], None] | None = None,
     reconcile_after_s: float = 30.0,
+    quiet: "QuietPolicy | None" = None,
 ) -> SendOutcome:
     """Render, check, claim, send and record one message: the spec's sequence.
 
@@ -411,7 +479,9 @@ def send_message(
 
     A message left in ``sending`` (no answer from Twilio, or a crash) is looked up at
     Twilio once it is ``reconcile_after_s`` old, and only sent again if Twilio has none.
-    Raises TransientError when a retry may help (``MaybeSent`` keeps the claim).
+    Raises TransientError when a retry may help (``MaybeSent`` keeps the claim), and
+    ``QuietNow`` when the recipient is inside quiet hours (checked before the claim and
+    again right before the send).
     """
     message = load_for_send(message_id)
     if message is None:
@@ -420,7 +490,7 @@ def send_message(
     campaign, customer = message.campaign, message.customer
     outcome = SendOutcome(message_id, message.status, campaign_id=campaign.id)
     if message.status == MessageStatus.SENDING:
-        return _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s)
+        return _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s, quiet)
     if message.status != MessageStatus.PENDING:
         outcome.detail = "already handled"
         return outcome
@@ -438,16 +508,20 @@ def send_message(
         _transition(message_id, MessageStatus.PENDING, status=MessageStatus.FAILED, error_code=exc.code, reason=exc.reason)
         outcome.status, outcome.detail = MessageStatus.FAILED, exc.reason
         return outcome
+    if quiet is not None:
+        quiet.check(message)
 
+    # The claim also re-checks the campaign, so a pause stops every message not yet claimed.
+    campaign_sending = Campaign.select(Campaign.id).where(Campaign.id == campaign.id, Campaign.status == CampaignStatus.SENDING)
     claimed = _transition(
-        message_id, MessageStatus.PENDING,
+        message_id, MessageStatus.PENDING, _also=fn.EXISTS(campaign_sending),
         status=MessageStatus.SENDING, body=body, encoding=length.encoding, segments=length.segments,
         attempts=Message.attempts + 1, sending_at=utcnow(), deferrals=deferrals,
     )
     if not claimed:
-        outcome.detail = "claimed by another worker"
+        outcome.detail = "claimed by another worker, or the campaign stopped"
         return outcome
-    return _send_claimed(message, body, length.segments, outcome, backend, acquire_slot, reconcile_after_s)
+    return _send_claimed(message, body, length.segments, outcome, backend, acquire_slot, reconcile_after_s, quiet)
 
 
 def _skip(message_id: int, outcome: SendOutcome, code: str, reason: str) -> SendOutcome:
@@ -456,12 +530,15 @@ def _skip(message_id: int, outcome: SendOutcome, code: str, reason: str) -> Send
     return outcome
 
 
-def _send_claimed(message, body, segments, outcome, backend, acquire_slot, reconcile_after_s) -> SendOutcome:
+def _send_claimed(message, body, segments, outcome, backend, acquire_slot, reconcile_after_s, quiet=None) -> SendOutcome:
     """Send a message this worker has claimed (status ``sending``) and record the result."""
     message_id = message.id
-    if acquire_slot is not None:
+    if acquire_slot is not None or quiet is not None:
         try:
-            acquire_slot(segments)
+            if acquire_slot is not None:
+                acquire_slot(segments)
+            if quiet is not None:
+                quiet.check(message)
         except BaseException:
             _transition(message_id, MessageStatus.SENDING, status=MessageStatus.PENDING,
                         attempts=Message.attempts - 1, queued_at=utcnow())
@@ -479,7 +556,7 @@ def _send_claimed(message, body, segments, outcome, backend, acquire_slot, recon
         return outcome
     except SenderError as exc:
         _transition(message_id, MessageStatus.SENDING, status=MessageStatus.PENDING, queued_at=None)
-        pause_campaign(message.campaign.id, f"sender error {exc.code}: {exc.reason}")
+        outcome.paused = pause_campaign(message.campaign.id, f"sender error {exc.code}: {exc.reason}")
         outcome.status, outcome.detail = MessageStatus.PENDING, exc.reason
         return outcome
     except MaybeSent as exc:
@@ -505,7 +582,7 @@ def _record_sent(message_id: int, sent: SendResult, segments: int, reason: str |
     )
 
 
-def _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s) -> SendOutcome:
+def _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s, quiet=None) -> SendOutcome:
     """A message left in ``sending``: if it is old enough that no worker can still be
     waiting for Twilio, look it up there; record it sent if found, else send it again."""
     started = message.sending_at
@@ -531,7 +608,7 @@ def _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s) -> Se
         _transition(message.id, MessageStatus.SENDING, status=MessageStatus.PENDING, queued_at=None)
         outcome.status, outcome.detail = MessageStatus.PENDING, f"campaign is {message.campaign.status}"
         return outcome
-    return _send_claimed(message, message.body, message.segments or 1, outcome, backend, acquire_slot, reconcile_after_s)
+    return _send_claimed(message, message.body, message.segments or 1, outcome, backend, acquire_slot, reconcile_after_s, quiet)
 
 
 def give_up(message_id: int, *, retries: int) -> int | None:
@@ -592,6 +669,7 @@ def recompute_analytics(campaign_id: int) -> CampaignAnalytics | None:
         "sent": counts[MessageStatus.SENT],
         "failed": counts[MessageStatus.FAILED],
         "skipped": counts[MessageStatus.SKIPPED],
+        "cancelled": counts[MessageStatus.CANCELLED],
         "segments": segments,
         "delivered": delivery.get("delivered", 0),
         "undelivered": delivery.get("undelivered", 0) + delivery.get("failed", 0),
@@ -631,7 +709,7 @@ def analytics_dict(campaign_id: int) -> dict:
         return data
     data.update(
         targeted=row.targeted, eligible=row.eligible, pending=row.pending, sent=row.sent, failed=row.failed,
-        skipped=row.skipped, segments=row.segments, delivered=row.delivered, undelivered=row.undelivered,
+        skipped=row.skipped, cancelled=row.cancelled, segments=row.segments, delivered=row.delivered, undelivered=row.undelivered,
         unique_clicks=row.unique_clicks, carrier_errors=json.loads(row.carrier_errors),
         skipped_by_reason=json.loads(row.skipped_by_reason), failed_by_reason=json.loads(row.failed_by_reason),
     )

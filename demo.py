@@ -69,6 +69,7 @@ def run_demo(*, database_path: str = "demo.db", timeout_s: float = 120.0) -> dic
 
     os.environ.setdefault("SMS_BACKEND", "console")
     os.environ.setdefault("SMS_RATE_LIMIT", "10/second")
+    os.environ.setdefault("QUIET_HOURS", "off")  # the demo runs at any hour
     os.environ["DATABASE_URL"] = f"sqlite:///{database_path}"
     if "BROKER" not in os.environ:
         os.environ["BROKER"] = "redis" if redis_answers(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)) else "stub"

@@ -61,6 +61,7 @@ class QRCode(BaseModel):
 
 class CampaignStatus:
     DRAFT = "draft"
+    SCHEDULED = "scheduled"
     SENDING = "sending"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -91,8 +92,9 @@ class MessageStatus:
     SENT = "sent"
     FAILED = "failed"
     SKIPPED = "skipped"
+    CANCELLED = "cancelled"
     OPEN = (PENDING, SENDING)
-    ALL = (PENDING, SENDING, SENT, FAILED, SKIPPED)
+    ALL = (PENDING, SENDING, SENT, FAILED, SKIPPED, CANCELLED)
 
 
 class Message(BaseModel):
@@ -132,6 +134,7 @@ class CampaignAnalytics(BaseModel):
     sent = IntegerField(default=0)
     failed = IntegerField(default=0)
     skipped = IntegerField(default=0)
+    cancelled = IntegerField(default=0)
     segments = IntegerField(default=0)
     delivered = IntegerField(default=0)
     undelivered = IntegerField(default=0)

@@ -38,23 +38,29 @@ from limits import RateLimitItem, parse
 DEFERRED_MARK = "_deferred_by_rate_limit"
 
 # Moving windows, all or nothing: each key is a list of entry times (ms), newest first,
-# trimmed to its limit. ARGV: cost, then (limit, window_ms) per key. Returns 0 when `cost`
-# units were taken from every window, else the ms until the last blocking entry leaves.
+# trimmed to its limit. KEYS: the stop keys, then the windows; ARGV: cost, the number of
+# stop keys, then (limit, window_ms) per window. Returns -1 if a stop key exists, 0 when
+# `cost` units were taken from every window, else the ms until the last blocking entry leaves.
 _ACQUIRE = """
 local t = redis.call('time')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cost = tonumber(ARGV[1])
+local cost, stops = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 1, stops do
+  if redis.call('exists', KEYS[i]) == 1 then return -1 end
+end
 local wait = 0
-for i, key in ipairs(KEYS) do
-  local limit, window_ms = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+for i = stops + 1, #KEYS do
+  local key = KEYS[i]
+  local limit, window_ms = tonumber(ARGV[2 * (i - stops) + 1]), tonumber(ARGV[2 * (i - stops) + 2])
   local entry = redis.call('lindex', key, limit - cost)
   if entry and tonumber(entry) > now - window_ms then
     wait = math.max(wait, tonumber(entry) + window_ms - now)
   end
 end
 if wait > 0 then return wait end
-for i, key in ipairs(KEYS) do
-  local limit, window_ms = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+for i = stops + 1, #KEYS do
+  local key = KEYS[i]
+  local limit, window_ms = tonumber(ARGV[2 * (i - stops) + 1]), tonumber(ARGV[2 * (i - stops) + 2])
   for j = 1, cost do redis.call('lpush', key, now) end
   redis.call('ltrim', key, 0, limit - 1)
   redis.call('pexpire', key, window_ms)
@@ -82,6 +88,10 @@ return math.max(0, tail - now)
 """
 
 
+class Stopped(Exception):
+    """The message's campaign was paused or cancelled: it must not be sent now."""
+
+
 class Throttled(Exception):
     """No slot within the hold time: the message must wait ``delay_ms``."""
 
@@ -96,16 +106,25 @@ class RedisWindows:
 
     def __init__(self, client, *, prefix: str) -> None:
         self.prefix = prefix
+        self._client = client
         self._acquire = client.register_script(_ACQUIRE)
         self._reserve = client.register_script(_RESERVE)
         self._backlog = client.register_script(_BACKLOG)
 
-    def acquire(self, windows: list[tuple[str, int, int]], cost: int) -> int:
-        """Take ``cost`` from every (key, limit, window_ms) or none; 0, or the ms to wait."""
-        args = [cost]
+    def acquire(self, windows: list[tuple[str, int, int]], cost: int, stops: tuple[str, ...] = ()) -> int:
+        """Take ``cost`` from every (key, limit, window_ms) or none: 0, the ms to wait, or
+        -1 when one of the ``stops`` is set."""
+        args = [cost, len(stops)]
         for _key, limit, window_ms in windows:
             args += [limit, window_ms]
-        return int(self._acquire(keys=[f"{self.prefix}:window:{key}" for key, _l, _w in windows], args=args))
+        keys = [f"{self.prefix}:stop:{key}" for key in stops] + [f"{self.prefix}:window:{key}" for key, _l, _w in windows]
+        return int(self._acquire(keys=keys, args=args))
+
+    def set_stop(self, key: str, stopped: bool) -> None:
+        if stopped:
+            self._client.set(f"{self.prefix}:stop:{key}", 1, ex=30 * 86400)
+        else:
+            self._client.delete(f"{self.prefix}:stop:{key}")
 
     def reserve(self, key: str, earliest_ms: int, step_ms: int, ttl_ms: int) -> int:
         return int(self._reserve(keys=[f"{self.prefix}:line:{key}"], args=[earliest_ms, step_ms, ttl_ms]))
@@ -121,13 +140,20 @@ class MemoryWindows:
         self.clock = clock
         self._entries: dict[str, deque] = {}
         self._tails: dict[str, int] = {}
+        self._stops: set[str] = set()
         self._lock = threading.Lock()
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def acquire(self, windows: list[tuple[str, int, int]], cost: int) -> int:
+    def set_stop(self, key: str, stopped: bool) -> None:
         with self._lock:
+            (self._stops.add if stopped else self._stops.discard)(key)
+
+    def acquire(self, windows: list[tuple[str, int, int]], cost: int, stops: tuple[str, ...] = ()) -> int:
+        with self._lock:
+            if any(key in self._stops for key in stops):
+                return -1
             now = self._now_ms()
             wait = 0
             for key, limit, window_ms in windows:
@@ -179,7 +205,8 @@ class RateLimit(Middleware):
         broker's delay queue does not leave its slot unused.
 
     A message may also carry ``extra_rate_limit``, a ``[key, limit]`` pair checked first,
-    such as a campaign's own slower limit. The actor takes its slot with
+    such as a campaign's own slower limit, and ``stop_group``: while that group is stopped
+    (``RateLimit.stop``) its messages get no slot and ``acquire`` raises ``Stopped``. The actor takes its slot with
     ``RateLimit.current_gate().acquire(cost)`` right before the rate-limited call; when it
     raises ``Throttled``, the actor calls ``gate.defer(exc)``.
     """
@@ -251,6 +278,11 @@ class RateLimit(Middleware):
         step_ms = math.ceil(self.window_ms(item) * cost / item.amount)
         return self.windows.reserve(key, earliest_ms, step_ms, self.window_ms(item) + 60_000)
 
+    def stop(self, group: str, stopped: bool = True) -> None:
+        """Refuse (or allow again) slots to messages whose ``stop_group`` option is
+        ``group``: a pause takes effect at the very last step before sending."""
+        self.windows.set_stop(group, stopped)
+
     def backlog_s(self, name: str) -> float:
         """How far ahead of now the line of reserved slots for ``name`` reaches."""
         return self.windows.backlog_ms(name) / 1000
@@ -270,6 +302,8 @@ class Gate:
         self.checks = checks
         self.line = min(checks, key=lambda check: check[1].amount / check[1].get_expiry())
         self.reserved = bool(message.options.get("rate_reserved"))
+        group = message.options.get("stop_group")
+        self.stop_key = str(group) if group else None
 
     def acquire(self, cost: int = 1) -> None:
         """Take ``cost`` units of every limit now, or within ``hold_ms``; else Throttled."""
@@ -278,9 +312,12 @@ class Gate:
             if cost > item.amount:
                 raise ValueError(f"a cost of {cost} can never fit a limit of {item.amount}")
         windows = [(key, item.amount, mw.window_ms(item)) for key, item in self.checks]
+        stops = (self.stop_key,) if self.stop_key else ()
         hold_until = time.monotonic() + mw.hold_ms / 1000
         while True:
-            wait_ms = mw.windows.acquire(windows, cost)
+            wait_ms = mw.windows.acquire(windows, cost, stops)
+            if wait_ms < 0:
+                raise Stopped(self.stop_key)
             if wait_ms == 0:
                 break
             if time.monotonic() + wait_ms / 1000 > hold_until:

@@ -48,7 +48,12 @@ class Settings:
     twilio_timeout_s: float = 10.0
     sms_backend: str = "console"
     short_url_base: str = "http://localhost:8000/q"
+    public_base_url: str = ""
+    qr_display_url: str = "http://localhost:8000/qr/{code}"
     default_region: str = "US"
+    quiet_hours: str = "21:00-08:00"
+    default_time_zone: str = "America/New_York"
+    sms_segment_price: float = 0.0079
     sms_rate_limit: str = "10/minute"
     email_rate_limit: str = "100/minute"
     rate_limit_margin_ms: int = 50
@@ -106,6 +111,15 @@ class Settings:
                 raise ConfigurationError(f"{name}={value!r} is not a rate limit such as '10/minute' or '20 per 2 seconds'") from None
         if self.reconcile_after_s <= self.twilio_timeout_s:
             raise ConfigurationError("RECONCILE_AFTER_S must be longer than TWILIO_TIMEOUT_S, or a request still in flight could be sent twice")
+        if self.quiet_hours and self.quiet_hours.lower() != "off":
+            from quiet import QuietHours, zone
+
+            try:
+                QuietHours.parse(self.quiet_hours)
+            except ValueError:
+                raise ConfigurationError(f"QUIET_HOURS={self.quiet_hours!r} must look like '21:00-08:00' (or 'off')") from None
+            if zone(self.default_time_zone) is None:
+                raise ConfigurationError(f"DEFAULT_TIME_ZONE={self.default_time_zone!r} is not an IANA time zone such as 'America/New_York'")
         if not 0 < self.error_storm_ratio <= 1:
             raise ConfigurationError("ERROR_STORM_RATIO must be a fraction in (0, 1]")
         if self.twilio_timeout_s <= 0:
@@ -115,6 +129,11 @@ class Settings:
         if self.twilio_status_callback_url:
             _check_url("TWILIO_STATUS_CALLBACK_URL", self.twilio_status_callback_url, ("http", "https"))
         _check_url("SHORT_URL_BASE", self.short_url_base, ("http", "https"))
+        if self.public_base_url:
+            _check_url("PUBLIC_BASE_URL", self.public_base_url, ("http", "https"))
+        _check_url("QR_DISPLAY_URL", self.qr_display_url, ("http", "https"))
+        if "{code}" not in self.qr_display_url:
+            raise ConfigurationError("QR_DISPLAY_URL must contain {code}, e.g. https://example.com/qr/{code}")
         if self.sms_backend == "twilio":
             self._validate_twilio()
 

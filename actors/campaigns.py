@@ -5,6 +5,7 @@ from __future__ import annotations
 import dramatiq
 
 import campaigns
+from actors.control import stop_campaign, stop_group
 from actors.services import get_services
 from models import Campaign
 from ratelimit import pacing, slower
@@ -33,7 +34,9 @@ def dispatch_campaign(campaign_id: int, token: str) -> None:
     services = get_services()
 
     def enqueue(campaign: Campaign, message_ids: list[int]) -> None:
-        options = {"extra_rate_limit": [f"campaign:{campaign.id}", campaign.rate_limit]} if campaign.rate_limit else {}
+        options = {"stop_group": stop_group(campaign.id)}
+        if campaign.rate_limit:
+            options["extra_rate_limit"] = [f"campaign:{campaign.id}", campaign.rate_limit]
         for message_id in message_ids:
             send_sms.send_with_options(args=(message_id,), **options)
 
@@ -56,7 +59,8 @@ def update_metrics(campaign_id: int) -> None:
     services.debouncer.release(campaign_id)
     campaigns.recompute_analytics(campaign_id)
     storm = services.error_storm
-    campaigns.check_error_storm(campaign_id, window=storm[0], min_attempts=storm[1], ratio=storm[2])
+    if campaigns.check_error_storm(campaign_id, window=storm[0], min_attempts=storm[1], ratio=storm[2]):
+        stop_campaign(campaign_id)
 
 
 def sweep() -> campaigns.SweepResult:
@@ -68,6 +72,8 @@ def sweep() -> campaigns.SweepResult:
         _inflight, again_ms = pacing(slower(services.sms_rate_limit, campaign.rate_limit))
         return max(services.sweep_stale_after_s, 3 * again_ms / 1000)
 
+    for campaign_id in campaigns.due_scheduled_campaigns():
+        send_campaign.send(campaign_id)
     return campaigns.sweep(
         stale_after_s=stale_after_s,
         restart_fan_out=lambda campaign_id: send_campaign.send(campaign_id),
@@ -76,13 +82,6 @@ def sweep() -> campaigns.SweepResult:
     )
 
 
-def resume(campaign_id: int) -> bool:
-    """Resume a paused campaign exactly where it stopped."""
-    token = campaigns.resume_campaign(campaign_id)
-    if token is None:
-        return False
-    dispatch_campaign.send(campaign_id, token)
-    return True
 
 
 def request_metrics_update(campaign_id: int) -> None:

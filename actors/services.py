@@ -7,7 +7,9 @@ from dataclasses import dataclass, replace
 
 import dramatiq
 
+from campaigns import QuietPolicy
 from metrics import MetricsDebouncer
+from quiet import QuietHours
 from settings import get_settings
 from smsservice import SmsBackend, make_backend
 
@@ -24,6 +26,7 @@ class Services:
     requeue_after_s: float
     sweep_stale_after_s: float
     error_storm: tuple[int, int, float]
+    quiet: QuietPolicy | None
 
 
 _services: Services | None = None
@@ -48,8 +51,15 @@ def get_services() -> Services:
             requeue_after_s=settings.requeue_after_s,
             sweep_stale_after_s=settings.sweep_stale_after_s,
             error_storm=(settings.error_storm_window, settings.error_storm_min_attempts, settings.error_storm_ratio),
+            quiet=quiet_policy(settings),
         )
     return _services
+
+
+def quiet_policy(settings) -> QuietPolicy | None:
+    if not settings.quiet_hours or settings.quiet_hours.lower() == "off":
+        return None
+    return QuietPolicy(QuietHours.parse(settings.quiet_hours), settings.default_time_zone)
 
 
 def configure_services(**overrides) -> Services:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import dramatiq
-from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware import CurrentMessage, SkipMessage
 
 import campaigns
 from actors.campaigns import request_metrics_update
 from actors.services import get_services
 from errors import PermanentError, TransientError
-from ratelimit import RateLimit, Throttled
+from actors.control import stop_campaign
+from ratelimit import RateLimit, Stopped, Throttled
 from settings import get_settings
 
-
 _settings = get_settings()
+#: Dramatiq refuses delays of 7 days or more; quiet hours never need that much.
+MAX_DELAY_MS = 6 * 86_400_000
 
 
 @dramatiq.actor(
@@ -36,14 +38,28 @@ def send_sms(message_id: int) -> None:
         outcome = campaigns.send_message(
             message_id, backend=services.backend, short_url_base=services.short_url_base,
             deferrals=deferrals, acquire_slot=gate.acquire if gate is not None else None,
-            reconcile_after_s=services.reconcile_after_s,
+            reconcile_after_s=services.reconcile_after_s, quiet=services.quiet,
         )
     except Throttled as exc:
         gate.defer(exc)
+    except Stopped:
+        return  # paused or cancelled: resume re-dispatches, cancel records the row
+    except campaigns.QuietNow as exc:
+        defer_until(current, exc.until_utc, services.quiet.clock())
     except TransientError as exc:
         raise dramatiq.Retry(exc.reason, delay=exc.retry_after_ms) from None
+    if outcome.paused:
+        stop_campaign(outcome.campaign_id)
     if outcome.campaign_id is not None and outcome.status != "pending":
         request_metrics_update(outcome.campaign_id)
+
+
+def defer_until(message, until_utc, now_utc) -> None:
+    """Put the message back until ``until_utc``: a deferral, not a retry (no budget spent)."""
+    delay_ms = max(1, min(int((until_utc - now_utc).total_seconds() * 1000), MAX_DELAY_MS))
+    quiet = message.options.get("quiet_deferrals", 0) + 1
+    dramatiq.get_broker().enqueue(message.copy(options={"quiet_deferrals": quiet}), delay=delay_ms)
+    raise SkipMessage(f"quiet hours; deferred by {delay_ms} ms")
 
 
 @dramatiq.actor(queue_name="sms", max_retries=20)

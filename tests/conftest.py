@@ -27,6 +27,7 @@ os.environ.update(
     SMS_RATE_LIMIT="1000/second",
     METRICS_DELAY_MS="50",
     RECONCILE_AFTER_S="1",
+    QUIET_HOURS="off",
     TWILIO_TIMEOUT_S="0.5",
 )
 
@@ -36,6 +37,7 @@ from dramatiq import Worker  # noqa: E402
 import actors  # noqa: E402
 from actors.services import configure_services, reset_services  # noqa: E402
 from models import MODELS, configure_database, create_schema, database  # noqa: E402
+from ratelimit import MemoryWindows, RateLimit  # noqa: E402
 from settings import Settings  # noqa: E402
 from smsservice import make_backend  # noqa: E402
 from tests.fake_twilio import FakeTwilio  # noqa: E402
@@ -81,6 +83,9 @@ def stub_broker():
     broker.flush_all()
     broker.dead_letters_by_queue.clear()
     reset_services()
+    for middleware in broker.middleware:
+        if isinstance(middleware, RateLimit):
+            middleware.windows = MemoryWindows()  # campaign ids repeat across test databases
     yield broker
     broker.flush_all()
     reset_services()

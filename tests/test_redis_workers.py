@@ -66,6 +66,7 @@ def redis_env(unique_namespace, fake_twilio):
         TWILIO_API_BASE_URL=fake_twilio.base_url,
         TWILIO_TIMEOUT_S="5",
         RECONCILE_AFTER_S="30",
+        QUIET_HOURS="off",
         SMS_RATE_LIMIT="100000/second",
         METRICS_DELAY_MS="200",
         PYTHONUNBUFFERED="1",

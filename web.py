@@ -1,0 +1,282 @@
+"""The web process: Twilio's webhooks (delivery status, inbound replies and opt-outs) and
+the customers' short links.
+
+Run by gunicorn as the Procfile's ``web`` process (``gunicorn 'web:create_app()'``). Flask
+is enough here: three small endpoints, and twilio's ``RequestValidator`` works directly on
+Flask's form dict. Every Twilio request is verified against ``PUBLIC_BASE_URL`` (behind
+Heroku's router the scheme and host the app sees are not the ones Twilio called) before
+anything is read; a bad or missing signature answers 403 and changes nothing.
+
+The database stays the source of truth: a status callback is one conditional UPDATE that
+only moves a message's delivery status forward, an opt-out is recorded once per inbound
+message (its SID is unique), and every change asks the workers for a coalesced analytics
+update through the same broker (``actors``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import quote, urlsplit
+
+from flask import Flask, Response, abort, redirect, request
+from peewee import IntegrityError
+from twilio.request_validator import RequestValidator
+
+from errors import InvalidPhone
+from models import Click, Customer, Message, MessageStatus, OptOutEvent, QRCode, configure_database, database, utcnow, write_transaction
+from settings import Settings, get_settings
+from sms import mask_phone, normalize_phone
+
+logger = logging.getLogger(__name__)
+
+STATUS_PATH = "/twilio/status"
+INBOUND_PATH = "/twilio/inbound"
+
+#: Delivery statuses Twilio reports for a message, by rank: a status only ever moves to a
+#: higher rank, so a late ``sent`` after ``delivered`` (or any replay) changes nothing.
+DELIVERY_RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "undelivered": 3, "failed": 3}
+#: Statuses Twilio may also report that carry nothing for the analytics: acknowledged (200)
+#: without a change, rather than answered 400 (which Twilio would log as an error).
+IGNORED_STATUSES = frozenset({"accepted", "scheduled", "read", "canceled", "receiving", "received"})
+
+STOP_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
+START_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
+
+#: Link-preview fetchers and crawlers: their visits are redirected but not counted.
+BOT_USER_AGENTS = (
+    "facebookexternalhit", "facebot", "twitterbot", "slackbot", "slack-imgproxy", "whatsapp",
+    "telegrambot", "discordbot", "linkedinbot", "googlebot", "bingbot", "skypeuripreview",
+    "applebot", "imessage", "linkpreview", "pinterestbot", "redditbot", "embedly",
+)
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+
+_EDGE_PUNCTUATION = re.compile(r"^[\W_]+|[\W_]+$")
+
+
+# --------------------------------------------------------------------------- domain
+
+def opt_out_keyword(body: str | None) -> str | None:
+    """The keyword an inbound text is, if it is nothing else: case-insensitive, surrounding
+    whitespace and punctuation ignored (" Stop! " is STOP; "stop by the store" is not)."""
+    word = _EDGE_PUNCTUATION.sub("", body or "").upper()
+    return word if word in STOP_KEYWORDS or word in START_KEYWORDS else None
+
+
+def opt_out_action(body: str | None, opt_out_type: str | None) -> tuple[str | None, str | None]:
+    """("stop" | "start" | None, keyword). Twilio's ``OptOutType`` (Advanced Opt-Out) wins
+    over our own reading of the body."""
+    kind = (opt_out_type or "").strip().upper()
+    keyword = opt_out_keyword(body)
+    if kind == "STOP":
+        return "stop", keyword or "OptOutType=STOP"
+    if kind == "START":
+        return "start", keyword or "OptOutType=START"
+    if keyword in STOP_KEYWORDS:
+        return "stop", keyword
+    if keyword in START_KEYWORDS:
+        return "start", keyword
+    return None, None
+
+
+def record_delivery_status(message_sid: str, status: str, error_code: str | None) -> tuple[bool, int | None]:
+    """Move the message with this SID forward to ``status``; (changed, campaign id).
+
+    The forward-only rule is a single conditional UPDATE, so two callbacks racing each
+    other cannot move a message backwards. Unknown SIDs give (False, None).
+    """
+    row = Message.select(Message.id, Message.campaign).where(Message.twilio_sid == message_sid).first()
+    if row is None:
+        return False, None
+    rank = DELIVERY_RANK[status]
+    lower = [name for name, r in DELIVERY_RANK.items() if r < rank]
+    changes = {
+        Message.delivery_status: status,
+        Message.delivery_error_code: (error_code or None),
+        Message.updated_at: utcnow(),
+    }
+    if status == "delivered":
+        changes[Message.delivered_at] = utcnow()
+    forward = Message.delivery_status.is_null()
+    if lower:
+        forward = forward | Message.delivery_status.in_(lower)
+    changed = Message.update(changes).where(Message.id == row.id, forward).execute()
+    return bool(changed), row.campaign_id
+
+
+def customers_for_phone(e164: str) -> list[int]:
+    """Customers with this number: by their normalised phone, their raw phone when it was
+    stored in E.164, or a message sent to it (the raw phone may be "(212) 555-0103")."""
+    sent_to = Message.select(Message.customer).where(Message.to_phone == e164)
+    query = Customer.select(Customer.id).where(
+        (Customer.phone_e164 == e164) | (Customer.phone == e164) | Customer.id.in_(sent_to)
+    )
+    return [row.id for row in query.order_by(Customer.id)]
+
+
+def apply_opt_out(e164: str, action: str, keyword: str | None, message_sid: str) -> tuple[bool, list[int]]:
+    """Record the opt-out (or opt-in) carried by one inbound message and flip the customers'
+    consent; (applied, customer ids). A replay of the same MessageSid applies nothing: the
+    event carrying the SID is inserted first, in the same transaction, and is unique.
+    """
+    try:
+        with write_transaction():
+            customer_ids = customers_for_phone(e164)
+            first = customer_ids[0] if customer_ids else None
+            OptOutEvent.create(customer=first, phone_e164=e164, action=action, keyword=keyword, message_sid=message_sid)
+            for other in customer_ids[1:]:
+                OptOutEvent.create(customer=other, phone_e164=e164, action=action, keyword=keyword, message_sid=None)
+            if customer_ids:
+                Customer.update(sms_subscribed=(action == "start")).where(Customer.id.in_(customer_ids)).execute()
+    except IntegrityError:
+        if OptOutEvent.select().where(OptOutEvent.message_sid == message_sid).exists():
+            return False, []
+        raise
+    return True, customer_ids
+
+
+def is_bot(user_agent: str | None) -> bool:
+    ua = (user_agent or "").lower()
+    return not ua.strip() or any(marker in ua for marker in BOT_USER_AGENTS)
+
+
+def last_sent_campaign(customer_id: int) -> int | None:
+    row = (
+        Message.select(Message.campaign)
+        .where(Message.customer == customer_id, Message.status == MessageStatus.SENT)
+        .order_by(Message.sent_at.desc(), Message.id.desc())
+        .first()
+    )
+    return row.campaign_id if row is not None else None
+
+
+# --------------------------------------------------------------------------- the app
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The WSGI application. ``settings`` default to the environment's (``get_settings``)."""
+    settings = settings or get_settings()
+    # The workers' broker: a metrics request from here reaches the same queues.
+    import actors  # noqa: F401
+    from actors.campaigns import request_metrics_update
+
+    if not logging.getLogger().handlers:  # under gunicorn: our lines on stderr, like the workers'
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [PID %(process)d] [%(name)s] [%(levelname)s] %(message)s")
+    configure_database(settings.database_url)
+    app = Flask(__name__)
+    app.config["PROJECT_SETTINGS"] = settings
+    if not settings.twilio_auth_token:
+        logger.warning("TWILIO_AUTH_TOKEN is not set: every Twilio webhook will be refused (403)")
+    if not settings.public_base_url:
+        logger.warning("PUBLIC_BASE_URL is not set: Twilio signatures are checked against the URL this process sees")
+    validator = RequestValidator(settings.twilio_auth_token) if settings.twilio_auth_token else None
+    public_base = settings.public_base_url.rstrip("/")
+
+    def ask_metrics(campaign_id: int | None) -> None:
+        if campaign_id is None:
+            return
+        try:
+            request_metrics_update(campaign_id)
+        except Exception:  # the change is committed; the next update will count it
+            logger.exception("campaign %s: could not request an analytics update", campaign_id)
+
+    def verified() -> bool:
+        """True when X-Twilio-Signature signs the public URL Twilio called and the form."""
+        signature = request.headers.get("X-Twilio-Signature", "")
+        if validator is None or not signature:
+            return False
+        path = request.script_root + request.full_path
+        if path.endswith("?"):
+            path = path[:-1]
+        url = (public_base or request.host_url.rstrip("/")) + path
+        return validator.validate(url, request.form, signature)
+
+    @app.before_request
+    def open_connection() -> None:
+        database.connect(reuse_if_open=True)
+
+    @app.teardown_request
+    def close_connection(exc) -> None:
+        if not database.is_closed():
+            database.close()
+
+    @app.post(STATUS_PATH)
+    def status_callback():
+        if not verified():
+            logger.warning("status callback refused: bad or missing Twilio signature")
+            abort(403)
+        sid = (request.form.get("MessageSid") or "").strip()
+        status = (request.form.get("MessageStatus") or "").strip().lower()
+        error_code = (request.form.get("ErrorCode") or "").strip()[:16] or None
+        if not sid or not status:
+            abort(400, "MessageSid and MessageStatus are required")
+        if status in IGNORED_STATUSES:
+            return Response("", 200)
+        if status not in DELIVERY_RANK:
+            abort(400, "unknown MessageStatus")
+        changed, campaign_id = record_delivery_status(sid, status, error_code)
+        if campaign_id is None:
+            logger.warning("status callback for unknown message %s (%s)", sid, status)
+        elif changed:
+            ask_metrics(campaign_id)
+        return Response("", 200)
+
+    @app.post(INBOUND_PATH)
+    def inbound():
+        if not verified():
+            logger.warning("inbound message refused: bad or missing Twilio signature")
+            abort(403)
+        sid = (request.form.get("MessageSid") or "").strip()
+        sender = request.form.get("From") or ""
+        if not sid or not sender.strip():
+            abort(400, "MessageSid and From are required")
+        action, keyword = opt_out_action(request.form.get("Body"), request.form.get("OptOutType"))
+        if action is not None:
+            try:
+                e164 = normalize_phone(sender, settings.default_region)
+            except InvalidPhone:
+                logger.warning("inbound %s from %s: not a phone number we could have texted", keyword, mask_phone(sender))
+                return twiml()
+            applied, customer_ids = apply_opt_out(e164, action, keyword, sid)
+            if not applied:
+                logger.info("inbound %s from %s: replay of %s, ignored", keyword, mask_phone(e164), sid)
+            elif not customer_ids:
+                logger.warning("inbound %s from %s: no customer has this number (recorded)", keyword, mask_phone(e164))
+            else:
+                logger.info("inbound %s from %s: %s customer(s) %s", keyword, mask_phone(e164), len(customer_ids),
+                            "unsubscribed" if action == "stop" else "resubscribed")
+        return twiml()
+
+    short_prefix = urlsplit(settings.short_url_base).path.rstrip("/")
+
+    @app.get(f"{short_prefix}/<code>")
+    def short_link(code: str):
+        qr = QRCode.get_or_none(QRCode.code == code)
+        if qr is None:
+            abort(404)
+        user_agent = request.headers.get("User-Agent")
+        if request.method == "GET" and not is_bot(user_agent):
+            campaign_id = last_sent_campaign(qr.customer_id)
+            Click.create(customer=qr.customer_id, campaign=campaign_id, code=code, user_agent=(user_agent or "")[:300])
+            ask_metrics(campaign_id)
+        return redirect(settings.qr_display_url.replace("{code}", quote(code, safe="")), code=302)
+
+    return app
+
+
+def twiml() -> Response:
+    """Empty TwiML: Twilio's Advanced Opt-Out sends the confirmation text itself."""
+    return Response(EMPTY_TWIML, 200, content_type="text/xml")
+
+
+_app: Flask | None = None
+
+
+def __getattr__(name: str):
+    """``web.app`` is built on first use, so importing this module needs no environment."""
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = create_app()
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
