@@ -13,6 +13,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, Retries
 
+import logsafety
 from middleware import DatabaseConnection, Sweeper
 from models import configure_database
 from ratelimit import MemoryWindows, RateLimit, RedisWindows
@@ -57,6 +58,7 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     return broker
 
 
+logsafety.install()
 settings = get_settings()
 broker = build_broker(settings)
 dramatiq.set_broker(broker)

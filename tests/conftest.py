@@ -8,6 +8,7 @@ is first imported, because the broker is built at that import.
 from __future__ import annotations
 
 import os
+import queue
 import sys
 import uuid
 
@@ -82,6 +83,9 @@ def stub_broker():
     assert isinstance(broker, dramatiq.brokers.stub.StubBroker)
     broker.flush_all()
     broker.dead_letters_by_queue.clear()
+    for name in list(broker.queues):
+        # A message a stopped worker held in memory stays unfinished in the old queue.
+        broker.queues[name] = queue.Queue()
     reset_services()
     for middleware in broker.middleware:
         if isinstance(middleware, RateLimit):
