@@ -123,15 +123,13 @@ def format_preview(result) -> str:
     for sample in result.samples:
         lines.append(f"--- to {sample['to']} ({sample['encoding']}, {sample['units']} units, 1 segment)")
         lines.extend("    " + line for line in sample["body"].splitlines())
-    lines.append(f"audience           {result.audience:>8}")
-    lines.append(f"would be sent      {result.eligible:>8}")
-    for reason, count in sorted(result.skipped_by_reason.items()):
-        lines.append(f"skipped: {reason:<17} {count:>6}")
-    lines.append(f"too long (failed)  {result.too_long:>8}")
-    for encoding, count in sorted(result.encodings.items()):
-        lines.append(f"encoding {encoding:<9} {count:>8}")
-    lines.append(f"segments           {result.segments:>8}")
-    lines.append(f"estimated cost     {result.estimated_cost:>8.2f} (at {result.price_per_segment} per segment)")
+    rows = [("audience", result.audience), ("would be sent", result.eligible)]
+    rows += [(f"skipped: {reason}", count) for reason, count in sorted(result.skipped_by_reason.items())]
+    rows += [("too long (would fail)", result.too_long)]
+    rows += [(f"encoding {encoding}", count) for encoding, count in sorted(result.encodings.items())]
+    rows += [("segments", result.segments)]
+    lines += [f"{label:<26}{count:>8}" for label, count in rows]
+    lines.append(f"{'estimated cost':<26}{result.estimated_cost:>8.2f}  (at {result.price_per_segment} per segment)")
     return "\n".join(lines)
 
 

@@ -69,6 +69,7 @@ class Settings:
     error_storm_window: int = 50
     error_storm_min_attempts: int = 20
     error_storm_ratio: float = 0.8
+    prometheus: str = "off"
     dramatiq_heartbeat_timeout_ms: int = 60_000
     dramatiq_maintenance_chance: int = 1000
     metrics_delay_ms: int = 1000
@@ -103,6 +104,7 @@ class Settings:
         _check_url("REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
         _check_choice("BROKER", self.broker, BROKERS)
         _check_choice("SMS_BACKEND", self.sms_backend, SMS_BACKENDS)
+        _check_choice("PROMETHEUS", self.prometheus, ("on", "off"))
         for name in ("SMS_RATE_LIMIT", "EMAIL_RATE_LIMIT"):
             value = getattr(self, name.lower())
             try:

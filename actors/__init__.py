@@ -15,6 +15,7 @@ from dramatiq.middleware import CurrentMessage, Retries
 
 import logsafety
 from middleware import DatabaseConnection, Sweeper
+from observability import ProjectMetrics
 from models import configure_database
 from ratelimit import MemoryWindows, RateLimit, RedisWindows
 from settings import Settings, get_settings
@@ -55,6 +56,11 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     )
     broker.add_middleware(DatabaseConnection())
     broker.add_middleware(CurrentMessage())
+    if settings.prometheus == "on":
+        from dramatiq.middleware.prometheus import Prometheus
+
+        broker.add_middleware(Prometheus())
+        broker.add_middleware(ProjectMetrics())
     return broker
 
 

@@ -10,6 +10,7 @@ from actors.campaigns import request_metrics_update
 from actors.services import get_services
 from errors import PermanentError, TransientError
 from actors.control import stop_campaign
+from observability import count_deferral, count_outcome
 from ratelimit import RateLimit, Stopped, Throttled
 from settings import get_settings
 
@@ -41,13 +42,16 @@ def send_sms(message_id: int) -> None:
             reconcile_after_s=services.reconcile_after_s, quiet=services.quiet,
         )
     except Throttled as exc:
+        count_deferral("rate_limit")
         gate.defer(exc)
     except Stopped:
         return  # paused or cancelled: resume re-dispatches, cancel records the row
     except campaigns.QuietNow as exc:
+        count_deferral("quiet_hours")
         defer_until(current, exc.until_utc, services.quiet.clock())
     except TransientError as exc:
         raise dramatiq.Retry(exc.reason, delay=exc.retry_after_ms) from None
+    count_outcome(outcome.status)
     if outcome.paused:
         stop_campaign(outcome.campaign_id)
     if outcome.campaign_id is not None and outcome.status != "pending":

@@ -147,3 +147,38 @@ def test_thousand_customers_two_worker_processes_exactly_once(postgres_db, fake_
     assert "Traceback" not in output
     assert not re.search(r"\+1212\d{7}", output)
     assert len(ids) == 1000
+
+
+def test_prometheus_exports_dramatiq_and_project_counters(postgres_db, fake_twilio, redis_env, redis_broker, tmp_path):
+    # Given workers started with PROMETHEUS=on
+    import socket
+
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(redis_env, PROMETHEUS="on", dramatiq_prom_port=str(port), dramatiq_prom_host="127.0.0.1",
+               dramatiq_prom_db=str(tmp_path / "prom"))
+    make_customers(12, unsubscribed={0})
+    campaign_id = make_campaign()
+    postgres_db.close()
+    group = WorkerProcesses(env, tmp_path / "prom-workers.log", processes=1, threads=4)
+    try:
+        # When a campaign runs
+        redis_broker.enqueue(actors.send_campaign.message(campaign_id))
+        postgres_db.connect()
+        wait_finished(campaign_id, group)
+        # Then the exposition server reports Dramatiq's counters and ours
+        deadline = time.monotonic() + 10
+        text = ""
+        while time.monotonic() < deadline and 'campaign_sms_messages_total{outcome="sent"} 11.0' not in text:
+            try:
+                text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        assert 'campaign_sms_messages_total{outcome="sent"} 11.0' in text
+        assert "dramatiq_messages_total" in text
+    finally:
+        group.stop()
