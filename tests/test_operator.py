@@ -226,3 +226,30 @@ def test_a_full_campaign_logs_no_phone_number_and_no_token(sqlite_db, stub_broke
     assert not re.search(r"%2B\d{8,15}", text)
     assert "555-0103" not in text and "2125550103" not in text
     assert fake_twilio.auth_token not in text
+
+
+def test_a_scheduled_campaign_waits_then_the_sweeper_starts_it(sqlite_db, stub_broker, twilio_backend, fake_twilio):
+    # Given a campaign scheduled an hour from now, whose delayed start the broker then loses
+    make_customers(3)
+    campaign_id = make_campaign()
+    actors.start(campaign_id, campaigns.utcnow() + dt.timedelta(hours=1))
+    assert Campaign.get_by_id(campaign_id).status == CampaignStatus.SCHEDULED
+    assert len(stub_broker.queues["campaigns.DQ"].queue) == 1
+    stub_broker.flush_all()
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=2)
+    worker.start()
+    try:
+        # When a fan-out arrives early (a redelivery, say), nothing is sent or recorded
+        actors.send_campaign.send(campaign_id)
+        join_all(stub_broker)
+        assert Message.select().count() == 0 and fake_twilio.messages == []
+        assert actors.sweep().checked == 0
+
+        # When its time has come, the sweeper starts it
+        Campaign.update(send_at=campaigns.utcnow() - dt.timedelta(seconds=1)).where(Campaign.id == campaign_id).execute()
+        actors.sweep()
+        join_all(stub_broker)
+    finally:
+        worker.stop()
+    assert len(fake_twilio.messages) == 3
+    assert Campaign.get_by_id(campaign_id).status == CampaignStatus.COMPLETED
