@@ -21,7 +21,7 @@ from errors import ConfigurationError
 DEFAULT_DATABASE_URL = "sqlite:///campaigns.db"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 BROKERS = ("redis", "stub")
-SMS_BACKENDS = ("twilio", "console")
+SMS_BACKENDS = ("twilio", "console", "null")
 _SID = re.compile(r"^(AC|MG)[0-9a-fA-F]{32}$")
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 

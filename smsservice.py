@@ -166,6 +166,16 @@ class ConsoleBackend:
         return None
 
 
+class NullBackend:
+    """Accepts every message at once and keeps nothing: for benchmarks of the send path."""
+
+    def send(self, *, to: str, body: str) -> SendResult:
+        return SendResult(sid="NU" + uuid.uuid4().hex, status="sent", segments=measure(body).segments)
+
+    def find_sent(self, *, to: str, body: str, since: dt.datetime) -> SendResult | None:
+        return None
+
+
 def make_twilio_client(settings: Settings) -> Client:
     """The one place a Twilio client is built: explicit timeout, optional local base URL."""
     http_client = TwilioHttpClient(timeout=settings.twilio_timeout_s)
@@ -185,6 +195,8 @@ def make_twilio_client(settings: Settings) -> Client:
 def make_backend(settings: Settings) -> SmsBackend:
     if settings.sms_backend == "console":
         return ConsoleBackend()
+    if settings.sms_backend == "null":
+        return NullBackend()
     settings._validate_twilio()
     return TwilioBackend(
         make_twilio_client(settings),

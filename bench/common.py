@@ -64,6 +64,19 @@ class Workers:
             return f.read()[-n:]
 
 
+def reset_database(url: str = POSTGRES_URL):
+    """Point the models at ``url`` with every table dropped and created anew."""
+    from models import MODELS, configure_database, create_schema, database
+
+    db = configure_database(url)
+    if not db.is_closed():
+        db.close()
+    with database.connection_context():
+        database.drop_tables(MODELS, safe=True, cascade=True)
+    create_schema()
+    return db
+
+
 def broker_depth(client, ns: str, queue: str) -> int:
     """Messages of ``queue`` held by the broker: queued, delayed, prefetched or unacked."""
     return client.hlen(f"{ns}:{queue}.msgs") + client.hlen(f"{ns}:{queue}.DQ.msgs")

@@ -24,7 +24,7 @@ import redis
 from dramatiq import Message as BrokerMessage
 from dramatiq.brokers.redis import RedisBroker
 
-from bench.common import POSTGRES_URL, REDIS_URL, Workers, broker_depth, delete_namespace, namespace, worker_env
+from bench.common import POSTGRES_URL, REDIS_URL, Workers, broker_depth, delete_namespace, namespace, reset_database, worker_env
 from tests.fake_twilio import FakeTwilio
 
 
@@ -65,16 +65,13 @@ def main(argv=None) -> int:
     parser.add_argument("--observe-s", type=float, default=60.0)
     args = parser.parse_args(argv)
 
-    from models import MODELS, Message, MessageStatus, configure_database, create_schema, database
+    from models import Message, MessageStatus, database
     from tests.factories import make_campaign, make_customers
 
-    db = configure_database(POSTGRES_URL)
-    with database.connection_context():
-        database.drop_tables(MODELS, safe=True, cascade=True)
-    create_schema()
+    db = reset_database()
     database.connect()
 
-    print(f"== fan-out on PostgreSQL, in process, batches of 500 (tracemalloc peak)")
+    print("== fan-out on PostgreSQL, in process, batches of 500 (tracemalloc peak)")
     small = min(10_000, args.customers)
     make_customers(small)
     elapsed, peak, created = measure_fan_out(make_campaign(), "https://x.test/q")

@@ -134,9 +134,9 @@ def join_all(broker, timeout_ms: int = 30_000, fail_fast: bool = True) -> None:
     """Wait until every queue, delayed ones included, is drained (twice: a drained queue
     can be refilled by a message from another)."""
     for _ in range(3):
-        for queue in ("campaigns", "sms", "metrics"):
-            if queue in broker.queues:
-                broker.join(queue, timeout=timeout_ms, fail_fast=fail_fast)
+        for name in ("campaigns", "sms", "metrics"):
+            if name in broker.queues:
+                broker.join(name, timeout=timeout_ms, fail_fast=fail_fast)
 
 
 @pytest.fixture

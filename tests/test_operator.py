@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import threading
 import time
 from zoneinfo import ZoneInfo
 
 import dramatiq
-import pytest
 from limits import parse
 
 import actors

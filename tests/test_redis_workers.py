@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -20,35 +17,14 @@ import actors
 import campaigns
 from models import Campaign, CampaignAnalytics, CampaignStatus, Message, MessageStatus
 from sms import FOOTER, measure
-from tests.conftest import FROM_NUMBER, POSTGRES_URL, REDIS_URL, ROOT
+from bench.common import Workers
+from tests.conftest import FROM_NUMBER, POSTGRES_URL, REDIS_URL
 from tests.factories import make_campaign, make_customers, phone_for
 
 
-class WorkerProcesses:
+def WorkerProcesses(env: dict[str, str], log_path, processes: int = 2, threads: int = 8) -> Workers:
     """``dramatiq actors`` as an operator runs it, in its own process group."""
-
-    def __init__(self, env: dict[str, str], log_path, processes: int = 2, threads: int = 8) -> None:
-        self.log_path = log_path
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "actors", "--processes", str(processes), "--threads", str(threads)],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def output(self) -> str:
-        self.log.flush()
-        with open(self.log_path) as f:
-            return f.read()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.log.close()
+    return Workers("actors", env, str(log_path), processes=processes, threads=threads)
 
 
 @pytest.fixture
@@ -98,9 +74,9 @@ def wait_finished(campaign_id: int, workers: WorkerProcesses, timeout_s: float =
         campaign = Campaign.get_by_id(campaign_id)
         if campaign.status in CampaignStatus.FINISHED:
             return campaign
-        assert workers.proc.poll() is None, workers.output()[-3000:]
+        assert workers.proc.poll() is None, workers.tail(100_000)[-3000:]
         time.sleep(0.25)
-    raise AssertionError(f"campaign not finished; counts {campaigns.database_counts(campaign_id)}\n{workers.output()[-3000:]}")
+    raise AssertionError(f"campaign not finished; counts {campaigns.database_counts(campaign_id)}\n{workers.tail(100_000)[-3000:]}")
 
 
 def test_thousand_customers_two_worker_processes_exactly_once(postgres_db, fake_twilio, redis_broker, workers):
@@ -143,7 +119,7 @@ def test_thousand_customers_two_worker_processes_exactly_once(postgres_db, fake_
     sids = {m["sid"] for m in fake_twilio.messages}
     assert {m.twilio_sid for m in Message.select().where(Message.status == MessageStatus.SENT)} == sids
     # And the workers logged no full phone number and no traceback
-    output = workers.output()
+    output = workers.tail(100_000)
     assert "Traceback" not in output
     assert not re.search(r"\+1212\d{7}", output)
     assert len(ids) == 1000

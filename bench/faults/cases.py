@@ -6,11 +6,11 @@ from __future__ import annotations
 import random
 
 from bench.faults.harness import (
-    Scenario, restart_postgres_immediately, restart_redis_losing_everything, start_postgres, start_redis,
+    Scenario, Verdict, restart_postgres_immediately, restart_redis_losing_everything, start_postgres, start_redis,
 )
 
 
-def _finish(scenario: Scenario, case: str, timeout_s: float = 180) -> "Verdict":  # noqa: F821
+def _finish(scenario: Scenario, case: str, timeout_s: float = 180) -> Verdict:
     finished = scenario.wait_finished(timeout_s)
     verdict = scenario.verify(case)
     if not finished:
@@ -25,7 +25,8 @@ def kill_one_of_two_workers(fake, tmp, customers=1000):
     fake.latency_s = 0.02
     s = Scenario(fake, tmp, customers=customers, SMS_RATE_LIMIT="60/second")
     try:
-        a, _b = s.start_workers(), s.start_workers()
+        a = s.start_workers()
+        s.start_workers()
         s.launch()
         s.wait_until(lambda: s.sent_count() >= len(s.eligible) // 3, 120)
         s.kill9(a)

@@ -20,7 +20,7 @@ import redis
 from dramatiq import Message as BrokerMessage
 from dramatiq.brokers.redis import RedisBroker
 
-from bench.common import POSTGRES_URL, REDIS_URL, Workers, delete_namespace, namespace, worker_env
+from bench.common import POSTGRES_URL, REDIS_URL, Workers, delete_namespace, namespace, reset_database, worker_env
 
 #: Worker settings that make recovery fast enough to watch: a killed worker's messages
 #: come back after 3 s, stale rows after 8 s, the sweeper looks every 2 s.
@@ -67,16 +67,11 @@ class Scenario:
 
     def __init__(self, fake, tmp: str, *, customers: int = 1000, expected_failures: dict[str, str] | None = None,
                  processes: int = 1, threads: int = 8, **settings: str) -> None:
-        from models import MODELS, configure_database, create_schema, database
+        from models import database
         from tests.factories import make_campaign, make_customers, phone_for
 
         self.fake, self.tmp = fake, tmp
-        self.db = configure_database(POSTGRES_URL)
-        if not self.db.is_closed():
-            self.db.close()
-        with database.connection_context():
-            database.drop_tables(MODELS, safe=True, cascade=True)
-        create_schema()
+        self.db = reset_database()
         unsubscribed = set(range(0, customers, 20))
         bad = {i: "12345" for i in range(7, customers, 20)}
         with database.connection_context():
@@ -183,7 +178,7 @@ class Scenario:
 
 def restart_redis_losing_everything() -> None:
     """Shut Redis down without saving and start it again as the machine does; raises
-    unless a new server (another run id, no keys) answers."""
+    unless a new server (another run id) answers."""
     client = redis.Redis.from_url(REDIS_URL)
     before = client.info("server")["run_id"]
     subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], capture_output=True, timeout=10)
@@ -192,9 +187,10 @@ def restart_redis_losing_everything() -> None:
             break
         time.sleep(0.1)
     start_redis()
-    after = redis.Redis.from_url(REDIS_URL)
-    if after.info("server")["run_id"] == before or after.dbsize() != 0:
-        raise RuntimeError("Redis did not restart empty")
+    # A new run id means a new, empty server (it keeps nothing on disk); the workers may
+    # already have written their heartbeats again, so the key count proves nothing.
+    if redis.Redis.from_url(REDIS_URL).info("server")["run_id"] == before:
+        raise RuntimeError("Redis did not restart")
 
 
 def start_redis() -> None:

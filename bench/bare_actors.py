@@ -1,0 +1,33 @@
+"""The baseline for bench/send_path.py: a bare Dramatiq actor doing one PostgreSQL insert.
+
+Run as ``dramatiq bench.bare_actors``; configured by the environment the bench sets.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from peewee import DateTimeField, IntegerField, Model, SQL
+from playhouse.db_url import connect
+
+broker = RedisBroker(client=redis.Redis.from_url(os.environ["REDIS_URL"]), namespace=os.environ["DRAMATIQ_NAMESPACE"])
+dramatiq.set_broker(broker)
+db = connect(os.environ["DATABASE_URL"])
+
+
+class BenchRow(Model):
+    n = IntegerField()
+    created_at = DateTimeField(constraints=[SQL("DEFAULT clock_timestamp()")])
+
+    class Meta:
+        database = db
+        table_name = "bench_row"
+
+
+@dramatiq.actor(queue_name="bare")
+def bare_insert(n: int) -> None:
+    with db.connection_context():
+        BenchRow.insert(n=n).execute()
