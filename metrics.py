@@ -19,13 +19,24 @@ class MetricsDebouncer:
         self.delay_ms = delay_ms
         self.prefix = prefix
         self._local: dict[int, float] = {}
+        self._covered_until: dict[int, float] = {}
         self._lock = threading.Lock()
 
     def claim(self, campaign_id: int) -> bool:
-        """True if the caller must enqueue the update (nobody else has in this window)."""
+        """True if the caller must enqueue the update (nobody else has in this window).
+
+        For half a window after this process enqueued an update, that update is known to
+        run later than anything committed now, so asking Redis again is skipped.
+        """
         ttl_ms = self.delay_ms * 2 + 5_000  # outlives a lost update message only briefly
         if self.redis is not None:
-            return bool(self.redis.set(f"{self.prefix}:{campaign_id}", "1", nx=True, px=ttl_ms))
+            now = time.monotonic()
+            if now < self._covered_until.get(campaign_id, 0.0):
+                return False
+            claimed = bool(self.redis.set(f"{self.prefix}:{campaign_id}", "1", nx=True, px=ttl_ms))
+            if claimed:
+                self._covered_until[campaign_id] = now + self.delay_ms / 2000
+            return claimed
         now = time.monotonic()
         with self._lock:
             if self._local.get(campaign_id, 0) > now:

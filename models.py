@@ -24,6 +24,8 @@ from peewee import (
     TextField,
 )
 from playhouse.db_url import connect as connect_url
+from playhouse.db_url import parse as parse_url
+from playhouse.pool import PooledPostgresqlDatabase
 
 database = DatabaseProxy()
 
@@ -181,11 +183,26 @@ MODELS = [Customer, QRCode, Campaign, Message, CampaignAnalytics, Event, OptOutE
 
 
 def make_database(url: str):
-    """A peewee database for ``url``; SQLite gets WAL and a busy timeout so that several
-    worker threads and processes can share one file."""
+    """A peewee database for ``url``. SQLite gets WAL and a busy timeout so that several
+    worker threads and processes can share one file; PostgreSQL gets a connection pool, so
+    the connection opened and closed around each message is a checkout, not a handshake."""
     if url.startswith("sqlite"):
         return connect_url(url, pragmas=SQLITE_PRAGMAS, timeout=10)
-    return connect_url(url)
+    params = parse_url(url)
+    return PooledPostgres(params.pop("database"), max_connections=64, stale_timeout=300, timeout=10, **params)
+
+
+class PooledPostgres(PooledPostgresqlDatabase):
+    """A pool that trusts the driver's own view of a connection at checkout.
+
+    peewee's pool pings every idle connection (``SELECT 1``) when it is checked out: a
+    round trip per message. Without it, a connection killed by a database restart fails
+    its first query, the message is retried, and the driver's closed flag makes the pool
+    discard the connection.
+    """
+
+    def _is_closed(self, conn):
+        return bool(conn.closed) or self._adapter.txn_status(conn) == self._adapter.txn_unknown
 
 
 def configure_database(url: str):

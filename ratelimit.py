@@ -228,6 +228,7 @@ class RateLimit(Middleware):
         self.hold_ms = hold_ms
         self.lead_ms = min(lead_ms, hold_ms)
         self.sleep = sleep
+        self._line_seen_until = 0.0
 
     @property
     def actor_options(self):
@@ -251,8 +252,13 @@ class RateLimit(Middleware):
             return
         gate = Gate(self, broker, message, checks)
         _current_gate.set(gate)
-        if not gate.reserved and self.windows.backlog_ms(gate.line[0]) > 0:
+        # The line is only looked at while this process has recently met a full window:
+        # a limit that is never reached costs no extra round trip.
+        if not gate.reserved and time.monotonic() < self._line_seen_until and self.windows.backlog_ms(gate.line[0]) > 0:
             gate.defer(Throttled(self.reserve(*gate.line, 1, earliest_ms=0), reserved=True))
+
+    def saw_full_window(self, item: RateLimitItem) -> None:
+        self._line_seen_until = time.monotonic() + 2 * self.window_ms(item) / 1000
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
         _current_gate.set(None)
@@ -320,6 +326,7 @@ class Gate:
                 raise Stopped(self.stop_key)
             if wait_ms == 0:
                 break
+            mw.saw_full_window(self.line[1])
             if time.monotonic() + wait_ms / 1000 > hold_until:
                 if self.reserved:
                     # Keep its place, but do not wake with every other early bird at once.

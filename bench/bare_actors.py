@@ -13,9 +13,14 @@ from dramatiq.brokers.redis import RedisBroker
 from peewee import DateTimeField, IntegerField, Model, SQL
 from playhouse.db_url import connect
 
-broker = RedisBroker(client=redis.Redis.from_url(os.environ["REDIS_URL"]), namespace=os.environ["DRAMATIQ_NAMESPACE"])
+from bench.common import POSTGRES_URL, REDIS_URL  # noqa: E402
+
+broker = RedisBroker(
+    client=redis.Redis.from_url(os.environ.get("REDIS_URL", REDIS_URL)),
+    namespace=os.environ.get("DRAMATIQ_NAMESPACE", "bench-bare"),
+)
 dramatiq.set_broker(broker)
-db = connect(os.environ["DATABASE_URL"])
+db = connect(os.environ.get("DATABASE_URL", POSTGRES_URL))
 
 
 class BenchRow(Model):
@@ -29,5 +34,5 @@ class BenchRow(Model):
 
 @dramatiq.actor(queue_name="bare")
 def bare_insert(n: int) -> None:
-    with db.connection_context():
-        BenchRow.insert(n=n).execute()
+    """One INSERT on the thread's long-lived connection (peewee reconnects if needed)."""
+    BenchRow.insert(n=n).execute()

@@ -1,0 +1,65 @@
+"""Work per ``send_sms``, counted (not timed), so that a regression fails the suite:
+database queries, and Redis round trips of the rate limiter and the metrics debouncer."""
+
+from __future__ import annotations
+
+import uuid
+
+import redis
+from dramatiq.broker import MessageProxy
+from playhouse.test_utils import count_queries
+
+import actors
+import campaigns
+from actors.services import configure_services
+from metrics import MetricsDebouncer
+from models import Message, MessageStatus
+from ratelimit import RateLimit, RedisWindows
+from tests.conftest import REDIS_URL
+from tests.factories import make_campaign, make_customers
+
+
+class CountingRedis(redis.Redis):
+    """A real Redis client that counts the commands it sends (each one round trip)."""
+
+    commands = 0
+
+    def execute_command(self, *args, **options):
+        type(self).commands += 1
+        return super().execute_command(*args, **options)
+
+
+def process(message_id: int) -> None:
+    """What a worker thread does with one message: middleware, actor, middleware."""
+    message = MessageProxy(actors.send_sms.message(message_id))
+    actors.broker.emit_before("process_message", message)
+    actors.send_sms(message_id)
+    actors.broker.emit_after("process_message", message, result=None)
+
+
+def test_send_sms_costs_three_queries_and_one_redis_round_trip(db, stub_broker, twilio_backend):
+    # Given 20 pending messages, the rate limiter and the debouncer on a counting Redis client
+    make_customers(20)
+    campaign_id = make_campaign()
+    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    ids = [m.id for m in Message.select(Message.id).order_by(Message.id)]
+    client = CountingRedis.from_url(REDIS_URL)
+    prefix = f"test-rt-{uuid.uuid4().hex[:8]}"
+    limiter = next(m for m in stub_broker.middleware if isinstance(m, RateLimit))
+    limiter.windows = RedisWindows(client, prefix=prefix)
+    configure_services(debouncer=MetricsDebouncer(redis=client, delay_ms=5_000, prefix=prefix))
+    try:
+        # When each is processed as a worker would
+        CountingRedis.commands = 0
+        with count_queries() as queries:
+            for message_id in ids:
+                process(message_id)
+
+        # Then each took 3 queries (load, claim, record) and one Redis round trip (the
+        # rate-limit slot), plus one for the first metrics request of the campaign
+        assert Message.select().where(Message.status == MessageStatus.SENT).count() == 20
+        assert queries.count == 3 * 20, [q.msg for q in queries.get_queries()][:6]
+        assert CountingRedis.commands == 20 + 1
+    finally:
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
