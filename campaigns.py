@@ -387,7 +387,7 @@ class QuietPolicy:
     default_zone: str
     clock: Callable[[], dt.datetime] = utcnow
 
-    def check(self, message: Message) -> None:
+    def check(self, message: "LoadedMessage") -> None:
         zone = recipient_zone(
             message.to_phone, customer_zone=message.customer.time_zone,
             campaign_zone=message.campaign.time_zone, default_zone=self.default_zone,

@@ -60,34 +60,31 @@ def kill_after_accept_before_commit(fake, tmp, customers=300):
         s.stop()
 
 
-def redis_restart_losing_everything(fake, tmp, customers=1000):
-    """3. Redis restarts with every key lost mid-campaign; the sweeper finishes the job."""
+def _service_restart_mid_campaign(fake, tmp, customers, case, restart, restore):
+    """A third of the way into a campaign, restart a service; always restore it."""
     fake.latency_s = 0.02
     s = Scenario(fake, tmp, customers=customers, SMS_RATE_LIMIT="60/second")
     try:
         s.start_workers()
         s.launch()
         s.wait_until(lambda: s.sent_count() >= len(s.eligible) // 3, 120)
-        restart_redis_losing_everything()
-        return _finish(s, "3. Redis restart, all data lost")
+        restart()
+        return _finish(s, case)
     finally:
-        start_redis()
+        restore()
         s.stop()
+
+
+def redis_restart_losing_everything(fake, tmp, customers=1000):
+    """3. Redis restarts with every key lost mid-campaign; the sweeper finishes the job."""
+    return _service_restart_mid_campaign(
+        fake, tmp, customers, "3. Redis restart, all data lost", restart_redis_losing_everything, start_redis)
 
 
 def postgres_restart_immediate(fake, tmp, customers=1000):
     """4. PostgreSQL restarts (immediate mode: no clean shutdown) mid-campaign."""
-    fake.latency_s = 0.02
-    s = Scenario(fake, tmp, customers=customers, SMS_RATE_LIMIT="60/second")
-    try:
-        s.start_workers()
-        s.launch()
-        s.wait_until(lambda: s.sent_count() >= len(s.eligible) // 3, 120)
-        restart_postgres_immediately()
-        return _finish(s, "4. PostgreSQL restart (immediate)")
-    finally:
-        start_postgres()
-        s.stop()
+    return _service_restart_mid_campaign(
+        fake, tmp, customers, "4. PostgreSQL restart (immediate)", restart_postgres_immediately, start_postgres)
 
 
 def error_storm_429_500(fake, tmp, customers=1000, storm_s=5.0):
