@@ -416,6 +416,21 @@ def cancel_campaign(campaign_id: int, reason: str = "cancelled by an operator") 
     return rows
 
 
+def campaign_of(message_id: int) -> int | None:
+    return Message.select(Message.campaign).where(Message.id == message_id).scalar()
+
+
+def settle_cancelled(message_id: int) -> bool:
+    """A message put back to pending after its campaign was cancelled (it was in flight
+    when the cancel came) is recorded as cancelled too."""
+    cancelled = Campaign.select(Campaign.id).where(Campaign.id == Message.campaign, Campaign.status == CampaignStatus.CANCELLED)
+    return bool(
+        Message.update(status=MessageStatus.CANCELLED, error_code="cancelled", reason="campaign cancelled", updated_at=utcnow())
+        .where(Message.id == message_id, Message.status == MessageStatus.PENDING, fn.EXISTS(cancelled))
+        .execute()
+    )
+
+
 def schedule_campaign(campaign_id: int, send_at_utc: dt.datetime) -> bool:
     """Mark a draft campaign to start at ``send_at_utc`` (naive UTC); the sweeper starts it."""
     return bool(
@@ -553,6 +568,8 @@ def send_message(
         outcome.detail = "already handled"
         return outcome
     if campaign.status != CampaignStatus.SENDING:
+        if campaign.status == CampaignStatus.CANCELLED:
+            settle_cancelled(message_id)
         outcome.detail = f"campaign is {campaign.status}"
         return outcome
     if not customer.sms_subscribed:

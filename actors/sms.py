@@ -45,7 +45,10 @@ def send_sms(message_id: int) -> None:
         count_deferral("rate_limit")
         gate.defer(exc)
     except Stopped:
-        return  # paused or cancelled: resume re-dispatches, cancel records the row
+        # Paused: resume re-dispatches the row. Cancelled: the row is recorded as such.
+        if campaigns.settle_cancelled(message_id):
+            request_metrics_update(campaigns.campaign_of(message_id))
+        return
     except campaigns.QuietNow as exc:
         count_deferral("quiet_hours")
         defer_until(current, exc.until_utc, services.quiet.clock())

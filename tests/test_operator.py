@@ -196,10 +196,11 @@ def test_cancel_mid_send_leaves_no_pending_record(sqlite_db, stub_broker, stub_w
 
         counts = campaigns.database_counts(campaign_id)
         assert counts.get("pending", 0) == 0 and counts.get("sending", 0) == 0
-        assert counts["cancelled"] == cancelled > 0
+        # (a message in flight when the cancel came is recorded cancelled a moment later)
+        assert counts["cancelled"] >= cancelled > 0
         assert counts["sent"] == len(fake_twilio.messages) and counts["sent"] + counts["cancelled"] == 300
         assert Campaign.get_by_id(campaign_id).status == CampaignStatus.CANCELLED
-        assert campaigns.analytics_dict(campaign_id)["cancelled"] == cancelled
+        assert campaigns.analytics_dict(campaign_id)["cancelled"] == counts["cancelled"]
     finally:
         set_sms_limit(stub_broker, "1000/second")
 
