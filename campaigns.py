@@ -120,7 +120,7 @@ def pause_campaign(campaign_id: int, reason: str) -> bool:
 @dataclass
 class FanOutResult:
     campaign_id: int
-    created: int = 0
+    recorded: int = 0  # customers whose row now exists (written now or by an earlier run)
     status: str = ""
     dispatch_token: str | None = None
 
@@ -186,7 +186,7 @@ def fan_out(
     result.dispatch_token = token
     on_started(token)
     for batch in _customer_batches(batch_size):
-        result.created += _record_outcomes(campaign_id, batch, default_region)
+        result.recorded += _record_outcomes(campaign_id, batch, default_region)
         Campaign.update(heartbeat_at=utcnow()).where(Campaign.id == campaign_id).execute()
     Campaign.update(fanout_done_at=utcnow()).where(Campaign.id == campaign_id, Campaign.fanout_done_at.is_null()).execute()
     result.status = CampaignStatus.SENDING
@@ -285,13 +285,8 @@ def _record_outcomes(campaign_id: int, batch: list[tuple[Customer, str | None]],
             }
         )
     with database.atomic():
-        cursor = Message.insert_many(rows).on_conflict_ignore().execute()
-    return _rowcount(cursor, len(rows))
-
-
-def _rowcount(cursor, default: int) -> int:
-    count = getattr(cursor, "rowcount", None)
-    return count if isinstance(count, int) and count >= 0 else default
+        Message.insert_many(rows).on_conflict_ignore().execute()
+    return len(rows)
 
 
 @dataclass

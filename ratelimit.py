@@ -289,10 +289,6 @@ class RateLimit(Middleware):
         ``group``: a pause takes effect at the very last step before sending."""
         self.windows.set_stop(group, stopped)
 
-    def backlog_s(self, name: str) -> float:
-        """How far ahead of now the line of reserved slots for ``name`` reaches."""
-        return self.windows.backlog_ms(name) / 1000
-
 
 class Gate:
     """One message's passage through its limits.

@@ -74,7 +74,7 @@ def project(size: int, *, traced: bool) -> tuple[float, int]:
     if traced:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    assert result.created == size, result
+    assert result.recorded == size, result
     return elapsed, peak
 
 

@@ -56,7 +56,7 @@ def measure_fan_out(campaign_id: int, short_url_base: str) -> tuple[float, int, 
     elapsed = time.perf_counter() - started
     _current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return elapsed, peak, result.created
+    return elapsed, peak, result.recorded
 
 
 def main(argv=None) -> int:
