@@ -7,9 +7,9 @@ from dramatiq.middleware import CurrentMessage, SkipMessage
 
 import campaigns
 from actors.campaigns import request_metrics_update
+from actors.control import stop_campaign
 from actors.services import get_services
 from errors import PermanentError, TransientError
-from actors.control import stop_campaign
 from observability import count_deferral, count_outcome
 from ratelimit import RateLimit, Stopped, Throttled
 from settings import get_settings
