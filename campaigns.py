@@ -232,7 +232,7 @@ def dispatch(
     )
     stale_pending = [row.id for row in queued.where(Message.queued_at < stale_before).limit(max_inflight)]
     stale_sending = [row.id for row in stuck.limit(max_inflight)]
-    inflight = queued.count() - len(stale_pending)
+    inflight = queued.where(Message.queued_at <= utcnow()).count() - len(stale_pending)
     room = max(0, max_inflight - inflight)
     requeue = stale_pending[:room]
     fresh = [
@@ -310,6 +310,12 @@ def sweep(
     """
     result = SweepResult()
     now = utcnow()
+    cancelled = Campaign.select(Campaign.id).where(Campaign.status == CampaignStatus.CANCELLED)
+    (
+        Message.update(status=MessageStatus.CANCELLED, error_code="cancelled", reason="campaign cancelled", updated_at=now)
+        .where(Message.status == MessageStatus.PENDING, Message.campaign.in_(cancelled))
+        .execute()
+    )
     for campaign in Campaign.select().where(Campaign.status == CampaignStatus.SENDING):
         result.checked += 1
         request_metrics(campaign.id)
@@ -371,7 +377,7 @@ class QuietNow(Exception):
 
     def __init__(self, until_utc: dt.datetime) -> None:
         super().__init__(f"quiet hours until {until_utc:%Y-%m-%d %H:%M} UTC")
-        self.until_utc = until_utc
+        self.until_utc = self.queued_at = until_utc
 
 
 @dataclass(frozen=True)
@@ -415,6 +421,12 @@ def campaign_of(message_id: int) -> int | None:
     return Message.select(Message.campaign).where(Message.id == message_id).scalar()
 
 
+def is_sending(campaign_id: int | None) -> bool:
+    return campaign_id is not None and Campaign.select().where(
+        Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING
+    ).exists()
+
+
 def settle_cancelled(message_id: int) -> bool:
     """A message put back to pending after its campaign was cancelled (it was in flight
     when the cancel came) is recorded as cancelled too."""
@@ -435,9 +447,18 @@ def schedule_campaign(campaign_id: int, send_at_utc: dt.datetime) -> bool:
     )
 
 
-def due_scheduled_campaigns(now: dt.datetime | None = None) -> list[int]:
+def start_due_campaigns(now: dt.datetime | None = None) -> list[int]:
+    """Move due scheduled campaigns to ``sending`` (each once, whatever the number of
+    sweepers) and return them; the caller enqueues their fan-out. If that message is lost,
+    the campaign's silent heartbeat makes the sweep restart the fan-out."""
     now = now or utcnow()
-    return [c.id for c in Campaign.select(Campaign.id).where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.send_at <= now)]
+    started = []
+    for campaign in Campaign.select(Campaign.id).where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.send_at <= now):
+        if Campaign.update(status=CampaignStatus.SENDING, heartbeat_at=None).where(
+            Campaign.id == campaign.id, Campaign.status == CampaignStatus.SCHEDULED
+        ).execute():
+            started.append(campaign.id)
+    return started
 
 
 @dataclass
@@ -579,7 +600,11 @@ def send_message(
         outcome.status, outcome.detail = MessageStatus.FAILED, exc.reason
         return outcome
     if quiet is not None:
-        quiet.check(message)
+        try:
+            quiet.check(message)
+        except QuietNow as exc:
+            _transition(message_id, MessageStatus.PENDING, queued_at=exc.queued_at)
+            raise
 
     # The claim also re-checks the campaign, so a pause stops every message not yet claimed.
     now = _when(utcnow())
@@ -608,9 +633,11 @@ def _send_claimed(message, body, segments, outcome, backend, acquire_slot, recon
                 acquire_slot(segments)
             if quiet is not None:
                 quiet.check(message)
-        except BaseException:
+        except BaseException as exc:
+            # queued_at says when the row is next expected back: a quiet-hours deferral at the
+            # window's end, a stopped campaign never (resume dispatches it), else now.
             _transition(message_id, MessageStatus.SENDING, status=MessageStatus.PENDING,
-                        attempts=Message.attempts - 1, queued_at=utcnow())
+                        attempts=Message.attempts - 1, queued_at=getattr(exc, "queued_at", utcnow()))
             raise
     try:
         sent = backend.send(to=message.to_phone, body=body)
@@ -626,6 +653,7 @@ def _send_claimed(message, body, segments, outcome, backend, acquire_slot, recon
     except SenderError as exc:
         _transition(message_id, MessageStatus.SENDING, status=MessageStatus.PENDING, queued_at=None)
         outcome.paused = pause_campaign(message.campaign.id, f"sender error {exc.code}: {exc.reason}")
+        settle_cancelled(message_id)
         outcome.status, outcome.detail = MessageStatus.PENDING, exc.reason
         return outcome
     except MaybeSent as exc:
@@ -674,19 +702,25 @@ def _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s, quiet
         return outcome
     if message.campaign.status != CampaignStatus.SENDING:
         _transition(message.id, MessageStatus.SENDING, status=MessageStatus.PENDING, queued_at=None)
+        settle_cancelled(message.id)
         outcome.status, outcome.detail = MessageStatus.PENDING, f"campaign is {message.campaign.status}"
         return outcome
     return _send_claimed(message, message.body, message.segments or 1, outcome, backend, acquire_slot, reconcile_after_s, quiet)
 
 
 def give_up(message_id: int, *, retries: int) -> int | None:
-    """Fail a message whose transient errors outlasted its retries; returns its campaign."""
+    """Fail a message whose transient errors outlasted its retries; returns its campaign.
+
+    A message that may have been sent (``sending``) is not failed blind: it stays for the
+    dispatcher to enqueue again once it is stale, and is then looked up at Twilio.
+    """
     message = Message.get_or_none(Message.id == message_id)
     if message is None:
         return None
     reason = f"gave up after {retries} retries; last error: {message.reason or 'unknown'}"
-    code = "unknown_outcome" if message.status == MessageStatus.SENDING else "retries_exhausted"
-    if _transition(message_id, MessageStatus.OPEN, status=MessageStatus.FAILED, error_code=code, reason=reason):
+    if message.status == MessageStatus.SENDING:
+        record_event(message.campaign_id, "retries_exhausted", f"message {message_id}: {reason}; left for reconciliation", level="warning")
+    elif _transition(message_id, MessageStatus.PENDING, status=MessageStatus.FAILED, error_code="retries_exhausted", reason=reason):
         record_event(message.campaign_id, "retries_exhausted", f"message {message_id}: {reason}")
     return message.campaign_id
 

@@ -34,12 +34,16 @@ class MaskPhoneNumbers(logging.Filter):
         masked = mask_text(text)
         if masked != text:
             record.msg, record.args = masked, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = mask_text(logging.Formatter().formatException(record.exc_info))
         return True
 
 
 def install() -> None:
-    """Attach the filter to the loggers that may print numbers (idempotent)."""
-    for name in LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, MaskPhoneNumbers) for f in logger.filters):
-            logger.addFilter(MaskPhoneNumbers())
+    """Attach the filter to the loggers that may print numbers and to the root logger's
+    handlers, which see every record, tracebacks included (idempotent). A logger's own
+    filter does not apply to its children's records, hence both."""
+    targets = [logging.getLogger(name) for name in LOGGERS] + list(logging.getLogger().handlers)
+    for target in targets:
+        if not any(isinstance(f, MaskPhoneNumbers) for f in target.filters):
+            target.addFilter(MaskPhoneNumbers())

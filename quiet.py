@@ -23,6 +23,8 @@ class QuietHours:
     def parse(cls, text: str) -> "QuietHours":
         """``"21:00-08:00"``; raises ValueError on anything else."""
         start, end = (dt.time.fromisoformat(part.strip()) for part in text.split("-"))
+        if start.tzinfo is not None or end.tzinfo is not None:
+            raise ValueError("quiet hours are local times, without a UTC offset")
         if start == end:
             raise ValueError("quiet hours must not start and end at the same time")
         return cls(start, end)
@@ -39,8 +41,13 @@ class QuietHours:
         if not self.contains(local.time()):
             return None
         day = local.date() if local.time() < self.end else local.date() + dt.timedelta(days=1)
-        ends = dt.datetime.combine(day, self.end, tzinfo=zone)
-        return ends.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        now_aware = now_utc.replace(tzinfo=dt.timezone.utc)
+        for candidate in (day, day + dt.timedelta(days=1)):
+            for fold in (0, 1):  # an end inside a repeated hour (autumn) has two instants
+                ends = dt.datetime.combine(candidate, self.end, tzinfo=zone).replace(fold=fold)
+                if ends.astimezone(dt.timezone.utc) > now_aware:
+                    return ends.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        raise AssertionError("unreachable: the next day's end is always in the future")
 
 
 @lru_cache(maxsize=512)

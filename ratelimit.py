@@ -91,6 +91,9 @@ return math.max(0, tail - now)
 class Stopped(Exception):
     """The message's campaign was paused or cancelled: it must not be sent now."""
 
+    #: Not expected back: a resume dispatches the row again.
+    queued_at = None
+
 
 class Throttled(Exception):
     """No slot within the hold time: the message must wait ``delay_ms``."""

@@ -111,8 +111,11 @@ class Settings:
                 parse_limit(value)
             except ValueError:
                 raise ConfigurationError(f"{name}={value!r} is not a rate limit such as '10/minute' or '20 per 2 seconds'") from None
-        if self.reconcile_after_s <= self.twilio_timeout_s:
-            raise ConfigurationError("RECONCILE_AFTER_S must be longer than TWILIO_TIMEOUT_S, or a request still in flight could be sent twice")
+        if self.reconcile_after_s < 2 * self.twilio_timeout_s:
+            raise ConfigurationError(
+                "RECONCILE_AFTER_S must be at least twice TWILIO_TIMEOUT_S (the timeout bounds the connect and each "
+                "read separately), or a request still in flight could be sent twice"
+            )
         if self.quiet_hours and self.quiet_hours.lower() != "off":
             from quiet import QuietHours, zone
 

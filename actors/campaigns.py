@@ -72,7 +72,7 @@ def sweep() -> campaigns.SweepResult:
         _inflight, again_ms = pacing(slower(services.sms_rate_limit, campaign.rate_limit))
         return max(services.sweep_stale_after_s, 3 * again_ms / 1000)
 
-    for campaign_id in campaigns.due_scheduled_campaigns():
+    for campaign_id in campaigns.start_due_campaigns():
         send_campaign.send(campaign_id)
     return campaigns.sweep(
         stale_after_s=stale_after_s,

@@ -46,8 +46,12 @@ def send_sms(message_id: int) -> None:
         gate.defer(exc)
     except Stopped:
         # Paused: resume re-dispatches the row. Cancelled: the row is recorded as such.
+        # Sending after all (a pause and a resume crossed): the stale stop is lifted.
+        campaign_id = campaigns.campaign_of(message_id)
         if campaigns.settle_cancelled(message_id):
-            request_metrics_update(campaigns.campaign_of(message_id))
+            request_metrics_update(campaign_id)
+        elif campaigns.is_sending(campaign_id):
+            stop_campaign(campaign_id, stopped=False)
         return
     except campaigns.QuietNow as exc:
         count_deferral("quiet_hours")

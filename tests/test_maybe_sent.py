@@ -10,7 +10,7 @@ import pytest
 import actors
 import campaigns
 from errors import TransientError
-from models import Message, MessageStatus, utcnow
+from models import Event, Message, MessageStatus, utcnow
 from tests.conftest import join_all
 from tests.factories import make_campaign, make_customers, phone_for
 
@@ -93,3 +93,17 @@ def test_retries_exhausted_leave_a_recorded_failure(sqlite_db, stub_broker, stub
     assert "too many requests" in row.reason
     assert fake_twilio.messages == [] and len(fake_twilio.requests) == 3
     assert campaigns.analytics_dict(campaign_id)["status"] == "completed"
+
+
+def test_giving_up_on_a_maybe_sent_row_leaves_it_for_reconciliation(sqlite_db):
+    # Given a row whose send may have reached Twilio
+    make_customers(1)
+    campaign_id = make_campaign()
+    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    row = Message.get()
+    Message.update(status=MessageStatus.SENDING, sending_at=utcnow()).where(Message.id == row.id).execute()
+
+    # When its retries run out, it is not failed blind: it stays for the lookup at Twilio
+    assert campaigns.give_up(row.id, retries=10) == campaign_id
+    assert Message.get_by_id(row.id).status == MessageStatus.SENDING
+    assert "left for reconciliation" in Event.get(Event.code == "retries_exhausted").detail

@@ -9,6 +9,7 @@ import time
 from zoneinfo import ZoneInfo
 
 import dramatiq
+import pytest
 from limits import parse
 
 import actors
@@ -252,3 +253,35 @@ def test_a_scheduled_campaign_waits_then_the_sweeper_starts_it(sqlite_db, stub_b
         worker.stop()
     assert len(fake_twilio.messages) == 3
     assert Campaign.get_by_id(campaign_id).status == CampaignStatus.COMPLETED
+
+
+def test_quiet_hours_ending_inside_the_repeated_autumn_hour_never_end_in_the_past():
+    # New York repeats 01:00-02:00 on 2025-11-02; a window ending at 01:30
+    window = QuietHours.parse("21:00-01:30")
+    second_pass = dt.datetime(2025, 11, 2, 6, 10)  # 01:10 EST, the second time round
+    ends = window.next_allowed_utc(second_pass, NY)
+    assert ends is not None and ends > second_pass
+    assert ends == dt.datetime(2025, 11, 2, 6, 30)  # 01:30 EST
+
+
+def test_quiet_hours_with_a_utc_offset_are_refused():
+    with pytest.raises(ValueError):
+        QuietHours.parse("08:00+01:00-09:00")
+
+
+def test_a_quiet_hours_deferral_does_not_hold_the_dispatchers_budget(sqlite_db, stub_broker):
+    # Given a campaign whose first rows were dispatched and then deferred until morning
+    make_customers(10)
+    campaign_id = make_campaign()
+    result = campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    first = [m.id for m in Message.select().order_by(Message.id).limit(4)]
+    morning = campaigns.utcnow() + dt.timedelta(hours=9)
+    Message.update(queued_at=morning).where(Message.id.in_(first)).execute()
+
+    # When the dispatcher runs with room for 4 in flight
+    enqueued = []
+    campaigns.dispatch(campaign_id, result.dispatch_token, enqueue=lambda c, ids: enqueued.extend(ids),
+                       max_inflight=4, requeue_after_s=1200)
+
+    # Then the deferred rows do not count as in flight: 4 others go out
+    assert len(enqueued) == 4 and not set(enqueued) & set(first)
