@@ -28,7 +28,7 @@ def worker_env(fake, *, ns: str, database_url: str, **extra: str) -> dict[str, s
     env.update(
         BROKER="redis", REDIS_URL=REDIS_URL, DRAMATIQ_NAMESPACE=ns, DATABASE_URL=database_url,
         SMS_BACKEND="twilio", TWILIO_ACCOUNT_SID=fake.account_sid, TWILIO_AUTH_TOKEN=fake.auth_token,
-        TWILIO_FROM_NUMBER=FROM_NUMBER, TWILIO_API_BASE_URL=fake.base_url, TWILIO_TIMEOUT_S="10",
+        TWILIO_FROM_NUMBER=FROM_NUMBER, TWILIO_API_BASE_URL=fake.base_url, TWILIO_TIMEOUT_S="10", RECONCILE_AFTER_S="30",
         METRICS_DELAY_MS="500", PYTHONUNBUFFERED="1", QUIET_HOURS="off",
     )
     env.update(extra)

@@ -4,7 +4,6 @@ PostgreSQL, and the real twilio client talking HTTP to the fake Twilio API."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 
@@ -17,8 +16,8 @@ import actors
 import campaigns
 from models import Campaign, CampaignAnalytics, CampaignStatus, Message, MessageStatus
 from sms import FOOTER, measure
-from bench.common import Workers
-from tests.conftest import FROM_NUMBER, POSTGRES_URL, REDIS_URL
+from bench.common import Workers, delete_namespace, worker_env
+from tests.conftest import POSTGRES_URL, REDIS_URL
 from tests.factories import make_campaign, make_customers, phone_for
 
 
@@ -29,29 +28,11 @@ def WorkerProcesses(env: dict[str, str], log_path, processes: int = 2, threads: 
 
 @pytest.fixture
 def redis_env(unique_namespace, fake_twilio):
-    env = dict(os.environ)
-    env.update(
-        BROKER="redis",
-        REDIS_URL=REDIS_URL,
-        DRAMATIQ_NAMESPACE=unique_namespace,
-        DATABASE_URL=POSTGRES_URL,
-        SMS_BACKEND="twilio",
-        TWILIO_ACCOUNT_SID=fake_twilio.account_sid,
-        TWILIO_AUTH_TOKEN=fake_twilio.auth_token,
-        TWILIO_FROM_NUMBER=FROM_NUMBER,
-        TWILIO_API_BASE_URL=fake_twilio.base_url,
-        TWILIO_TIMEOUT_S="5",
-        RECONCILE_AFTER_S="30",
-        QUIET_HOURS="off",
-        SMS_RATE_LIMIT="100000/second",
-        METRICS_DELAY_MS="200",
-        PYTHONUNBUFFERED="1",
+    yield worker_env(
+        fake_twilio, ns=unique_namespace, database_url=POSTGRES_URL,
+        REDIS_URL=REDIS_URL, TWILIO_TIMEOUT_S="5", SMS_RATE_LIMIT="100000/second", METRICS_DELAY_MS="200",
     )
-    yield env
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"{unique_namespace}*", count=1000))
-    if keys:
-        client.delete(*keys)
+    delete_namespace(redis.Redis.from_url(REDIS_URL), unique_namespace)
 
 
 @pytest.fixture
