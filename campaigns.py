@@ -36,6 +36,7 @@ from models import (
     CampaignStatus,
     Customer,
     Event,
+    HotStatement,
     Message,
     MessageStatus,
     QRCode,
@@ -478,40 +479,27 @@ def _transition(message_id: int, expected: str | tuple[str, ...], **changes) -> 
 
 
 class _HotSql:
-    """The three statements every send runs, written out once per database: building them
-    with the query builder on every message cost more CPU than the rest of the send."""
+    """The three statements every send runs, written out once: building them with the query
+    builder on every message cost more CPU than the rest of the send."""
 
-    def __init__(self, db) -> None:
-        p = db.param
-        self.load = (
-            'SELECT m."status", m."to_phone", m."body", m."segments", m."sending_at", '
-            'c."id", c."status", c."template", c."time_zone", '
-            'u."id", u."first_name", u."last_name", u."sms_subscribed", u."time_zone", q."code" '
-            'FROM "message" m JOIN "campaign" c ON c."id" = m."campaign_id" '
-            'JOIN "customer" u ON u."id" = m."customer_id" '
-            f'LEFT OUTER JOIN "qrcode" q ON q."customer_id" = u."id" WHERE m."id" = {p}'
-        )
-        self.claim = (
-            f'UPDATE "message" SET "status" = {p}, "body" = {p}, "encoding" = {p}, "segments" = {p}, '
-            f'"attempts" = "attempts" + 1, "sending_at" = {p}, "deferrals" = {p}, "updated_at" = {p} '
-            f'WHERE "id" = {p} AND "status" = {p} '
-            f'AND EXISTS (SELECT 1 FROM "campaign" WHERE "id" = {p} AND "status" = {p})'
-        )
-        self.sent = (
-            f'UPDATE "message" SET "status" = {p}, "twilio_sid" = {p}, "sent_at" = {p}, "segments" = {p}, '
-            f'"error_code" = NULL, "reason" = {p}, "updated_at" = {p} WHERE "id" = {p} AND "status" = {p}'
-        )
-
-
-_hot_sql: dict[int, _HotSql] = {}
-
-
-def _sql() -> _HotSql:
-    db = database.obj
-    hot = _hot_sql.get(id(db))
-    if hot is None:
-        hot = _hot_sql[id(db)] = _HotSql(db)
-    return hot
+    load = HotStatement("send_load", (
+        'SELECT m."status", m."to_phone", m."body", m."segments", m."sending_at", '
+        'c."id", c."status", c."template", c."time_zone", '
+        'u."id", u."first_name", u."last_name", u."sms_subscribed", u."time_zone", q."code" '
+        'FROM "message" m JOIN "campaign" c ON c."id" = m."campaign_id" '
+        'JOIN "customer" u ON u."id" = m."customer_id" '
+        'LEFT OUTER JOIN "qrcode" q ON q."customer_id" = u."id" WHERE m."id" = {p}'
+    ))
+    claim = HotStatement("send_claim", (
+        'UPDATE "message" SET "status" = {p}, "body" = {p}, "encoding" = {p}, "segments" = {p}, '
+        '"attempts" = "attempts" + 1, "sending_at" = {p}, "deferrals" = {p}, "updated_at" = {p} '
+        'WHERE "id" = {p} AND "status" = {p} '
+        'AND EXISTS (SELECT 1 FROM "campaign" WHERE "id" = {p} AND "status" = {p})'
+    ))
+    sent = HotStatement("send_sent", (
+        'UPDATE "message" SET "status" = {p}, "twilio_sid" = {p}, "sent_at" = {p}, "segments" = {p}, '
+        '"error_code" = NULL, "reason" = {p}, "updated_at" = {p} WHERE "id" = {p} AND "status" = {p}'
+    ))
 
 
 def _when(value: dt.datetime):
@@ -534,7 +522,7 @@ class LoadedMessage:
 
 def load_for_send(message_id: int) -> LoadedMessage | None:
     """Message, campaign, customer and QR code in one query."""
-    row = database.execute_sql(_sql().load, (message_id,)).fetchone()
+    row = _HotSql.load.execute((message_id,)).fetchone()
     if row is None:
         return None
     (status, to_phone, body, segments, sending_at, campaign_id, campaign_status, template, campaign_zone,
@@ -608,7 +596,7 @@ def send_message(
 
     # The claim also re-checks the campaign, so a pause stops every message not yet claimed.
     now = _when(utcnow())
-    claimed = database.execute_sql(_sql().claim, (
+    claimed = _HotSql.claim.execute((
         MessageStatus.SENDING, body, length.encoding, length.segments, now, deferrals, now,
         message_id, MessageStatus.PENDING, campaign.id, CampaignStatus.SENDING,
     )).rowcount
@@ -673,7 +661,7 @@ def _send_claimed(message, body, segments, outcome, backend, acquire_slot, recon
 
 def _record_sent(message_id: int, sent: SendResult, segments: int, reason: str | None = None) -> None:
     now = _when(utcnow())
-    database.execute_sql(_sql().sent, (
+    _HotSql.sent.execute((
         MessageStatus.SENT, sent.sid, now, sent.segments or segments, reason, now, message_id, MessageStatus.SENDING,
     ))
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 
+import psycopg2.extensions
+
 from peewee import (
 
     AutoField,
@@ -192,6 +194,14 @@ def make_database(url: str):
     return PooledPostgres(params.pop("database"), max_connections=64, stale_timeout=300, timeout=10, **params)
 
 
+class PreparingConnection(psycopg2.extensions.connection):
+    """A psycopg2 connection that remembers which statements it has PREPAREd."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.prepared: set[str] = set()
+
+
 class PooledPostgres(PooledPostgresqlDatabase):
     """A pool that trusts the driver's own view of a connection at checkout.
 
@@ -201,8 +211,45 @@ class PooledPostgres(PooledPostgresqlDatabase):
     discard the connection.
     """
 
+    def __init__(self, database, **kwargs) -> None:
+        kwargs.setdefault("connection_factory", PreparingConnection)
+        super().__init__(database, **kwargs)
+
     def _is_closed(self, conn):
         return bool(conn.closed) or self._adapter.txn_status(conn) == self._adapter.txn_unknown
+
+
+class HotStatement:
+    """A statement run for every message. PostgreSQL parses and plans a plain statement on
+    every execution, which cost it several times the execution itself, so there it is
+    PREPAREd once per connection; sqlite3 keeps its own cache of prepared statements.
+
+    ``sql`` uses ``{p}`` for each parameter.
+    """
+
+    def __init__(self, name: str, sql: str) -> None:
+        self.name = name
+        self.sql = sql
+        count = sql.count("{p}")
+        numbered = sql
+        for i in range(1, count + 1):
+            numbered = numbered.replace("{p}", f"${i}", 1)
+        self._prepare = f"PREPARE {name} AS {numbered}"
+        self._execute = f"EXECUTE {name}({', '.join(['%s'] * count)})" if count else f"EXECUTE {name}"
+        self._plain: dict[str, str] = {}
+
+    def execute(self, params: tuple):
+        db = database.obj
+        if isinstance(db, PooledPostgres):
+            conn = db.connection()
+            if self.name not in conn.prepared:
+                db.execute_sql(self._prepare)
+                conn.prepared.add(self.name)
+            return db.execute_sql(self._execute, params)
+        plain = self._plain.get(db.param)
+        if plain is None:
+            plain = self._plain[db.param] = self.sql.replace("{p}", db.param)
+        return db.execute_sql(plain, params)
 
 
 def configure_database(url: str):

@@ -13,7 +13,7 @@ import actors
 import campaigns
 from actors.services import configure_services
 from metrics import MetricsDebouncer
-from models import Message, MessageStatus
+from models import Message, MessageStatus, PooledPostgres, database
 from ratelimit import RateLimit, RedisWindows
 from tests.conftest import REDIS_URL
 from tests.factories import make_campaign, make_customers
@@ -49,17 +49,27 @@ def test_send_sms_costs_three_queries_and_one_redis_round_trip(db, stub_broker, 
     limiter.windows = RedisWindows(client, prefix=prefix)
     configure_services(debouncer=MetricsDebouncer(redis=client, delay_ms=5_000, prefix=prefix))
     try:
-        # When each is processed as a worker would
+        # When the first is processed as a worker would (on PostgreSQL this PREPAREs the
+        # statements on the connection), and then the other 19
+        with count_queries() as first:
+            process(ids[0])
         CountingRedis.commands = 0
         with count_queries() as queries:
-            for message_id in ids:
+            for message_id in ids[1:]:
                 process(message_id)
 
-        # Then each took 3 queries (load, claim, record) and one Redis round trip (the
-        # rate-limit slot), plus one for the first metrics request of the campaign
+        # Then each of the 19 took 3 queries (load, claim, record) and one Redis round trip
+        # (the rate-limit slot); the campaign's metrics were already requested by the first
         assert Message.select().where(Message.status == MessageStatus.SENT).count() == 20
-        assert queries.count == 3 * 20, [q.msg for q in queries.get_queries()][:6]
-        assert CountingRedis.commands == 20 + 1
+        assert queries.count == 3 * 19, [q.msg for q in queries.get_queries()][:6]
+        assert CountingRedis.commands == 19
+        prepares = sum(q.msg[0].startswith("PREPARE") for q in first.get_queries())
+        assert first.count == 3 + prepares
+        if isinstance(database.obj, PooledPostgres):
+            assert {"send_load", "send_claim", "send_sent"} <= database.connection().prepared
+            assert all(q.msg[0].startswith("EXECUTE") for q in queries.get_queries())
+        else:
+            assert prepares == 0
     finally:
         for key in client.scan_iter(f"{prefix}*"):
             client.delete(key)

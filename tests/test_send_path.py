@@ -8,7 +8,6 @@ import time
 
 import dramatiq
 
-from playhouse.test_utils import count_queries
 
 import actors
 import campaigns
@@ -191,22 +190,6 @@ def test_sender_error_pauses_the_campaign_and_sends_nothing_more(sqlite_db, stub
     assert campaign.status == CampaignStatus.PAUSED and "21606" in campaign.status_reason
     assert fake_twilio.messages == []
     assert Message.select().where(Message.status == MessageStatus.FAILED).count() == 0
-
-
-def test_send_message_uses_three_queries(db, fake_twilio, twilio_backend):
-    # Given one pending message of a running campaign
-    make_customers(1)
-    campaign_id = make_campaign()
-    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
-    message_id = Message.get().id
-
-    # When it is sent
-    with count_queries() as counter:
-        outcome = campaigns.send_message(message_id, backend=twilio_backend, short_url_base="https://x.test/q")
-
-    # Then it took one load, one claim and one result update
-    assert outcome.status == MessageStatus.SENT
-    assert counter.count == 3, [q.msg for q in counter.get_queries()]
 
 
 class CountProcessed(dramatiq.Middleware):
