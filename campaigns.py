@@ -187,7 +187,7 @@ def fan_out(
     result.dispatch_token = token
     on_started(token)
     for batch in _customer_batches(batch_size):
-        result.recorded += _record_outcomes(campaign_id, batch, default_region)
+        result.recorded += _record_outcomes(campaign, batch, default_region, short_url_base)
         Campaign.update(heartbeat_at=utcnow()).where(Campaign.id == campaign_id).execute()
     Campaign.update(fanout_done_at=utcnow()).where(Campaign.id == campaign_id, Campaign.fanout_done_at.is_null()).execute()
     result.status = CampaignStatus.SENDING
@@ -268,23 +268,27 @@ def _customer_batches(batch_size: int) -> Iterable[list[tuple[Customer, str | No
         last_id = rows[-1].id
 
 
-def _record_outcomes(campaign_id: int, batch: list[tuple[Customer, str | None]], default_region: str) -> int:
+def _record_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]], default_region: str, short_url_base: str) -> int:
+    """Insert the batch's rows; an eligible customer's message is rendered here, once, so
+    the send path only claims it, and a message too long for one segment fails at once."""
     now = utcnow()
     rows = []
     for customer, qr_code in batch:
         phone, skip_code, skip_reason = eligibility(customer, qr_code, default_region)
-        rows.append(
-            {
-                "campaign": campaign_id,
-                "customer": customer.id,
-                "status": MessageStatus.SKIPPED if skip_code else MessageStatus.PENDING,
-                "to_phone": phone,
-                "error_code": skip_code,
-                "reason": skip_reason,
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
+        row = {
+            "campaign": campaign.id, "customer": customer.id, "status": MessageStatus.PENDING, "to_phone": phone,
+            "body": None, "encoding": None, "segments": None, "error_code": skip_code, "reason": skip_reason,
+            "created_at": now, "updated_at": now,
+        }
+        if skip_code:
+            row["status"] = MessageStatus.SKIPPED
+        else:
+            try:
+                row["body"], length = compose(campaign.template, template_values(customer, qr_code, short_url_base))
+                row["encoding"], row["segments"] = length.encoding, length.segments
+            except (TemplateError, MessageTooLong) as exc:
+                row.update(status=MessageStatus.FAILED, error_code=exc.code, reason=exc.reason)
+        rows.append(row)
     with database.atomic():
         Message.insert_many(rows).on_conflict_ignore().execute()
     return len(rows)
@@ -479,9 +483,23 @@ def _transition(message_id: int, expected: str | tuple[str, ...], **changes) -> 
 
 
 class _HotSql:
-    """The three statements every send runs, written out once: building them with the query
+    """The statements of the send path, written out once: building them with the query
     builder on every message cost more CPU than the rest of the send."""
 
+    #: The usual send's first statement: claims a message rendered at the fan-out if it
+    #: is still pending, its campaign sending, its customer subscribed and with a QR
+    #: code, and returns what the send needs. No row back: ``load`` tells why.
+    claim_rendered = HotStatement("send_claim_rendered", (
+        'UPDATE "message" SET "status" = {p}, "attempts" = "attempts" + 1, "sending_at" = {p}, '
+        '"deferrals" = {p}, "updated_at" = {p} '
+        'WHERE "id" = {p} AND "status" = {p} AND "body" IS NOT NULL '
+        'AND EXISTS (SELECT 1 FROM "campaign" c WHERE c."id" = "message"."campaign_id" AND c."status" = {p}) '
+        'AND EXISTS (SELECT 1 FROM "customer" u WHERE u."id" = "message"."customer_id" AND u."sms_subscribed") '
+        'AND EXISTS (SELECT 1 FROM "qrcode" q WHERE q."customer_id" = "message"."customer_id") '
+        'RETURNING "to_phone", "body", "segments", "campaign_id", "customer_id", '
+        '(SELECT c."time_zone" FROM "campaign" c WHERE c."id" = "message"."campaign_id"), '
+        '(SELECT u."time_zone" FROM "customer" u WHERE u."id" = "message"."customer_id")'
+    ))
     load = HotStatement("send_load", (
         'SELECT m."status", m."to_phone", m."body", m."segments", m."sending_at", '
         'c."id", c."status", c."template", c."time_zone", '
@@ -538,28 +556,51 @@ def load_for_send(message_id: int) -> LoadedMessage | None:
     )
 
 
+def claim_rendered(message_id: int, deferrals: int) -> LoadedMessage | None:
+    """Claim a pending message rendered at the fan-out, in one statement (see ``_HotSql``)."""
+    now = _when(utcnow())
+    rows = _HotSql.claim_rendered.execute((
+        MessageStatus.SENDING, now, deferrals, now, message_id, MessageStatus.PENDING, CampaignStatus.SENDING,
+    )).fetchall()  # all rows: SQLite ends the statement (and its write lock) only then
+    if not rows:
+        return None
+    to_phone, body, segments, campaign_id, customer_id, campaign_zone, customer_zone = rows[0]
+    return LoadedMessage(
+        id=message_id, status=MessageStatus.SENDING, to_phone=to_phone, body=body, segments=segments, sending_at=None,
+        campaign=SimpleNamespace(id=campaign_id, status=CampaignStatus.SENDING, time_zone=campaign_zone),
+        customer=SimpleNamespace(id=customer_id, time_zone=customer_zone),
+    )
+
+
 def send_message(
     message_id: int,
     *,
     backend: SmsBackend,
     short_url_base: str,
     deferrals: int = 0,
-    acquire_slot: Callable[[int], None] | None = None,
+    acquire_slot: Callable[[int, int], None] | None = None,
     reconcile_after_s: float = 30.0,
     quiet: QuietPolicy | None = None,
 ) -> SendOutcome:
-    """Render, check, claim, send and record one message: the spec's sequence.
+    """Check, claim, send and record one message: the spec's sequence.
 
-    ``acquire_slot(segments)`` takes the rate-limit slot right before the HTTP call; if it
-    raises (throttled, or the limiter is unreachable) the claim is undone and the error
-    propagates. ``deferrals`` is how often the rate limit put this message back.
+    The usual message was rendered at the fan-out and is claimed in one statement; one
+    that was not (or whose claim finds something changed) takes the long way: load, check,
+    render, claim. ``acquire_slot(segments, campaign_id)`` takes the rate-limit slot right
+    before the HTTP call; if it raises (throttled, or the limiter is unreachable) the claim
+    is undone and the error propagates. ``deferrals`` is how often the rate limit put this
+    message back.
 
     A message left in ``sending`` (no answer from Twilio, or a crash) is looked up at
     Twilio once it is ``reconcile_after_s`` old, and only sent again if Twilio has none.
     Raises TransientError when a retry may help (``MaybeSent`` keeps the claim), and
-    ``QuietNow`` when the recipient is inside quiet hours (checked before the claim and
-    again right before the send).
+    ``QuietNow`` when the recipient is inside quiet hours (checked before the slot is
+    taken and again right before the send).
     """
+    message = claim_rendered(message_id, deferrals)
+    if message is not None:
+        outcome = SendOutcome(message_id, MessageStatus.SENDING, campaign_id=message.campaign.id)
+        return _send_claimed(message, message.body, message.segments, outcome, backend, acquire_slot, reconcile_after_s, quiet)
     message = load_for_send(message_id)
     if message is None:
         record_event(None, "message_not_found", f"message {message_id} does not exist")
@@ -617,10 +658,12 @@ def _send_claimed(message, body, segments, outcome, backend, acquire_slot, recon
     message_id = message.id
     if acquire_slot is not None or quiet is not None:
         try:
-            if acquire_slot is not None:
-                acquire_slot(segments)
             if quiet is not None:
                 quiet.check(message)
+            if acquire_slot is not None:
+                acquire_slot(segments, message.campaign.id)
+                if quiet is not None:
+                    quiet.check(message)
         except BaseException as exc:
             # queued_at says when the row is next expected back: a quiet-hours deferral at the
             # window's end, a stopped campaign never (resume dispatches it), else now.

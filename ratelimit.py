@@ -38,34 +38,37 @@ from limits import RateLimitItem, parse
 DEFERRED_MARK = "_deferred_by_rate_limit"
 
 # Moving windows, all or nothing: each key is a list of entry times (ms), newest first,
-# trimmed to its limit. KEYS: the stop keys, then the windows; ARGV: cost, the number of
-# stop keys, then (limit, window_ms) per window. Returns -1 if a stop key exists, 0 when
-# `cost` units were taken from every window, else the ms until the last blocking entry leaves.
+# trimmed to its limit. KEYS: the stop keys, the windows, then the watched key if any;
+# ARGV: cost, the number of stop keys, whether a key is watched, then (limit, window_ms)
+# per window. Returns {-1 if a stop key exists, 0 when `cost` units were taken from every
+# window, else the ms until the last blocking entry leaves; the watched key's PTTL}.
 _ACQUIRE = """
 local t = redis.call('time')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cost, stops = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cost, stops, watched = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttl = -2
+if watched == 1 then ttl = redis.call('pttl', KEYS[#KEYS]) end
 for i = 1, stops do
-  if redis.call('exists', KEYS[i]) == 1 then return -1 end
+  if redis.call('exists', KEYS[i]) == 1 then return {-1, ttl} end
 end
+local last = #KEYS - watched
 local wait = 0
-for i = stops + 1, #KEYS do
-  local key = KEYS[i]
-  local limit, window_ms = tonumber(ARGV[2 * (i - stops) + 1]), tonumber(ARGV[2 * (i - stops) + 2])
-  local entry = redis.call('lindex', key, limit - cost)
+for i = stops + 1, last do
+  local limit, window_ms = tonumber(ARGV[2 * (i - stops) + 2]), tonumber(ARGV[2 * (i - stops) + 3])
+  local entry = redis.call('lindex', KEYS[i], limit - cost)
   if entry and tonumber(entry) > now - window_ms then
     wait = math.max(wait, tonumber(entry) + window_ms - now)
   end
 end
-if wait > 0 then return wait end
-for i = stops + 1, #KEYS do
+if wait > 0 then return {wait, ttl} end
+for i = stops + 1, last do
   local key = KEYS[i]
-  local limit, window_ms = tonumber(ARGV[2 * (i - stops) + 1]), tonumber(ARGV[2 * (i - stops) + 2])
+  local limit, window_ms = tonumber(ARGV[2 * (i - stops) + 2]), tonumber(ARGV[2 * (i - stops) + 3])
   for j = 1, cost do redis.call('lpush', key, now) end
   redis.call('ltrim', key, 0, limit - 1)
   redis.call('pexpire', key, window_ms)
 end
-return 0
+return {0, ttl}
 """
 
 # The line of reservations: returns the ms from now to the slot taken, at least
@@ -114,14 +117,20 @@ class RedisWindows:
         self._reserve = client.register_script(_RESERVE)
         self._backlog = client.register_script(_BACKLOG)
 
-    def acquire(self, windows: list[tuple[str, int, int]], cost: int, stops: tuple[str, ...] = ()) -> int:
-        """Take ``cost`` from every (key, limit, window_ms) or none: 0, the ms to wait, or
-        -1 when one of the ``stops`` is set."""
-        args = [cost, len(stops)]
+    def acquire(
+        self, windows: list[tuple[str, int, int]], cost: int, stops: tuple[str, ...] = (), *, watch: str | None = None,
+    ) -> tuple[int, int | None]:
+        """Take ``cost`` from every (key, limit, window_ms) or none. Returns 0, the ms to
+        wait, or -1 when one of the ``stops`` is set; and the PTTL of the ``watch`` key
+        (a full key name, read in the same round trip), or None when none is watched."""
+        args = [cost, len(stops), 1 if watch else 0]
         for _key, limit, window_ms in windows:
             args += [limit, window_ms]
         keys = [f"{self.prefix}:stop:{key}" for key in stops] + [f"{self.prefix}:window:{key}" for key, _l, _w in windows]
-        return int(self._acquire(keys=keys, args=args))
+        if watch:
+            keys.append(watch)
+        wait_ms, ttl_ms = self._acquire(keys=keys, args=args)
+        return int(wait_ms), int(ttl_ms) if watch else None
 
     def set_stop(self, key: str, stopped: bool) -> None:
         if stopped:
@@ -153,10 +162,13 @@ class MemoryWindows:
         with self._lock:
             (self._stops.add if stopped else self._stops.discard)(key)
 
-    def acquire(self, windows: list[tuple[str, int, int]], cost: int, stops: tuple[str, ...] = ()) -> int:
+    def acquire(
+        self, windows: list[tuple[str, int, int]], cost: int, stops: tuple[str, ...] = (), *, watch: str | None = None,
+    ) -> tuple[int, int | None]:
+        """As ``RedisWindows.acquire``; nothing is shared to watch, so the TTL is None."""
         with self._lock:
             if any(key in self._stops for key in stops):
-                return -1
+                return -1, None
             now = self._now_ms()
             wait = 0
             for key, limit, window_ms in windows:
@@ -164,10 +176,10 @@ class MemoryWindows:
                 if len(entries) > limit - cost and entries[limit - cost] > now - window_ms:
                     wait = max(wait, entries[limit - cost] + window_ms - now)
             if wait:
-                return wait
+                return wait, None
             for key, _limit, _window_ms in windows:
                 self._entries[key].extendleft([now] * cost)
-            return 0
+            return 0, None
 
     def reserve(self, key: str, earliest_ms: int, step_ms: int, ttl_ms: int) -> int:
         with self._lock:
@@ -310,8 +322,13 @@ class Gate:
         group = message.options.get("stop_group")
         self.stop_key = str(group) if group else None
 
-    def acquire(self, cost: int = 1) -> None:
-        """Take ``cost`` units of every limit now, or within ``hold_ms``; else Throttled."""
+    def acquire(self, cost: int = 1, *, watch: str | None = None) -> int | None:
+        """Take ``cost`` units of every limit now, or within ``hold_ms``; else Throttled.
+
+        Returns the PTTL (ms) of the Redis key ``watch`` as the slot was taken, read in the
+        same round trip (None without one, or without Redis): a caller that would otherwise
+        ask Redis about that key right after gets the answer for free.
+        """
         mw = self.middleware
         for _key, item in self.checks:
             if cost > item.amount:
@@ -320,7 +337,7 @@ class Gate:
         stops = (self.stop_key,) if self.stop_key else ()
         hold_until = time.monotonic() + mw.hold_ms / 1000
         while True:
-            wait_ms = mw.windows.acquire(windows, cost, stops)
+            wait_ms, watched_ttl_ms = mw.windows.acquire(windows, cost, stops, watch=watch)
             if wait_ms < 0:
                 raise Stopped(self.stop_key)
             if wait_ms == 0:
@@ -334,6 +351,7 @@ class Gate:
                 raise Throttled(mw.reserve(*self.line, cost, earliest_ms=wait_ms), reserved=True)
             mw.sleep(wait_ms / 1000)
         self.message.options.pop("rate_reserved", None)
+        return watched_ttl_ms
 
     def defer(self, throttled: Throttled):
         """Re-enqueue the message for its slot and skip it (acknowledged, not retried)."""

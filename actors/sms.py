@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import dramatiq
 from dramatiq.middleware import CurrentMessage, SkipMessage
 
@@ -38,7 +40,7 @@ def send_sms(message_id: int) -> None:
     try:
         outcome = campaigns.send_message(
             message_id, backend=services.backend, short_url_base=services.short_url_base,
-            deferrals=deferrals, acquire_slot=gate.acquire if gate is not None else None,
+            deferrals=deferrals, acquire_slot=slot_taker(gate, services.debouncer) if gate is not None else None,
             reconcile_after_s=services.reconcile_after_s, quiet=services.quiet,
         )
     except Throttled as exc:
@@ -63,6 +65,16 @@ def send_sms(message_id: int) -> None:
         stop_campaign(outcome.campaign_id)
     if outcome.campaign_id is not None and outcome.status != "pending":
         request_metrics_update(outcome.campaign_id)
+
+
+def slot_taker(gate, debouncer):
+    """``acquire_slot`` for the send path: the slot's round trip also reads the TTL of the
+    campaign's pending metrics update, which usually spares the send its own ask."""
+    def acquire_slot(cost: int, campaign_id: int) -> None:
+        seen_at = time.monotonic()
+        ttl_ms = gate.acquire(cost, watch=debouncer.key(campaign_id))
+        debouncer.saw_ttl(campaign_id, ttl_ms, seen_at=seen_at)
+    return acquire_slot
 
 
 def defer_until(message, until_utc, now_utc) -> None:
