@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 from limits import parse as parse_limit
 from peewee import JOIN, fn
 
+from batching import Combiner
 from errors import (
     CampaignError,
     InvalidPhone,
@@ -41,7 +42,9 @@ from models import (
     MessageStatus,
     QRCode,
     database,
+    is_postgres,
     utcnow,
+    write_transaction,
 )
 from quiet import QuietHours, recipient_zone
 from sms import compose, mask_phone, normalize_phone, validate_template
@@ -500,6 +503,21 @@ class _HotSql:
         '(SELECT c."time_zone" FROM "campaign" c WHERE c."id" = "message"."campaign_id"), '
         '(SELECT u."time_zone" FROM "customer" u WHERE u."id" = "message"."customer_id")'
     ))
+    #: ``claim_rendered`` for many messages at once (PostgreSQL), ids and deferrals as
+    #: arrays. Only the id may lead to the rows, whatever the statistics say (a new
+    #: campaign's rows are not analysed yet): the other tests are written so that no index
+    #: can serve them, and the related rows are read by scalar subqueries, not joins.
+    claim_rendered_many = HotStatement("send_claim_rendered_many", (
+        'UPDATE "message" SET "status" = {p}, "attempts" = "attempts" + 1, "sending_at" = {p}, '
+        '"deferrals" = ({p}::integer[])[array_position({p}::integer[], "id")], "updated_at" = {p} '
+        'WHERE "id" = ANY({p}::integer[]) AND COALESCE("status", \'\') = {p} AND "body" IS NOT NULL '
+        'AND (SELECT c."status" FROM "campaign" c WHERE c."id" = "message"."campaign_id") = {p} '
+        'AND (SELECT u."sms_subscribed" FROM "customer" u WHERE u."id" = "message"."customer_id") '
+        'AND (SELECT q."id" FROM "qrcode" q WHERE q."customer_id" = "message"."customer_id") IS NOT NULL '
+        'RETURNING "id", "to_phone", "body", "segments", "campaign_id", "customer_id", '
+        '(SELECT c."time_zone" FROM "campaign" c WHERE c."id" = "message"."campaign_id"), '
+        '(SELECT u."time_zone" FROM "customer" u WHERE u."id" = "message"."customer_id")'
+    ))
     load = HotStatement("send_load", (
         'SELECT m."status", m."to_phone", m."body", m."segments", m."sending_at", '
         'c."id", c."status", c."template", c."time_zone", '
@@ -517,6 +535,14 @@ class _HotSql:
     sent = HotStatement("send_sent", (
         'UPDATE "message" SET "status" = {p}, "twilio_sid" = {p}, "sent_at" = {p}, "segments" = {p}, '
         '"error_code" = NULL, "reason" = {p}, "updated_at" = {p} WHERE "id" = {p} AND "status" = {p}'
+    ))
+    #: ``sent`` for many messages at once (PostgreSQL): ids, SIDs and segments as arrays,
+    #: found by id only (as ``claim_rendered_many``).
+    sent_many = HotStatement("send_sent_many", (
+        'UPDATE "message" SET "status" = {p}, "sent_at" = {p}, "updated_at" = {p}, '
+        '"twilio_sid" = ({p}::text[])[array_position({p}::integer[], "id")], '
+        '"segments" = ({p}::integer[])[array_position({p}::integer[], "id")], "error_code" = NULL, "reason" = NULL '
+        'WHERE "id" = ANY({p}::integer[]) AND COALESCE("status", \'\') = {p}'
     ))
 
 
@@ -557,19 +583,54 @@ def load_for_send(message_id: int) -> LoadedMessage | None:
 
 
 def claim_rendered(message_id: int, deferrals: int) -> LoadedMessage | None:
-    """Claim a pending message rendered at the fan-out, in one statement (see ``_HotSql``)."""
+    """Claim a pending message rendered at the fan-out (see ``_HotSql.claim_rendered``);
+    concurrent claims of this process's threads share one statement."""
+    return _claims.submit((message_id, deferrals))
+
+
+def _claim_rendered_batch(items: list[tuple[int, int]]) -> list[LoadedMessage | None]:
     now = _when(utcnow())
-    rows = _HotSql.claim_rendered.execute((
-        MessageStatus.SENDING, now, deferrals, now, message_id, MessageStatus.PENDING, CampaignStatus.SENDING,
-    )).fetchall()  # all rows: SQLite ends the statement (and its write lock) only then
-    if not rows:
-        return None
-    to_phone, body, segments, campaign_id, customer_id, campaign_zone, customer_zone = rows[0]
-    return LoadedMessage(
-        id=message_id, status=MessageStatus.SENDING, to_phone=to_phone, body=body, segments=segments, sending_at=None,
-        campaign=SimpleNamespace(id=campaign_id, status=CampaignStatus.SENDING, time_zone=campaign_zone),
-        customer=SimpleNamespace(id=customer_id, time_zone=customer_zone),
-    )
+    if is_postgres():
+        ids = [message_id for message_id, _ in items]
+        rows = _HotSql.claim_rendered_many.execute((
+            MessageStatus.SENDING, now, [deferrals for _, deferrals in items], ids, now, ids,
+            MessageStatus.PENDING, CampaignStatus.SENDING,
+        )).fetchall()
+    else:
+        rows = []
+        with write_transaction():
+            for message_id, deferrals in items:
+                rows += [(message_id, *row) for row in _HotSql.claim_rendered.execute((
+                    MessageStatus.SENDING, now, deferrals, now, message_id, MessageStatus.PENDING, CampaignStatus.SENDING,
+                )).fetchall()]  # all rows: SQLite ends the statement only then
+    claimed = {}
+    for message_id, to_phone, body, segments, campaign_id, customer_id, campaign_zone, customer_zone in rows:
+        claimed[message_id] = LoadedMessage(
+            id=message_id, status=MessageStatus.SENDING, to_phone=to_phone, body=body, segments=segments,
+            sending_at=None,
+            campaign=SimpleNamespace(id=campaign_id, status=CampaignStatus.SENDING, time_zone=campaign_zone),
+            customer=SimpleNamespace(id=customer_id, time_zone=customer_zone),
+        )
+    return [claimed.get(message_id) for message_id, _ in items]
+
+
+def _record_sent_batch(items: list[tuple[int, str, int]]) -> list[None]:
+    now = _when(utcnow())
+    if is_postgres():
+        ids = [message_id for message_id, _, _ in items]
+        _HotSql.sent_many.execute((
+            MessageStatus.SENT, now, now, [sid for _, sid, _ in items], ids,
+            [segments for _, _, segments in items], ids, ids, MessageStatus.SENDING,
+        ))
+    else:
+        with write_transaction():
+            for message_id, sid, segments in items:
+                _HotSql.sent.execute((MessageStatus.SENT, sid, now, segments, None, now, message_id, MessageStatus.SENDING))
+    return [None] * len(items)
+
+
+_claims = Combiner(_claim_rendered_batch)
+_sent_records = Combiner(_record_sent_batch)
 
 
 def send_message(
@@ -703,6 +764,9 @@ def _send_claimed(message, body, segments, outcome, backend, acquire_slot, recon
 
 
 def _record_sent(message_id: int, sent: SendResult, segments: int, reason: str | None = None) -> None:
+    if reason is None:
+        _sent_records.submit((message_id, sent.sid, sent.segments or segments))
+        return
     now = _when(utcnow())
     _HotSql.sent.execute((
         MessageStatus.SENT, sent.sid, now, sent.segments or segments, reason, now, message_id, MessageStatus.SENDING,

@@ -268,6 +268,10 @@ def create_schema() -> None:
         database.create_tables(MODELS, safe=True)
 
 
+def is_postgres() -> bool:
+    return isinstance(database.obj, PooledPostgres)
+
+
 def write_transaction():
     """A transaction for read-then-write work. On SQLite it takes the write lock at BEGIN
     (``IMMEDIATE``) so two writers cannot both read and then deadlock upgrading."""

@@ -35,40 +35,59 @@ from dramatiq.logging import get_logger
 from dramatiq.middleware import Middleware, SkipMessage
 from limits import RateLimitItem, parse
 
+from batching import Combiner
+
 DEFERRED_MARK = "_deferred_by_rate_limit"
 
-# Moving windows, all or nothing: each key is a list of entry times (ms), newest first,
-# trimmed to its limit. KEYS: the stop keys, the windows, then the watched key if any;
-# ARGV: cost, the number of stop keys, whether a key is watched, then (limit, window_ms)
-# per window. Returns {-1 if a stop key exists, 0 when `cost` units were taken from every
-# window, else the ms until the last blocking entry leaves; the watched key's PTTL}.
+# Moving windows, all or nothing, for a batch of requests in arrival order: each window key
+# is a list of entry times (ms), newest first, trimmed to its limit. KEYS: the stop keys, the
+# windows, then the watched key if any. ARGV: the number of stop keys, whether a key is
+# watched, the number of windows, (limit, window_ms) per window, then each request's cost.
+# Returns, per request, -1 if a stop key exists, 0 when its cost was taken from every window,
+# else the ms until the last blocking entry leaves (a request behind a blocked one is not
+# served before it); then the watched key's PTTL.
 _ACQUIRE = """
 local t = redis.call('time')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cost, stops, watched = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local stops, watched, windows = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl = -2
 if watched == 1 then ttl = redis.call('pttl', KEYS[#KEYS]) end
+local first_cost = 4 + 2 * windows
+local results = {}
+local stopped = false
 for i = 1, stops do
-  if redis.call('exists', KEYS[i]) == 1 then return {-1, ttl} end
+  if redis.call('exists', KEYS[i]) == 1 then stopped = true end
 end
-local last = #KEYS - watched
-local wait = 0
-for i = stops + 1, last do
-  local limit, window_ms = tonumber(ARGV[2 * (i - stops) + 2]), tonumber(ARGV[2 * (i - stops) + 3])
-  local entry = redis.call('lindex', KEYS[i], limit - cost)
-  if entry and tonumber(entry) > now - window_ms then
-    wait = math.max(wait, tonumber(entry) + window_ms - now)
+local blocked = 0
+for r = first_cost, #ARGV do
+  local cost = tonumber(ARGV[r])
+  local wait = blocked
+  if stopped then
+    wait = -1
+  elseif blocked == 0 then
+    for w = 1, windows do
+      local limit, window_ms = tonumber(ARGV[2 * w + 2]), tonumber(ARGV[2 * w + 3])
+      local entry = redis.call('lindex', KEYS[stops + w], limit - cost)
+      if entry and tonumber(entry) > now - window_ms then
+        wait = math.max(wait, tonumber(entry) + window_ms - now)
+      end
+    end
+    if wait > 0 then
+      blocked = wait
+    else
+      for w = 1, windows do
+        local key = KEYS[stops + w]
+        local limit, window_ms = tonumber(ARGV[2 * w + 2]), tonumber(ARGV[2 * w + 3])
+        for j = 1, cost do redis.call('lpush', key, now) end
+        redis.call('ltrim', key, 0, limit - 1)
+        redis.call('pexpire', key, window_ms)
+      end
+    end
   end
+  results[#results + 1] = wait
 end
-if wait > 0 then return {wait, ttl} end
-for i = stops + 1, last do
-  local key = KEYS[i]
-  local limit, window_ms = tonumber(ARGV[2 * (i - stops) + 2]), tonumber(ARGV[2 * (i - stops) + 3])
-  for j = 1, cost do redis.call('lpush', key, now) end
-  redis.call('ltrim', key, 0, limit - 1)
-  redis.call('pexpire', key, window_ms)
-end
-return {0, ttl}
+results[#results + 1] = ttl
+return results
 """
 
 # The line of reservations: returns the ms from now to the slot taken, at least
@@ -123,14 +142,22 @@ class RedisWindows:
         """Take ``cost`` from every (key, limit, window_ms) or none. Returns 0, the ms to
         wait, or -1 when one of the ``stops`` is set; and the PTTL of the ``watch`` key
         (a full key name, read in the same round trip), or None when none is watched."""
-        args = [cost, len(stops), 1 if watch else 0]
+        waits, ttl_ms = self.acquire_many(windows, [cost], stops, watch=watch)
+        return waits[0], ttl_ms
+
+    def acquire_many(
+        self, windows: list[tuple[str, int, int]], costs: list[int], stops: tuple[str, ...] = (), *, watch: str | None = None,
+    ) -> tuple[list[int], int | None]:
+        """``acquire`` for several requests in one round trip, served in order."""
+        args = [len(stops), 1 if watch else 0, len(windows)]
         for _key, limit, window_ms in windows:
             args += [limit, window_ms]
+        args += costs
         keys = [f"{self.prefix}:stop:{key}" for key in stops] + [f"{self.prefix}:window:{key}" for key, _l, _w in windows]
         if watch:
             keys.append(watch)
-        wait_ms, ttl_ms = self._acquire(keys=keys, args=args)
-        return int(wait_ms), int(ttl_ms) if watch else None
+        *waits, ttl_ms = self._acquire(keys=keys, args=args)
+        return [int(wait) for wait in waits], int(ttl_ms) if watch else None
 
     def set_stop(self, key: str, stopped: bool) -> None:
         if stopped:
@@ -166,20 +193,31 @@ class MemoryWindows:
         self, windows: list[tuple[str, int, int]], cost: int, stops: tuple[str, ...] = (), *, watch: str | None = None,
     ) -> tuple[int, int | None]:
         """As ``RedisWindows.acquire``; nothing is shared to watch, so the TTL is None."""
+        waits, _ttl = self.acquire_many(windows, [cost], stops, watch=watch)
+        return waits[0], None
+
+    def acquire_many(
+        self, windows: list[tuple[str, int, int]], costs: list[int], stops: tuple[str, ...] = (), *, watch: str | None = None,
+    ) -> tuple[list[int], None]:
         with self._lock:
             if any(key in self._stops for key in stops):
-                return -1, None
+                return [-1] * len(costs), None
             now = self._now_ms()
-            wait = 0
-            for key, limit, window_ms in windows:
-                entries = self._entries.setdefault(key, deque(maxlen=limit))
-                if len(entries) > limit - cost and entries[limit - cost] > now - window_ms:
-                    wait = max(wait, entries[limit - cost] + window_ms - now)
-            if wait:
-                return wait, None
-            for key, _limit, _window_ms in windows:
-                self._entries[key].extendleft([now] * cost)
-            return 0, None
+            waits, blocked = [], 0
+            for cost in costs:
+                wait = blocked
+                if not blocked:
+                    for key, limit, window_ms in windows:
+                        entries = self._entries.setdefault(key, deque(maxlen=limit))
+                        if len(entries) > limit - cost and entries[limit - cost] > now - window_ms:
+                            wait = max(wait, entries[limit - cost] + window_ms - now)
+                    if wait:
+                        blocked = wait
+                    else:
+                        for key, _limit, _window_ms in windows:
+                            self._entries[key].extendleft([now] * cost)
+                waits.append(wait)
+            return waits, None
 
     def reserve(self, key: str, earliest_ms: int, step_ms: int, ttl_ms: int) -> int:
         with self._lock:
@@ -244,6 +282,7 @@ class RateLimit(Middleware):
         self.lead_ms = min(lead_ms, hold_ms)
         self.sleep = sleep
         self._line_seen_until = 0.0
+        self._combiners: dict[tuple, Combiner] = {}
 
     @property
     def actor_options(self):
@@ -292,6 +331,21 @@ class RateLimit(Middleware):
             checks.append((name, self.limits[name]))
         return checks
 
+    def take(self, windows: list[tuple[str, int, int]], cost: int, stops: tuple[str, ...], watch: str | None):
+        """``windows.acquire`` for one thread; threads asking for the same limits at the
+        same moment share one round trip (served in the order they asked)."""
+        key = (tuple(windows), stops, watch)
+        combiner = self._combiners.get(key)
+        if combiner is None:
+            if len(self._combiners) >= 1000:
+                self._combiners.clear()
+            combiner = self._combiners.setdefault(key, Combiner(functools.partial(self._take_many, windows, stops, watch)))
+        return combiner.submit(cost)
+
+    def _take_many(self, windows, stops, watch, costs: list[int]) -> list[tuple[int, int | None]]:
+        waits, watched_ttl_ms = self.windows.acquire_many(windows, costs, stops, watch=watch)
+        return [(wait, watched_ttl_ms) for wait in waits]
+
     def window_ms(self, item: RateLimitItem) -> int:
         return item.get_expiry() * 1000 + self.margin_ms
 
@@ -337,7 +391,7 @@ class Gate:
         stops = (self.stop_key,) if self.stop_key else ()
         hold_until = time.monotonic() + mw.hold_ms / 1000
         while True:
-            wait_ms, watched_ttl_ms = mw.windows.acquire(windows, cost, stops, watch=watch)
+            wait_ms, watched_ttl_ms = mw.take(windows, cost, stops, watch)
             if wait_ms < 0:
                 raise Stopped(self.stop_key)
             if wait_ms == 0:

@@ -67,7 +67,7 @@ def test_send_sms_costs_two_queries_and_one_redis_round_trip(db, stub_broker, tw
         prepares = sum(q.msg[0].startswith("PREPARE") for q in first.get_queries())
         assert first.count == 2 + prepares
         if isinstance(database.obj, PooledPostgres):
-            assert {"send_claim_rendered", "send_sent"} <= database.connection().prepared
+            assert {"send_claim_rendered_many", "send_sent_many"} <= database.connection().prepared
             assert all(q.msg[0].startswith("EXECUTE") for q in queries.get_queries())
         else:
             assert prepares == 0

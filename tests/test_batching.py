@@ -1,0 +1,126 @@
+"""Group commit (``batching.Combiner``): threads' requests share batches, nobody waits for
+company, every caller gets its own answer or its batch's error."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from batching import Combiner
+
+
+class Doubler:
+    """A batch function that records its batches and can be held open."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.fail_next = False
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        self.entered.set()
+        self.gate.wait(5)
+        if self.fail_next:
+            self.fail_next = False
+            raise ValueError("database went away")
+        return [item * 2 for item in items]
+
+
+def wait_for(predicate, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def submit_in_threads(combiner: Combiner, items, results: dict, errors: dict) -> list[threading.Thread]:
+    def call(item):
+        try:
+            results[item] = combiner.submit(item)
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            errors[item] = exc
+
+    threads = [threading.Thread(target=call, args=(item,)) for item in items]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def test_a_lone_request_runs_at_once_on_its_own():
+    run = Doubler()
+    combiner = Combiner(run)
+    assert combiner.submit(21) == 42
+    assert run.batches == [[21]]
+
+
+def test_requests_arriving_during_a_batch_share_the_next_one():
+    # Given a batch in progress
+    run = Doubler()
+    combiner = Combiner(run)
+    run.gate.clear()
+    results, errors = {}, {}
+    first = submit_in_threads(combiner, [1], results, errors)
+    assert run.entered.wait(5)
+
+    # When five more threads ask meanwhile, and the batch ends
+    others = submit_in_threads(combiner, [2, 3, 4, 5, 6], results, errors)
+    wait_for(lambda: combiner.waiting == 5)
+    run.gate.set()
+    for thread in first + others:
+        thread.join(5)
+
+    # Then the five ran together in one statement, and each got its own answer
+    assert run.batches == [[1], [2, 3, 4, 5, 6]]
+    assert results == {1: 2, 2: 4, 3: 6, 4: 8, 5: 10, 6: 12}
+    assert errors == {}
+
+
+def test_a_failed_batch_fails_each_of_its_callers_and_no_other():
+    # Given a batch in progress that will fail, and two requests waiting behind it
+    run = Doubler()
+    combiner = Combiner(run)
+    run.gate.clear()
+    run.fail_next = True
+    results, errors = {}, {}
+    first = submit_in_threads(combiner, [1], results, errors)
+    assert run.entered.wait(5)
+    others = submit_in_threads(combiner, [2, 3], results, errors)
+    wait_for(lambda: combiner.waiting == 2)
+
+    # When it ends
+    run.gate.set()
+    for thread in first + others:
+        thread.join(5)
+
+    # Then its caller got the error, and the next batch ran as usual
+    assert isinstance(errors.pop(1), ValueError)
+    assert errors == {}
+    assert results == {2: 4, 3: 6}
+
+
+def test_batches_are_capped_and_the_rest_led_by_their_own_threads():
+    run = Doubler()
+    combiner = Combiner(run, max_batch=2)
+    run.gate.clear()
+    results, errors = {}, {}
+    first = submit_in_threads(combiner, [0], results, errors)
+    assert run.entered.wait(5)
+    others = submit_in_threads(combiner, [1, 2, 3, 4, 5], results, errors)
+    wait_for(lambda: combiner.waiting == 5)
+    run.gate.set()
+    for thread in first + others:
+        thread.join(5)
+    assert [len(batch) for batch in run.batches] == [1, 2, 2, 1]
+    assert sorted(item for batch in run.batches for item in batch) == [0, 1, 2, 3, 4, 5]
+    assert results == {i: 2 * i for i in range(6)}
+
+
+def test_a_batch_that_answers_wrongly_is_an_error_for_its_callers():
+    combiner = Combiner(lambda items: [])
+    with pytest.raises(RuntimeError, match="gave 0 results"):
+        combiner.submit(1)
