@@ -22,7 +22,7 @@ class MetricsDebouncer:
     """
 
     #: Slack for the clocks of the host that enqueued the update and the one running it.
-    SKEW_MS = 100
+    SKEW_MS = 50
 
     def __init__(self, *, redis=None, delay_ms: int = 1000, prefix: str = "campaign-sms:metrics-pending") -> None:
         self.redis = redis

@@ -13,10 +13,12 @@ from models import database
 
 
 class DatabaseConnection(Middleware):
-    """Open the thread's database connection around every message and close it after.
+    """Give each worker thread a database connection, kept from one message to the next.
 
-    A connection per message (not per thread) survives a database restart: the next
-    message simply connects again instead of failing on a dead socket.
+    A message that fails returns its thread's connection to the pool, which drops it if the
+    driver saw it die: after a database restart, the messages that met a dead connection
+    are retried and the next ones connect again. Keeping the connection otherwise spares
+    every message a pool checkout.
     """
 
     def __init__(self, *, db=database) -> None:
@@ -27,9 +29,10 @@ class DatabaseConnection(Middleware):
         self.db.connect(reuse_if_open=True)
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
-        self._close()
+        if exception is not None:
+            self._close()
 
-    def after_skip_message(self, broker, message):
+    def before_worker_thread_shutdown(self, broker, thread):
         self._close()
 
     def _close(self) -> None:

@@ -52,7 +52,7 @@ def dispatch_campaign(campaign_id: int, token: str) -> None:
         dispatch_campaign.send_with_options(args=(campaign_id, token), delay=again_ms)
 
 
-@dramatiq.actor(queue_name="metrics", max_retries=10, min_backoff=1_000, max_backoff=60_000)
+@dramatiq.actor(queue_name="metrics", priority=-10, max_retries=10, min_backoff=1_000, max_backoff=60_000)
 def update_metrics(campaign_id: int) -> None:
     """Recompute the campaign's analytics from its message rows; pause it on an error storm."""
     services = get_services()

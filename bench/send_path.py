@@ -7,7 +7,8 @@ PostgreSQL, in the same run. Throughput is measured from the rows' own timestamp
 last), so worker boot time does not count.
  (a) bare actor: one INSERT per message.
  (b) ``send_sms`` with the rate limit out of the way and an SMS service that answers at
-     once (SMS_BACKEND=null): load, render, claim, slot, send, record.
+     once (SMS_BACKEND=null): claim, slot, send, record. The workers run with the
+     production settings otherwise (the Procfile's worker timeout, the default metrics delay).
  (c) ``send_sms`` with the fake Twilio answering in 200 ms over HTTP: the ideal is
      processes x threads / 0.2 s = 80 messages a second.
 """
@@ -23,6 +24,7 @@ from dramatiq import Message as BrokerMessage
 from dramatiq.brokers.redis import RedisBroker
 
 from bench.common import POSTGRES_URL, REDIS_URL, Workers, delete_namespace, namespace, reset_database, wait_until, worker_env
+from settings import Settings
 from tests.fake_twilio import FakeTwilio
 
 
@@ -79,7 +81,7 @@ def run_project(n: int, tmp: str, fake, *, backend: str, latency_s: float = 0.0)
     enqueue_all(ns, "sms", "send_sms", ((i,) for i in ids))
     fake.latency_s = latency_s
     env = worker_env(fake, ns=ns, database_url=POSTGRES_URL, SMS_BACKEND=backend, SMS_RATE_LIMIT="1000000/second",
-                     TWILIO_TIMEOUT_S="5", SWEEP_INTERVAL_S="0")
+                     TWILIO_TIMEOUT_S="5", SWEEP_INTERVAL_S="0", METRICS_DELAY_MS=str(Settings().metrics_delay_ms))
     env["dramatiq_worker_timeout"] = "100"
     workers = Workers("actors", env, f"{tmp}/project-{backend}.log")
     try:
