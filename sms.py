@@ -8,6 +8,7 @@ cost and a split message may arrive out of order on some handsets.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ GSM7_BASIC = frozenset(
 
 GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
 """Reached through ESC, so each costs two septets."""
+
+_GSM7_ALL = GSM7_BASIC | GSM7_EXTENSION
 
 GSM7_SINGLE_MAX, GSM7_PART_MAX = 160, 153
 UCS2_SINGLE_MAX, UCS2_PART_MAX = 70, 67
@@ -81,15 +84,22 @@ def _count_parts(costs: Iterable[int], part_max: int) -> int:
 
 
 def measure(text: str) -> SmsLength:
-    """Encoding, length and segment count of ``text`` exactly as sent (no normalisation)."""
-    if _first_non_gsm(text) is None:
-        costs = [2 if ch in GSM7_EXTENSION else 1 for ch in text]
+    """Encoding, length and segment count of ``text`` exactly as sent (no normalisation).
+
+    Works on the set of characters first, so the usual message (one segment) is measured
+    without a Python loop over its characters; the fan-out measures every customer's.
+    """
+    chars = set(text)
+    if chars <= _GSM7_ALL:
+        doubled = chars & GSM7_EXTENSION
+        units = len(text) + sum(text.count(ch) for ch in doubled)
         encoding, single_max, part_max = "GSM-7", GSM7_SINGLE_MAX, GSM7_PART_MAX
+        cost = (lambda ch: 2 if ch in GSM7_EXTENSION else 1)
     else:
-        costs = [2 if ord(ch) > 0xFFFF else 1 for ch in text]
+        units = len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
         encoding, single_max, part_max = "UCS-2", UCS2_SINGLE_MAX, UCS2_PART_MAX
-    units = sum(costs)
-    segments = 1 if units <= single_max else _count_parts(costs, part_max)
+        cost = (lambda ch: 2 if ord(ch) > 0xFFFF else 1)
+    segments = 1 if units <= single_max else _count_parts(map(cost, text), part_max)
     return SmsLength(encoding=encoding, units=units, segments=segments, single_segment_max=single_max)
 
 
@@ -119,15 +129,24 @@ def _field_error(field: str, pos: int) -> TemplateError | None:
     return TemplateError(f"{reason}; allowed placeholders: {_allowed_list()}", code="invalid_template")
 
 
-def _tokens(template: str) -> list[tuple[str, bool]]:
+def _tokens(template: str) -> tuple[tuple[str, bool], ...]:
     """Split into (text, is_placeholder) pairs, rejecting anything not whitelisted.
+
+    Remembered per template: a campaign renders the same one for every customer.
+    """
+    if not isinstance(template, str):
+        raise TemplateError(f"template must be text, not {type(template).__name__}", code="invalid_template")
+    return _scan(template)
+
+
+@functools.lru_cache(maxsize=256)
+def _scan(template: str) -> tuple[tuple[str, bool], ...]:
+    """``_tokens`` without the cache.
 
     A hand-written scanner rather than ``string.Formatter`` so that render and
     validation share one strict grammar: ``{{``/``}}`` are literal braces and a field
     is everything up to the next ``}``.
     """
-    if not isinstance(template, str):
-        raise TemplateError(f"template must be text, not {type(template).__name__}", code="invalid_template")
     tokens: list[tuple[str, bool]] = []
     literal: list[str] = []
     i, n = 0, len(template)
@@ -159,7 +178,7 @@ def _tokens(template: str) -> list[tuple[str, bool]]:
             i += 1
     if literal:
         tokens.append(("".join(literal), False))
-    return tokens
+    return tuple(tokens)
 
 
 def template_fields(template: str) -> set[str]:
