@@ -51,6 +51,23 @@ def submit_in_threads(combiner: Combiner, items, results: dict, errors: dict) ->
     return threads
 
 
+def queue_behind_a_running_batch(combiner: Combiner, run: Doubler, first: int, others: list[int], results, errors):
+    """Start a batch of ``first`` that holds until ``run.gate`` is set, then have ``others``
+    ask meanwhile; returns every thread, once the others are all waiting."""
+    run.gate.clear()
+    threads = submit_in_threads(combiner, [first], results, errors)
+    assert run.entered.wait(5)
+    threads += submit_in_threads(combiner, others, results, errors)
+    wait_for(lambda: combiner.waiting == len(others))
+    return threads
+
+
+def finish(run: Doubler, threads: list[threading.Thread]) -> None:
+    run.gate.set()
+    for thread in threads:
+        thread.join(5)
+
+
 def test_a_lone_request_runs_at_once_on_its_own():
     run = Doubler()
     combiner = Combiner(run)
@@ -59,20 +76,14 @@ def test_a_lone_request_runs_at_once_on_its_own():
 
 
 def test_requests_arriving_during_a_batch_share_the_next_one():
-    # Given a batch in progress
+    # Given a batch in progress, and five more threads asking meanwhile
     run = Doubler()
     combiner = Combiner(run)
-    run.gate.clear()
     results, errors = {}, {}
-    first = submit_in_threads(combiner, [1], results, errors)
-    assert run.entered.wait(5)
+    threads = queue_behind_a_running_batch(combiner, run, 1, [2, 3, 4, 5, 6], results, errors)
 
-    # When five more threads ask meanwhile, and the batch ends
-    others = submit_in_threads(combiner, [2, 3, 4, 5, 6], results, errors)
-    wait_for(lambda: combiner.waiting == 5)
-    run.gate.set()
-    for thread in first + others:
-        thread.join(5)
+    # When the batch ends
+    finish(run, threads)
 
     # Then the five ran together in one statement, and each got its own answer
     assert run.batches == [[1], [2, 3, 4, 5, 6]]
@@ -84,18 +95,12 @@ def test_a_failed_batch_fails_each_of_its_callers_and_no_other():
     # Given a batch in progress that will fail, and two requests waiting behind it
     run = Doubler()
     combiner = Combiner(run)
-    run.gate.clear()
     run.fail_next = True
     results, errors = {}, {}
-    first = submit_in_threads(combiner, [1], results, errors)
-    assert run.entered.wait(5)
-    others = submit_in_threads(combiner, [2, 3], results, errors)
-    wait_for(lambda: combiner.waiting == 2)
+    threads = queue_behind_a_running_batch(combiner, run, 1, [2, 3], results, errors)
 
     # When it ends
-    run.gate.set()
-    for thread in first + others:
-        thread.join(5)
+    finish(run, threads)
 
     # Then its caller got the error, and the next batch ran as usual
     assert isinstance(errors.pop(1), ValueError)
@@ -104,17 +109,16 @@ def test_a_failed_batch_fails_each_of_its_callers_and_no_other():
 
 
 def test_batches_are_capped_and_the_rest_led_by_their_own_threads():
+    # Given batches of at most two, and five requests behind a running batch
     run = Doubler()
     combiner = Combiner(run, max_batch=2)
-    run.gate.clear()
     results, errors = {}, {}
-    first = submit_in_threads(combiner, [0], results, errors)
-    assert run.entered.wait(5)
-    others = submit_in_threads(combiner, [1, 2, 3, 4, 5], results, errors)
-    wait_for(lambda: combiner.waiting == 5)
-    run.gate.set()
-    for thread in first + others:
-        thread.join(5)
+    threads = queue_behind_a_running_batch(combiner, run, 0, [1, 2, 3, 4, 5], results, errors)
+
+    # When it ends
+    finish(run, threads)
+
+    # Then the five ran two, two and one at a time, each answered
     assert [len(batch) for batch in run.batches] == [1, 2, 2, 1]
     assert sorted(item for batch in run.batches for item in batch) == [0, 1, 2, 3, 4, 5]
     assert results == {i: 2 * i for i in range(6)}

@@ -3,6 +3,7 @@ database queries, and Redis round trips of the rate limiter and the metrics debo
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import redis
@@ -71,6 +72,39 @@ def test_send_sms_costs_two_queries_and_one_redis_round_trip(db, stub_broker, tw
             assert all(q.msg[0].startswith("EXECUTE") for q in queries.get_queries())
         else:
             assert prepares == 0
+    finally:
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+
+
+def test_a_send_skips_the_metrics_ask_only_while_the_pending_update_surely_comes_after_it():
+    # Given two processes' debouncers on one Redis, and process A's update pending for campaign 7
+    client = CountingRedis.from_url(REDIS_URL)
+    prefix = f"test-db-{uuid.uuid4().hex[:8]}"
+    a = MetricsDebouncer(redis=client, delay_ms=1_000, prefix=prefix)
+    b = MetricsDebouncer(redis=client, delay_ms=1_000, prefix=prefix)
+    try:
+        assert a.claim(7)
+
+        # When B's rate-limit slot brings back the key's TTL (read here directly) and B commits
+        b.saw_ttl(7, client.pttl(b.key(7)), seen_at=time.monotonic())
+        CountingRedis.commands = 0
+
+        # Then B need not ask: A's update reads after this commit
+        assert not b.claim(7)
+        assert CountingRedis.commands == 0
+
+        # But when the pending update is due to read in a moment (within the clocks' slack),
+        # B asks Redis, and finds the update still pending
+        client.set(b.key(8), "1", px=b.ttl_ms - b.delay_ms + 10)
+        b.saw_ttl(8, client.pttl(b.key(8)), seen_at=time.monotonic())
+        CountingRedis.commands = 0
+        assert not b.claim(8)
+        assert CountingRedis.commands == 1
+
+        # And once no update is pending (the key is gone), B's ask enqueues the next one
+        b.saw_ttl(9, -2, seen_at=time.monotonic())
+        assert b.claim(9)
     finally:
         for key in client.scan_iter(f"{prefix}*"):
             client.delete(key)
