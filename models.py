@@ -108,11 +108,11 @@ class Message(BaseModel):
     campaign = ForeignKeyField(Campaign, backref="messages", on_delete="CASCADE", index=False)  # led by the unique index
     customer = ForeignKeyField(Customer, backref="messages", on_delete="CASCADE")
     status = CharField(max_length=16, default=MessageStatus.PENDING)
-    to_phone = CharField(max_length=20, null=True, index=True)
+    to_phone = CharField(max_length=20, null=True)
     body = TextField(null=True)
     encoding = CharField(max_length=8, null=True)
     segments = IntegerField(null=True)
-    twilio_sid = CharField(max_length=40, null=True, unique=True)
+    twilio_sid = CharField(max_length=40, null=True)
     delivery_status = CharField(max_length=16, null=True)
     delivery_error_code = CharField(max_length=16, null=True)
     delivered_at = DateTimeField(null=True)
@@ -136,8 +136,16 @@ Message.add_index(
     Message.index(Message.campaign, Message.status, Message.queued_at, name="message_open_by_campaign")
     .where(Message.status.in_(list(MessageStatus.OPEN)))
 )
+#: Status callbacks find a message by its SID, inbound STOPs the messages sent to a number.
+#: Both cover sent messages only, so claiming a row writes no entry in them.
+Message.add_index(
+    Message.index(Message.twilio_sid, unique=True, name="message_by_twilio_sid").where(Message.twilio_sid.is_null(False))
+)
+Message.add_index(
+    Message.index(Message.to_phone, name="message_sent_to_phone").where(Message.twilio_sid.is_null(False))
+)
 #: Indexes of earlier versions that the ones above replace.
-OBSOLETE_INDEXES = ("message_campaign_id", "message_campaign_id_status_queued_at")
+OBSOLETE_INDEXES = ("message_campaign_id", "message_campaign_id_status_queued_at", "message_to_phone", "message_twilio_sid")
 
 
 class CampaignAnalytics(BaseModel):

@@ -108,7 +108,7 @@ def record_delivery_status(message_sid: str, status: str, error_code: str | None
 def customers_for_phone(e164: str) -> list[int]:
     """Customers with this number: by their normalised phone, their raw phone when it was
     stored in E.164, or a message sent to it (the raw phone may be "(212) 555-0103")."""
-    sent_to = Message.select(Message.customer).where(Message.to_phone == e164)
+    sent_to = Message.select(Message.customer).where(Message.to_phone == e164, Message.twilio_sid.is_null(False))
     query = Customer.select(Customer.id).where(
         (Customer.phone_e164 == e164) | (Customer.phone == e164) | Customer.id.in_(sent_to)
     )

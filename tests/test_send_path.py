@@ -220,7 +220,7 @@ def test_metrics_updates_are_coalesced(sqlite_db, stub_broker, stub_worker, twil
     # Then 300 sends ran far fewer aggregations: at most one per debounce window, plus the last
     delay_ms = actors.settings.metrics_delay_ms
     assert counter.counts["send_sms"] == 300
-    assert 1 <= counter.counts["update_metrics"] <= elapsed_ms / delay_ms + 2
+    assert 1 <= counter.counts["update_metrics"] <= elapsed_ms / delay_ms + 5  # + the last, and a retry or two
     assert counter.counts["update_metrics"] < 300 / 3
     assert campaigns.analytics_dict(campaign_id)["sent"] == 300
 
