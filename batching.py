@@ -20,14 +20,14 @@ R = TypeVar("R")
 
 
 class _Request(Generic[T, R]):
-    __slots__ = ("item", "result", "error", "done", "lead")
+    __slots__ = ("item", "result", "error", "done", "wake")
 
     def __init__(self, item: T) -> None:
         self.item = item
         self.result: R | None = None
         self.error: BaseException | None = None
-        self.done = threading.Event()
-        self.lead = False
+        self.done = False
+        self.wake = threading.Event()
 
 
 class Combiner(Generic[T, R]):
@@ -35,13 +35,16 @@ class Combiner(Generic[T, R]):
     concurrent ``submit`` calls, on the thread of one of the callers.
 
     If ``run`` raises, every caller of that batch gets the exception. At most
-    ``max_batch`` items go in one batch; the rest form the next, led by one of their
-    own threads (the leader never serves more than its own batch).
+    ``max_batch`` items go in one batch; the rest form the next, led by one of their own
+    threads (a leader never serves more than its own batch). A waiting thread looks again
+    every ``poll_s`` whether it should lead, so a thread that dies while waiting (an
+    asynchronous time limit) cannot leave the others stuck.
     """
 
-    def __init__(self, run: Callable[[list[T]], list[R]], *, max_batch: int = 64) -> None:
+    def __init__(self, run: Callable[[list[T]], list[R]], *, max_batch: int = 64, poll_s: float = 0.05) -> None:
         self.run = run
         self.max_batch = max_batch
+        self.poll_s = poll_s
         self._lock = threading.Lock()
         self._waiting: deque[_Request[T, R]] = deque()
         self._running = False
@@ -55,16 +58,18 @@ class Combiner(Generic[T, R]):
         request: _Request[T, R] = _Request(item)
         with self._lock:
             self._waiting.append(request)
-            lead = not self._running
+        while True:
+            with self._lock:
+                if request.done:
+                    break
+                lead = not self._running
+                if lead:
+                    self._running = True
             if lead:
-                self._running = True
-        if not lead:
-            request.done.wait()
-            if not request.lead:
-                if request.error is not None:
-                    raise request.error
-                return request.result  # type: ignore[return-value]
-        self._lead()
+                self._lead()  # its batch holds this request unless more than max_batch were ahead
+                continue
+            request.wake.wait(self.poll_s)
+            request.wake.clear()
         if request.error is not None:
             raise request.error
         return request.result  # type: ignore[return-value]
@@ -82,13 +87,11 @@ class Combiner(Generic[T, R]):
             for request in batch:
                 request.error = exc
         with self._lock:
-            if self._waiting:
-                successor = self._waiting[0]
-                successor.lead = True
-            else:
-                successor = None
-                self._running = False
+            for request in batch:
+                request.done = True
+            self._running = False
+            successor = self._waiting[0] if self._waiting else None
         for request in batch:
-            request.done.set()
+            request.wake.set()
         if successor is not None:
-            successor.done.set()
+            successor.wake.set()

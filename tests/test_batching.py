@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from batching import Combiner
+from batching import Combiner, _Request
 
 
 class Doubler:
@@ -128,3 +128,20 @@ def test_a_batch_that_answers_wrongly_is_an_error_for_its_callers():
     combiner = Combiner(lambda items: [])
     with pytest.raises(RuntimeError, match="gave 0 results"):
         combiner.submit(1)
+
+
+def test_a_waiting_thread_that_dies_leaves_nobody_stuck():
+    # Given a request whose thread will never come back for it (as after an asynchronous
+    # time limit), queued behind a running batch together with a live one
+    run = Doubler()
+    combiner = Combiner(run, max_batch=1, poll_s=0.01)
+    results, errors = {}, {}
+    threads = queue_behind_a_running_batch(combiner, run, 1, [2], results, errors)
+    combiner._waiting.appendleft(_Request(99))  # an orphan at the head of the queue
+
+    # When the batch ends
+    finish(run, threads)
+
+    # Then the live request was still served, by its own thread
+    assert results == {1: 2, 2: 4}
+    assert [99] in run.batches
