@@ -83,6 +83,14 @@ def _count_parts(costs: Iterable[int], part_max: int) -> int:
     return parts
 
 
+def _gsm7_cost(ch: str) -> int:
+    return 2 if ch in GSM7_EXTENSION else 1
+
+
+def _ucs2_cost(ch: str) -> int:
+    return 2 if ord(ch) > 0xFFFF else 1  # a surrogate pair
+
+
 def measure(text: str) -> SmsLength:
     """Encoding, length and segment count of ``text`` exactly as sent (no normalisation).
 
@@ -93,12 +101,10 @@ def measure(text: str) -> SmsLength:
     if chars <= _GSM7_ALL:
         doubled = chars & GSM7_EXTENSION
         units = len(text) + sum(text.count(ch) for ch in doubled)
-        encoding, single_max, part_max = "GSM-7", GSM7_SINGLE_MAX, GSM7_PART_MAX
-        cost = (lambda ch: 2 if ch in GSM7_EXTENSION else 1)
+        encoding, single_max, part_max, cost = "GSM-7", GSM7_SINGLE_MAX, GSM7_PART_MAX, _gsm7_cost
     else:
         units = len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
-        encoding, single_max, part_max = "UCS-2", UCS2_SINGLE_MAX, UCS2_PART_MAX
-        cost = (lambda ch: 2 if ord(ch) > 0xFFFF else 1)
+        encoding, single_max, part_max, cost = "UCS-2", UCS2_SINGLE_MAX, UCS2_PART_MAX, _ucs2_cost
     segments = 1 if units <= single_max else _count_parts(map(cost, text), part_max)
     return SmsLength(encoding=encoding, units=units, segments=segments, single_segment_max=single_max)
 
