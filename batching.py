@@ -11,9 +11,14 @@ be. Each thread still returns only after its own row is committed.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
+import time
 from collections import deque
 from typing import Callable, Generic, TypeVar
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -95,3 +100,129 @@ class Combiner(Generic[T, R]):
             request.wake.set()
         if successor is not None:
             successor.wake.set()
+
+
+class WriteBehind(Generic[T]):
+    """Runs ``write(items)`` on a thread of its own for items that many threads ``put``,
+    so that a caller goes on without waiting for the commit.
+
+    For writes whose loss a crash can repair by other means: the send path's "sent" records,
+    whose rows stay ``sending`` until written, and a ``sending`` row left behind is looked
+    up at Twilio before anything is sent again. A failed write is tried again, with backoff,
+    until it succeeds or ``close`` gives up; ``on_written(items)`` runs after each write,
+    ``on_exit()`` when the thread stops (to release its connection). The thread starts
+    with the first ``put`` of each process (workers fork).
+    """
+
+    def __init__(
+        self,
+        write: Callable[[list[T]], object],
+        *,
+        on_written: Callable[[list[T]], object] | None = None,
+        on_exit: Callable[[], object] | None = None,
+        max_batch: int = 256,
+        min_backoff_s: float = 0.05,
+        max_backoff_s: float = 5.0,
+        name: str = "write-behind",
+    ) -> None:
+        self.write = write
+        self.on_written = on_written
+        self.on_exit = on_exit
+        self.max_batch = max_batch
+        self.min_backoff_s = min_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.name = name
+        self._cond = threading.Condition()
+        self._items: deque[T] = deque()
+        self._put = 0
+        self._done = 0
+        self._closing = False
+        self._give_up_at = float("inf")
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._given_up = 0
+
+    @property
+    def pending(self) -> int:
+        """Items put and not yet written (or given up)."""
+        with self._cond:
+            return self._put - self._done
+
+    def put(self, item: T) -> None:
+        with self._cond:
+            self._items.append(item)
+            self._put += 1
+            self._cond.notify_all()
+            if self._thread is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every item put before this call is written; False on timeout."""
+        with self._cond:
+            target = self._put
+            return self._cond.wait_for(lambda: self._done >= target, timeout_s)
+
+    def close(self, timeout_s: float = 30.0) -> int:
+        """Write what is pending (trying for at most ``timeout_s``) and stop the thread;
+        a later ``put`` starts another. Returns how many items were given up."""
+        with self._cond:
+            self._closing = True
+            self._give_up_at = time.monotonic() + timeout_s
+            self._cond.notify_all()
+            thread = self._thread if self._pid == os.getpid() else None
+        if thread is not None:
+            thread.join(timeout_s + 1)
+        with self._cond:
+            lost = len(self._items) + self._given_up
+            self._items.clear()
+            self._done = self._put
+            self._given_up = 0
+            self._closing = False
+            self._give_up_at = float("inf")
+            self._thread = None
+            self._cond.notify_all()
+        if lost:
+            logger.error("%s: %d items were not written; their rows are reconciled later", self.name, lost)
+        return lost
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            if self.on_exit is not None:
+                self.on_exit()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._items or self._closing)
+                if not self._items:
+                    return
+                batch = [self._items.popleft() for _ in range(min(self.max_batch, len(self._items)))]
+            written = self._write(batch)
+            if written and self.on_written is not None:
+                try:
+                    self.on_written(batch)
+                except Exception:
+                    logger.exception("%s: after-write step failed for %d items", self.name, len(batch))
+            with self._cond:
+                self._done += len(batch)
+                self._cond.notify_all()
+
+    def _write(self, batch: list[T]) -> bool:
+        backoff_s = self.min_backoff_s
+        while True:
+            try:
+                self.write(batch)
+                return True
+            except Exception as exc:
+                if time.monotonic() + backoff_s > self._give_up_at:
+                    self._given_up += len(batch)
+                    logger.error("%s: gave up writing %d items at shutdown: %s", self.name, len(batch), type(exc).__name__)
+                    return False
+                logger.warning("%s: writing %d items failed (%s); trying again in %.2f s",
+                               self.name, len(batch), type(exc).__name__, backoff_s)
+            time.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, self.max_backoff_s)

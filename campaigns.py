@@ -13,7 +13,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from limits import parse as parse_limit
 from peewee import JOIN, fn
@@ -488,6 +488,17 @@ class SendOutcome:
     detail: str = ""
     campaign_id: int | None = None
     paused: bool = False
+    #: The "sent" record went to ``record_sent``, which asks for the metrics update itself.
+    written_behind: bool = False
+
+
+class SentRecord(NamedTuple):
+    """A send the SMS service accepted, to be recorded (``write_sent`` takes many)."""
+
+    message_id: int
+    sid: str
+    segments: int
+    campaign_id: int | None
 
 
 def _transition(message_id: int, expected: str | tuple[str, ...], **changes) -> bool:
@@ -626,19 +637,38 @@ def _claim_rendered_batch(items: list[tuple[int, int]]) -> list[LoadedMessage | 
     return [claimed.get(message_id) for message_id, _ in items]
 
 
-def _record_sent_batch(items: list[tuple[int, str, int]]) -> list[None]:
+def _record_sent_batch(records: list[SentRecord]) -> list[None]:
     now = _when(utcnow())
     if is_postgres():
-        ids = [message_id for message_id, _, _ in items]
+        ids = [record.message_id for record in records]
         _HotSql.sent_many.execute((
-            MessageStatus.SENT, now, now, [sid for _, sid, _ in items], ids,
-            [segments for _, _, segments in items], ids, ids, MessageStatus.SENDING,
+            MessageStatus.SENT, now, now, [record.sid for record in records], ids,
+            [record.segments for record in records], ids, ids, MessageStatus.SENDING,
         ))
     else:
         with write_transaction():
-            for message_id, sid, segments in items:
-                _HotSql.sent.execute((MessageStatus.SENT, sid, now, segments, None, now, message_id, MessageStatus.SENDING))
-    return [None] * len(items)
+            for record in records:
+                _HotSql.sent.execute((
+                    MessageStatus.SENT, record.sid, now, record.segments, None, now, record.message_id, MessageStatus.SENDING,
+                ))
+    return [None] * len(records)
+
+
+def release_connection() -> None:
+    """Close the calling thread's database connection (a writer thread that stops)."""
+    if not database.is_closed():
+        database.close()
+
+
+def write_sent(records: list[SentRecord]) -> None:
+    """Record many accepted sends in one statement, for a writer thread: a row that is no
+    longer ``sending`` (reconciled meanwhile) is left as it is. After a failure the thread's
+    connection is dropped, so that the next try connects again."""
+    try:
+        _record_sent_batch(records)
+    except Exception:
+        release_connection()
+        raise
 
 
 _claims = Combiner(_claim_rendered_batch)
@@ -654,6 +684,7 @@ def send_message(
     acquire_slot: Callable[[int, int], None] | None = None,
     reconcile_after_s: float = 30.0,
     quiet: QuietPolicy | None = None,
+    record_sent: Callable[[SentRecord], None] | None = None,
 ) -> SendOutcome:
     """Check, claim, send and record one message: the spec's sequence.
 
@@ -669,11 +700,15 @@ def send_message(
     Raises TransientError when a retry may help (``MaybeSent`` keeps the claim), and
     ``QuietNow`` when the recipient is inside quiet hours (checked before the slot is
     taken and again right before the send).
+
+    ``record_sent`` takes the record of an accepted send instead of this call writing it
+    (a worker's ``WriteBehind``): the row stays ``sending`` until it is written.
     """
     message = claim_rendered(message_id, deferrals)
     if message is not None:
         outcome = SendOutcome(message_id, MessageStatus.SENDING, campaign_id=message.campaign.id)
-        return _send_claimed(message, message.body, message.segments, outcome, backend, acquire_slot, reconcile_after_s, quiet)
+        return _send_claimed(message, message.body, message.segments, outcome, backend, acquire_slot, reconcile_after_s, quiet,
+                             record_sent)
     message = load_for_send(message_id)
     if message is None:
         record_event(None, "message_not_found", f"message {message_id} does not exist")
@@ -681,7 +716,7 @@ def send_message(
     campaign, customer = message.campaign, message.customer
     outcome = SendOutcome(message_id, message.status, campaign_id=campaign.id)
     if message.status == MessageStatus.SENDING:
-        return _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s, quiet)
+        return _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s, quiet, record_sent)
     if message.status != MessageStatus.PENDING:
         outcome.detail = "already handled"
         return outcome
@@ -717,7 +752,7 @@ def send_message(
     if not claimed:
         outcome.detail = "claimed by another worker, or the campaign stopped"
         return outcome
-    return _send_claimed(message, body, length.segments, outcome, backend, acquire_slot, reconcile_after_s, quiet)
+    return _send_claimed(message, body, length.segments, outcome, backend, acquire_slot, reconcile_after_s, quiet, record_sent)
 
 
 def _skip(message_id: int, outcome: SendOutcome, code: str, reason: str) -> SendOutcome:
@@ -726,7 +761,8 @@ def _skip(message_id: int, outcome: SendOutcome, code: str, reason: str) -> Send
     return outcome
 
 
-def _send_claimed(message, body, segments, outcome, backend, acquire_slot, reconcile_after_s, quiet=None) -> SendOutcome:
+def _send_claimed(message, body, segments, outcome, backend, acquire_slot, reconcile_after_s, quiet=None,
+                  record_sent=None) -> SendOutcome:
     """Send a message this worker has claimed (status ``sending``) and record the result."""
     message_id = message.id
     if acquire_slot is not None or quiet is not None:
@@ -770,22 +806,24 @@ def _send_claimed(message, body, segments, outcome, backend, acquire_slot, recon
                     reason=exc.reason, queued_at=utcnow())
         logger.warning("message %s to %s: transient error %s: %s", message_id, mask_phone(message.to_phone), exc.code, exc.reason)
         raise
-    _record_sent(message_id, sent, segments)
+    record = SentRecord(message_id, sent.sid, sent.segments or segments, message.campaign.id)
+    if record_sent is None:
+        _sent_records.submit(record)
+    else:
+        record_sent(record)
+        outcome.written_behind = True
     outcome.status = MessageStatus.SENT
     return outcome
 
 
-def _record_sent(message_id: int, sent: SendResult, segments: int, reason: str | None = None) -> None:
-    if reason is None:
-        _sent_records.submit((message_id, sent.sid, sent.segments or segments))
-        return
+def _record_sent(message_id: int, sent: SendResult, segments: int, reason: str) -> None:
     now = _when(utcnow())
     _HotSql.sent.execute((
         MessageStatus.SENT, sent.sid, now, sent.segments or segments, reason, now, message_id, MessageStatus.SENDING,
     ))
 
 
-def _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s, quiet=None) -> SendOutcome:
+def _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s, quiet=None, record_sent=None) -> SendOutcome:
     """A message left in ``sending``: if it is old enough that no worker can still be
     waiting for Twilio, look it up there; record it sent if found, else send it again."""
     started = message.sending_at
@@ -812,7 +850,8 @@ def _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s, quiet
         settle_cancelled(message.id)
         outcome.status, outcome.detail = MessageStatus.PENDING, f"campaign is {message.campaign.status}"
         return outcome
-    return _send_claimed(message, message.body, message.segments or 1, outcome, backend, acquire_slot, reconcile_after_s, quiet)
+    return _send_claimed(message, message.body, message.segments or 1, outcome, backend, acquire_slot, reconcile_after_s, quiet,
+                         record_sent)
 
 
 def give_up(message_id: int, *, retries: int) -> int | None:

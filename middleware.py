@@ -40,6 +40,21 @@ class DatabaseConnection(Middleware):
             self.db.close()
 
 
+class Drain(Middleware):
+    """Runs ``drain()`` once the worker's threads have stopped, to write what they left to
+    be written behind. Errors are logged: the rows concerned are reconciled later."""
+
+    def __init__(self, *, drain: Callable[[], object]) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.drain = drain
+
+    def after_worker_shutdown(self, broker, worker):
+        try:
+            self.drain()
+        except Exception:
+            self.logger.exception("Drain at shutdown failed.")
+
+
 class Sweeper(Middleware):
     """Runs ``sweep`` every ``interval_s`` in a background thread of each worker process.
 

@@ -14,7 +14,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, Retries
 
 import logsafety
-from middleware import DatabaseConnection, Sweeper
+from middleware import DatabaseConnection, Drain, Sweeper
 from observability import ProjectMetrics
 from models import configure_database
 from ratelimit import MemoryWindows, RateLimit, RedisWindows
@@ -74,6 +74,9 @@ from actors.campaigns import dispatch_campaign, send_campaign, sweep, update_met
 from actors.control import cancel, pause, resume, start  # noqa: E402
 from actors.sms import send_sms, send_sms_exhausted  # noqa: E402
 
+from actors.services import close_services  # noqa: E402
+
 broker.add_middleware(Sweeper(interval_s=settings.sweep_interval_s, sweep=sweep))
+broker.add_middleware(Drain(drain=close_services))
 
 __all__ = ["broker", "build_broker", "cancel", "dispatch_campaign", "pause", "resume", "send_campaign", "start", "sweep", "send_sms", "send_sms_exhausted", "update_metrics"]

@@ -7,7 +7,9 @@ from dataclasses import dataclass, replace
 
 import dramatiq
 
-from campaigns import QuietPolicy
+import campaigns
+from batching import WriteBehind
+from campaigns import QuietPolicy, SentRecord
 from metrics import MetricsDebouncer
 from quiet import QuietHours
 from settings import get_settings
@@ -27,6 +29,8 @@ class Services:
     sweep_stale_after_s: float
     error_storm: tuple[int, int, float]
     quiet: QuietPolicy | None
+    #: The send path's "sent" records, written by a thread of their own (see ``send_sms``).
+    sent_records: WriteBehind[SentRecord]
 
 
 _services: Services | None = None
@@ -52,8 +56,19 @@ def get_services() -> Services:
             sweep_stale_after_s=settings.sweep_stale_after_s,
             error_storm=(settings.error_storm_window, settings.error_storm_min_attempts, settings.error_storm_ratio),
             quiet=quiet_policy(settings),
+            sent_records=WriteBehind(
+                campaigns.write_sent, on_written=_request_metrics, on_exit=campaigns.release_connection, name="sent-records",
+            ),
         )
     return _services
+
+
+def _request_metrics(records: list[SentRecord]) -> None:
+    """Ask for the metrics update once the sends are committed, so that it counts them."""
+    from actors.campaigns import request_metrics_update
+
+    for campaign_id in {record.campaign_id for record in records if record.campaign_id is not None}:
+        request_metrics_update(campaign_id)
 
 
 def quiet_policy(settings) -> QuietPolicy | None:
@@ -69,6 +84,14 @@ def configure_services(**overrides) -> Services:
     return _services
 
 
+def close_services(timeout_s: float = 30.0) -> None:
+    """Write what the process still holds (at worker shutdown); rows it cannot write stay
+    ``sending`` and are looked up at Twilio later."""
+    if _services is not None:
+        _services.sent_records.close(timeout_s)
+
+
 def reset_services() -> None:
     global _services
+    close_services()
     _services = None

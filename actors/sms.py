@@ -42,6 +42,7 @@ def send_sms(message_id: int) -> None:
             message_id, backend=services.backend, short_url_base=services.short_url_base,
             deferrals=deferrals, acquire_slot=slot_taker(gate, services.debouncer) if gate is not None else None,
             reconcile_after_s=services.reconcile_after_s, quiet=services.quiet,
+            record_sent=services.sent_records.put,
         )
     except Throttled as exc:
         count_deferral("rate_limit")
@@ -63,7 +64,7 @@ def send_sms(message_id: int) -> None:
     count_outcome(outcome.status)
     if outcome.paused:
         stop_campaign(outcome.campaign_id)
-    if outcome.campaign_id is not None and outcome.status != "pending":
+    if outcome.campaign_id is not None and outcome.status != "pending" and not outcome.written_behind:
         request_metrics_update(outcome.campaign_id)
 
 

@@ -36,7 +36,7 @@ import dramatiq  # noqa: E402
 from dramatiq import Worker  # noqa: E402
 
 import actors  # noqa: E402
-from actors.services import configure_services, reset_services  # noqa: E402
+from actors.services import configure_services, get_services, reset_services  # noqa: E402
 from models import MODELS, configure_database, create_schema, database  # noqa: E402
 from ratelimit import MemoryWindows, RateLimit  # noqa: E402
 from settings import Settings  # noqa: E402
@@ -132,11 +132,12 @@ def twilio_backend(fake_twilio, stub_broker):
 
 def join_all(broker, timeout_ms: int = 30_000, fail_fast: bool = True) -> None:
     """Wait until every queue, delayed ones included, is drained (twice: a drained queue
-    can be refilled by a message from another)."""
+    can be refilled by a message from another), and the sends' records written behind."""
     for _ in range(3):
         for name in ("campaigns", "sms", "metrics"):
             if name in broker.queues:
                 broker.join(name, timeout=timeout_ms, fail_fast=fail_fast)
+        assert get_services().sent_records.flush(timeout_ms / 1000), "sent records not written"
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 """Group commit (``batching.Combiner``): threads' requests share batches, nobody waits for
-company, every caller gets its own answer or its batch's error."""
+company, every caller gets its own answer or its batch's error. Write-behind
+(``batching.WriteBehind``): every item written once, failed writes tried again, nothing
+silently dropped at shutdown."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import time
 
 import pytest
 
-from batching import Combiner, _Request
+from batching import Combiner, WriteBehind, _Request
 
 
 class Doubler:
@@ -145,3 +147,94 @@ def test_a_waiting_thread_that_dies_leaves_nobody_stuck():
     # Then the live request was still served, by its own thread
     assert results == {1: 2, 2: 4}
     assert [99] in run.batches
+
+
+class Ledger:
+    """A write function that records what it wrote, and fails while told to."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.written: list[int] = []
+        self.batches = 0
+        self.failures = failures
+        self.calls = 0
+
+    def __call__(self, items: list[int]) -> None:
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("database went away")
+        self.batches += 1
+        self.written += items
+
+
+def test_write_behind_writes_each_item_of_many_threads_exactly_once():
+    # Given a writer, and eight threads putting 500 items each
+    ledger, after = Ledger(), []
+    writer = WriteBehind(ledger, on_written=after.extend)
+    threads = [threading.Thread(target=lambda t=t: [writer.put(t * 1000 + i) for i in range(500)]) for t in range(8)]
+
+    # When they are done and the writer is flushed
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert writer.flush(5)
+
+    # Then every item was written once, and ``on_written`` saw each after its write
+    expected = sorted(t * 1000 + i for t in range(8) for i in range(500))
+    assert sorted(ledger.written) == expected
+    assert sorted(after) == expected
+    assert writer.pending == 0
+    writer.close()
+
+
+def test_a_failed_write_is_tried_again_until_it_succeeds():
+    # Given a database that refuses the first three writes
+    ledger, after = Ledger(failures=3), []
+    writer = WriteBehind(ledger, on_written=after.extend, min_backoff_s=0.001)
+
+    # When an item is put
+    writer.put(7)
+
+    # Then it is written once, on the fourth try, and the flush waited for that
+    assert writer.flush(5)
+    assert ledger.calls == 4
+    assert ledger.written == [7] and after == [7]
+    writer.close()
+
+
+def test_close_writes_what_is_pending_and_a_later_put_starts_again():
+    # Given items put while the database is briefly away
+    ledger = Ledger(failures=2)
+    exits = []
+    writer = WriteBehind(ledger, on_exit=lambda: exits.append(threading.current_thread().name), min_backoff_s=0.01)
+    for item in range(10):
+        writer.put(item)
+
+    # When the worker shuts down
+    lost = writer.close(timeout_s=5)
+
+    # Then everything was written, and the thread stopped (releasing its connection)
+    assert lost == 0
+    assert sorted(ledger.written) == list(range(10))
+    assert exits == ["write-behind"]
+    # And a later put is written by a new thread
+    writer.put(10)
+    assert writer.flush(5) and ledger.written[-1] == 10
+    writer.close()
+
+
+def test_close_gives_up_after_its_timeout_and_counts_what_it_could_not_write():
+    # Given a database that stays away
+    ledger = Ledger(failures=10**6)
+    writer = WriteBehind(ledger, min_backoff_s=0.01, max_backoff_s=0.02)
+    for item in range(3):
+        writer.put(item)
+
+    # When the worker shuts down, giving the writer 0.2 s
+    lost = writer.close(timeout_s=0.2)
+
+    # Then it says that three items were not written (their rows are reconciled later)
+    assert lost == 3
+    assert ledger.written == [] and ledger.calls > 1
+    assert writer.pending == 0

@@ -1,5 +1,6 @@
 """'Maybe sent' is reconciled at Twilio, not resent: a 5xx after acceptance, a dropped
-connection, a read timeout, and a row a crashed worker left in ``sending``."""
+connection, a read timeout, a row a crashed worker left in ``sending``, and sends whose
+records a crash lost before they were written."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import actors
 import campaigns
 from errors import TransientError
-from models import Event, Message, MessageStatus, utcnow
+from batching import WriteBehind
+from models import Campaign, CampaignStatus, Event, Message, MessageStatus, utcnow
 from tests.conftest import join_all
 from tests.factories import make_campaign, make_customers, phone_for
 
@@ -73,6 +75,33 @@ def test_a_row_left_sending_by_a_crash_is_sent_once_when_twilio_has_none(db, fak
     assert outcome.status == MessageStatus.SENT and again.detail == "already handled"
     assert [m["body"] for m in fake_twilio.messages] == ["Hi\nReply STOP to unsubscribe"]
     assert Message.get_by_id(row.id).attempts == 2
+
+
+def test_sends_whose_records_a_crash_lost_are_found_at_twilio_not_resent(db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    # Given a worker that sent a campaign, had its broker messages acked, and died before
+    # its writer thread wrote the "sent" records (the writer here keeps them to itself)
+    make_customers(5)
+    campaign_id = make_campaign()
+    lost = []
+    actors.services.configure_services(sent_records=WriteBehind(lost.extend))
+    actors.send_campaign.send(campaign_id)
+    join_all(stub_broker)
+    assert len(lost) == 5 and len(fake_twilio.messages) == 5
+    assert {m.status for m in Message.select()} == {MessageStatus.SENDING}
+
+    # When, an hour later, another worker comes up and the dispatcher finds them stuck
+    an_hour_ago = utcnow() - dt.timedelta(hours=1)
+    Message.update(sending_at=an_hour_ago, queued_at=an_hour_ago).execute()
+    actors.services.configure_services(sent_records=WriteBehind(campaigns.write_sent))
+    actors.dispatch_campaign.send(campaign_id, Campaign.get_by_id(campaign_id).dispatch_token)
+    join_all(stub_broker)
+
+    # Then each is found at Twilio and recorded with its SID; nobody got a second message
+    assert sorted(m["to"] for m in fake_twilio.messages) == sorted(phone_for(i) for i in range(5))
+    rows = list(Message.select())
+    assert {r.to_phone: r.twilio_sid for r in rows} == {m["to"]: m["sid"] for m in fake_twilio.messages}
+    assert {r.reason for r in rows} == {"found at Twilio after an unanswered request"}
+    assert Campaign.get_by_id(campaign_id).status == CampaignStatus.COMPLETED
 
 
 def test_retries_exhausted_leave_a_recorded_failure(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
