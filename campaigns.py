@@ -13,7 +13,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple, Protocol
 
 from limits import parse as parse_limit
 from peewee import JOIN, fn
@@ -605,24 +605,77 @@ def load_for_send(message_id: int) -> LoadedMessage | None:
     )
 
 
-def claim_rendered(message_id: int, deferrals: int) -> LoadedMessage | None:
+class BatchSlots(Protocol):
+    """An ``acquire_slot`` that can also take the slots of a batch of claims at once."""
+
+    def __call__(self, cost: int, campaign_id: int, first: Any = None) -> None: ...
+
+    def group(self, campaign_id: int) -> Any:
+        """Requests with equal groups can share a ``take_many``."""
+
+    def take_many(self, costs: list[int], campaign_id: int) -> list[Any]:
+        """One try for each cost, in one round trip; each result goes to ``__call__(first=)``."""
+
+
+class ClaimRequest(NamedTuple):
+    message_id: int
+    deferrals: int
+    acquire_slot: Callable[..., None] | None = None
+    quiet: QuietPolicy | None = None
+
+
+def claim_rendered(
+    message_id: int, deferrals: int, acquire_slot: Callable[..., None] | None = None, quiet: QuietPolicy | None = None,
+) -> tuple[LoadedMessage | None, Any]:
     """Claim a pending message rendered at the fan-out (see ``_HotSql.claim_rendered``);
-    concurrent claims of this process's threads share one statement."""
-    return _claims.submit((message_id, deferrals))
+    concurrent claims of this process's threads share one statement.
+
+    Returns the message (None if not claimed) and, when ``acquire_slot`` is ``BatchSlots``,
+    the first try at its slot made for the whole batch right after the claim (or the
+    ``QuietNow`` that kept it from trying), to pass on to ``acquire_slot(first=)``.
+    """
+    return _claims.submit(ClaimRequest(message_id, deferrals, acquire_slot, quiet))
 
 
-def _claim_rendered_batch(items: list[tuple[int, int]]) -> list[LoadedMessage | None]:
+def claim_rendered_many(requests: list[ClaimRequest]) -> list[tuple[LoadedMessage | None, Any]]:
+    """``claim_rendered`` for a batch: one statement, then quiet hours, then one round trip
+    per group of slots."""
+    messages = _claim_rendered_rows(requests)
+    results: list[tuple[LoadedMessage | None, Any]] = [(message, None) for message in messages]
+    groups: dict[Any, list[int]] = {}
+    for i, (request, message) in enumerate(zip(requests, messages)):
+        if message is None or not hasattr(request.acquire_slot, "take_many"):
+            continue
+        if request.quiet is not None:
+            try:
+                request.quiet.check(message)
+            except QuietNow as exc:
+                results[i] = (message, exc)
+                continue
+        groups.setdefault(request.acquire_slot.group(message.campaign.id), []).append(i)
+    for indexes in groups.values():
+        lead = indexes[0]
+        try:
+            tries = requests[lead].acquire_slot.take_many([messages[i].segments for i in indexes], messages[lead].campaign.id)
+        except Exception:  # noqa: BLE001 - the limiter is unreachable: each send finds out on its own try
+            continue
+        for i, first in zip(indexes, tries):
+            results[i] = (messages[i], first)
+    return results
+
+
+def _claim_rendered_rows(items: list[ClaimRequest]) -> list[LoadedMessage | None]:
     now = _when(utcnow())
     if is_postgres():
-        ids = [message_id for message_id, _ in items]
+        ids = [item.message_id for item in items]
         rows = _HotSql.claim_rendered_many.execute((
-            MessageStatus.SENDING, now, [deferrals for _, deferrals in items], ids, now, ids,
+            MessageStatus.SENDING, now, [item.deferrals for item in items], ids, now, ids,
             MessageStatus.PENDING, CampaignStatus.SENDING,
         )).fetchall()
     else:
         rows = []
         with write_transaction():
-            for message_id, deferrals in items:
+            for message_id, deferrals, _, _ in items:
                 rows += [(message_id, *row) for row in _HotSql.claim_rendered.execute((
                     MessageStatus.SENDING, now, deferrals, now, message_id, MessageStatus.PENDING, CampaignStatus.SENDING,
                 )).fetchall()]  # all rows: SQLite ends the statement only then
@@ -634,7 +687,7 @@ def _claim_rendered_batch(items: list[tuple[int, int]]) -> list[LoadedMessage | 
             campaign=SimpleNamespace(id=campaign_id, status=CampaignStatus.SENDING, time_zone=campaign_zone),
             customer=SimpleNamespace(id=customer_id, time_zone=customer_zone),
         )
-    return [claimed.get(message_id) for message_id, _ in items]
+    return [claimed.get(item.message_id) for item in items]
 
 
 def _record_sent_batch(records: list[SentRecord]) -> list[None]:
@@ -671,7 +724,7 @@ def write_sent(records: list[SentRecord]) -> None:
         raise
 
 
-_claims = Combiner(_claim_rendered_batch)
+_claims = Combiner(claim_rendered_many)
 _sent_records = Combiner(_record_sent_batch)
 
 
@@ -704,11 +757,11 @@ def send_message(
     ``record_sent`` takes the record of an accepted send instead of this call writing it
     (a worker's ``WriteBehind``): the row stays ``sending`` until it is written.
     """
-    message = claim_rendered(message_id, deferrals)
+    message, first = claim_rendered(message_id, deferrals, acquire_slot, quiet)
     if message is not None:
         outcome = SendOutcome(message_id, MessageStatus.SENDING, campaign_id=message.campaign.id)
         return _send_claimed(message, message.body, message.segments, outcome, backend, acquire_slot, reconcile_after_s, quiet,
-                             record_sent)
+                             record_sent, first)
     message = load_for_send(message_id)
     if message is None:
         record_event(None, "message_not_found", f"message {message_id} does not exist")
@@ -762,14 +815,19 @@ def _skip(message_id: int, outcome: SendOutcome, code: str, reason: str) -> Send
 
 
 def _send_claimed(message, body, segments, outcome, backend, acquire_slot, reconcile_after_s, quiet=None,
-                  record_sent=None) -> SendOutcome:
-    """Send a message this worker has claimed (status ``sending``) and record the result."""
+                  record_sent=None, first=None) -> SendOutcome:
+    """Send a message this worker has claimed (status ``sending``) and record the result.
+    ``first`` is what its batch of claims did about quiet hours and the slot, if anything."""
     message_id = message.id
     if acquire_slot is not None or quiet is not None:
         try:
-            if quiet is not None:
+            if isinstance(first, QuietNow):
+                raise first
+            if quiet is not None and first is None:
                 quiet.check(message)
-            if acquire_slot is not None:
+            if acquire_slot is not None and first is not None:
+                acquire_slot(segments, message.campaign.id, first=first)
+            elif acquire_slot is not None:
                 acquire_slot(segments, message.campaign.id)
                 if quiet is not None:
                     quiet.check(message)

@@ -339,10 +339,11 @@ class RateLimit(Middleware):
         if combiner is None:
             if len(self._combiners) >= 1000:
                 self._combiners.clear()
-            combiner = self._combiners.setdefault(key, Combiner(functools.partial(self._take_many, windows, stops, watch)))
+            combiner = self._combiners.setdefault(key, Combiner(functools.partial(self.take_many, windows, stops, watch)))
         return combiner.submit(cost)
 
-    def _take_many(self, windows, stops, watch, costs: list[int]) -> list[tuple[int, int | None]]:
+    def take_many(self, windows, stops, watch, costs: list[int]) -> list[tuple[int, int | None]]:
+        """``windows.acquire`` for a batch of costs, in one round trip, served in order."""
         waits, watched_ttl_ms = self.windows.acquire_many(windows, costs, stops, watch=watch)
         return [(wait, watched_ttl_ms) for wait in waits]
 
@@ -375,23 +376,37 @@ class Gate:
         self.reserved = bool(message.options.get("rate_reserved"))
         group = message.options.get("stop_group")
         self.stop_key = str(group) if group else None
+        self.windows = [(key, item.amount, middleware.window_ms(item)) for key, item in checks]
+        self.stops = (self.stop_key,) if self.stop_key else ()
 
-    def acquire(self, cost: int = 1, *, watch: str | None = None) -> int | None:
+    @property
+    def group(self) -> tuple:
+        """Gates with equal groups take their slots from the same windows and stop key."""
+        return (tuple(self.windows), self.stops)
+
+    def take_many(self, costs: list[int], *, watch: str | None = None) -> list[tuple[int, int | None]]:
+        """One try at the slots of several messages of this gate's group, in order, in one
+        round trip: (wait_ms, watched PTTL) for each, to pass to its ``acquire(first=)``."""
+        return self.middleware.take_many(self.windows, self.stops, watch, costs)
+
+    def acquire(self, cost: int = 1, *, watch: str | None = None, first: tuple[int, int | None] | None = None) -> int | None:
         """Take ``cost`` units of every limit now, or within ``hold_ms``; else Throttled.
 
         Returns the PTTL (ms) of the Redis key ``watch`` as the slot was taken, read in the
         same round trip (None without one, or without Redis): a caller that would otherwise
-        ask Redis about that key right after gets the answer for free.
+        ask Redis about that key right after gets the answer for free. ``first`` is the
+        outcome of a first try already made by ``take_many``.
         """
         mw = self.middleware
         for _key, item in self.checks:
             if cost > item.amount:
                 raise ValueError(f"a cost of {cost} can never fit a limit of {item.amount}")
-        windows = [(key, item.amount, mw.window_ms(item)) for key, item in self.checks]
-        stops = (self.stop_key,) if self.stop_key else ()
         hold_until = time.monotonic() + mw.hold_ms / 1000
         while True:
-            wait_ms, watched_ttl_ms = mw.take(windows, cost, stops, watch)
+            if first is not None:
+                (wait_ms, watched_ttl_ms), first = first, None
+            else:
+                wait_ms, watched_ttl_ms = mw.take(self.windows, cost, self.stops, watch)
             if wait_ms < 0:
                 raise Stopped(self.stop_key)
             if wait_ms == 0:

@@ -13,7 +13,7 @@ from actors.control import stop_campaign
 from actors.services import get_services
 from errors import PermanentError, TransientError
 from observability import count_deferral, count_outcome
-from ratelimit import RateLimit, Stopped, Throttled
+from ratelimit import Gate, RateLimit, Stopped, Throttled
 from settings import get_settings
 
 _settings = get_settings()
@@ -40,7 +40,7 @@ def send_sms(message_id: int) -> None:
     try:
         outcome = campaigns.send_message(
             message_id, backend=services.backend, short_url_base=services.short_url_base,
-            deferrals=deferrals, acquire_slot=slot_taker(gate, services.debouncer) if gate is not None else None,
+            deferrals=deferrals, acquire_slot=SlotTaker(gate, services.debouncer) if gate is not None else None,
             reconcile_after_s=services.reconcile_after_s, quiet=services.quiet,
             record_sent=services.sent_records.put,
         )
@@ -68,14 +68,34 @@ def send_sms(message_id: int) -> None:
         request_metrics_update(outcome.campaign_id)
 
 
-def slot_taker(gate, debouncer):
-    """``acquire_slot`` for the send path: the slot's round trip also reads the TTL of the
-    campaign's pending metrics update, which usually spares the send its own ask."""
-    def acquire_slot(cost: int, campaign_id: int) -> None:
+class SlotTaker:
+    """``acquire_slot`` for the send path (``campaigns.BatchSlots``).
+
+    The slot's round trip also reads the TTL of the campaign's pending metrics update, which
+    usually spares the send its own ask. The thread that claims a batch of messages takes
+    their slots too, in one round trip (``take_many``), so a send waits on one shared step
+    for both, not two.
+    """
+
+    def __init__(self, gate: Gate, debouncer) -> None:
+        self.gate = gate
+        self.debouncer = debouncer
+
+    def group(self, campaign_id: int) -> tuple:
+        return (self.gate.group, self.debouncer.key(campaign_id))
+
+    def take_many(self, costs: list[int], campaign_id: int) -> list[tuple[int, int | None, float]]:
         seen_at = time.monotonic()
-        ttl_ms = gate.acquire(cost, watch=debouncer.key(campaign_id))
-        debouncer.saw_ttl(campaign_id, ttl_ms, seen_at=seen_at)
-    return acquire_slot
+        return [(wait_ms, ttl_ms, seen_at) for wait_ms, ttl_ms in self.gate.take_many(costs, watch=self.debouncer.key(campaign_id))]
+
+    def __call__(self, cost: int, campaign_id: int, first: tuple[int, int | None, float] | None = None) -> None:
+        if first is None:
+            seen_at = time.monotonic()
+            ttl_ms = self.gate.acquire(cost, watch=self.debouncer.key(campaign_id))
+        else:
+            wait_ms, first_ttl_ms, seen_at = first
+            ttl_ms = self.gate.acquire(cost, watch=self.debouncer.key(campaign_id), first=(wait_ms, first_ttl_ms))
+        self.debouncer.saw_ttl(campaign_id, ttl_ms, seen_at=seen_at)
 
 
 def defer_until(message, until_utc, now_utc) -> None:

@@ -3,6 +3,7 @@ database queries, and Redis round trips of the rate limiter and the metrics debo
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
 
@@ -14,7 +15,9 @@ import actors
 import campaigns
 from actors.services import configure_services, get_services
 from metrics import MetricsDebouncer
-from models import Message, MessageStatus, PooledPostgres, database
+from actors.sms import SlotTaker
+from models import Customer, Message, MessageStatus, PooledPostgres, database
+from quiet import QuietHours
 from ratelimit import RateLimit, RedisWindows
 from tests.conftest import REDIS_URL
 from tests.factories import make_campaign, make_customers
@@ -107,6 +110,46 @@ def test_a_send_skips_the_metrics_ask_only_while_the_pending_update_surely_comes
         # And once no update is pending (the key is gone), B's ask enqueues the next one
         b.saw_ttl(9, -2, seen_at=time.monotonic())
         assert b.claim(9)
+    finally:
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+
+
+def test_a_batch_of_claims_takes_its_slots_in_one_round_trip_after_quiet_hours(db, stub_broker, twilio_backend):
+    # Given five pending messages, the fourth to a customer in Tokyo, where it is 02:00 when
+    # it is noon in New York; each message has its own rate-limit gate on a counting client
+    make_customers(5)
+    tokyo = Customer.select().order_by(Customer.id)[3]
+    Customer.update(time_zone="Asia/Tokyo").where(Customer.id == tokyo.id).execute()
+    campaign_id = make_campaign()
+    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    ids = [m.id for m in Message.select(Message.id).order_by(Message.id)]
+    client = CountingRedis.from_url(REDIS_URL)
+    prefix = f"test-rt-{uuid.uuid4().hex[:8]}"
+    limiter = next(m for m in stub_broker.middleware if isinstance(m, RateLimit))
+    limiter.windows = RedisWindows(client, prefix=prefix)
+    debouncer = MetricsDebouncer(redis=client, delay_ms=5_000, prefix=prefix)
+    quiet = campaigns.QuietPolicy(QuietHours.parse("21:00-08:00"), "America/New_York",
+                                  clock=lambda: dt.datetime(2026, 6, 1, 16, 0))
+    requests = []
+    for message_id in ids:
+        message = MessageProxy(actors.send_sms.message(message_id))
+        actors.broker.emit_before("process_message", message)
+        requests.append(campaigns.ClaimRequest(message_id, 0, SlotTaker(RateLimit.current_gate(), debouncer), quiet))
+        actors.broker.emit_after("process_message", message, result=None)
+    try:
+        # When the five are claimed as one batch
+        CountingRedis.commands = 0
+        results = campaigns.claim_rendered_many(requests)
+
+        # Then all five are claimed, the four outside quiet hours got their slots in one
+        # round trip, and the one in Tokyo got none: it will be deferred, not sent
+        assert [message.id for message, _ in results] == ids
+        assert CountingRedis.commands == 1
+        firsts = [first for _, first in results]
+        assert isinstance(firsts[3], campaigns.QuietNow)
+        assert [first[0] for i, first in enumerate(firsts) if i != 3] == [0, 0, 0, 0]
+        assert client.llen(f"{prefix}:window:sms") == 4
     finally:
         for key in client.scan_iter(f"{prefix}*"):
             client.delete(key)
