@@ -84,7 +84,7 @@ def configure_services(**overrides) -> Services:
     return _services
 
 
-def close_services(timeout_s: float = 30.0) -> None:
+def close_services(timeout_s: float = 10.0) -> None:
     """Write what the process still holds (at worker shutdown); rows it cannot write stay
     ``sending`` and are looked up at Twilio later."""
     if _services is not None:

@@ -5,8 +5,10 @@ records a crash lost before they were written."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
+from dramatiq import Worker
 
 import actors
 import campaigns
@@ -102,6 +104,32 @@ def test_sends_whose_records_a_crash_lost_are_found_at_twilio_not_resent(db, stu
     assert {r.to_phone: r.twilio_sid for r in rows} == {m["to"]: m["sid"] for m in fake_twilio.messages}
     assert {r.reason for r in rows} == {"found at Twilio after an unanswered request"}
     assert Campaign.get_by_id(campaign_id).status == CampaignStatus.COMPLETED
+
+
+def test_a_worker_that_stops_writes_the_records_it_holds_first(sqlite_db, stub_broker, twilio_backend, fake_twilio):
+    # Given a worker whose writer is slow, so that records are still held when the sends end
+    make_customers(5)
+    campaign_id = make_campaign()
+
+    def slow_write(records):
+        time.sleep(0.5)
+        campaigns.write_sent(records)
+
+    actors.services.configure_services(sent_records=WriteBehind(slow_write, on_exit=campaigns.release_connection))
+    worker = Worker(stub_broker, worker_timeout=50, worker_threads=4)
+    worker.start()
+    actors.send_campaign.send(campaign_id)
+    for queue_name in ("campaigns", "sms"):
+        stub_broker.join(queue_name, timeout=10_000)
+    held = actors.services.get_services().sent_records.pending
+
+    # When the worker is told to stop (SIGTERM on a dyno)
+    worker.stop()
+
+    # Then it wrote every record before it stopped
+    assert held > 0
+    assert {m.status for m in Message.select()} == {MessageStatus.SENT}
+    assert len(fake_twilio.messages) == 5
 
 
 def test_retries_exhausted_leave_a_recorded_failure(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
