@@ -144,6 +144,11 @@ Message.add_index(
 Message.add_index(
     Message.index(Message.to_phone, name="message_sent_to_phone").where(Message.twilio_sid.is_null(False))
 )
+def db_datetime(value: dt.datetime):
+    """``value`` as the driver takes it in a hand-written statement (as peewee would pass it)."""
+    return Message.sent_at.db_value(value)
+
+
 #: Indexes of earlier versions that the ones above replace.
 OBSOLETE_INDEXES = ("message_campaign_id", "message_campaign_id_status_queued_at", "message_to_phone", "message_twilio_sid")
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass, replace
 
 import dramatiq
 
-import campaigns
+import sending
 from batching import WriteBehind
-from campaigns import QuietPolicy, SentRecord
 from metrics import MetricsDebouncer
 from quiet import QuietHours
+from sending import QuietPolicy, SentRecord
 from settings import get_settings
 from smsservice import SmsBackend, make_backend
 
@@ -57,7 +57,7 @@ def get_services() -> Services:
             error_storm=(settings.error_storm_window, settings.error_storm_min_attempts, settings.error_storm_ratio),
             quiet=quiet_policy(settings),
             sent_records=WriteBehind(
-                campaigns.write_sent, on_written=_request_metrics, on_exit=campaigns.release_connection, name="sent-records",
+                sending.write_sent, on_written=_request_metrics, on_exit=sending.release_connection, name="sent-records",
             ),
         )
     return _services

@@ -8,6 +8,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage, SkipMessage
 
 import campaigns
+import sending
 from actors.campaigns import request_metrics_update
 from actors.control import stop_campaign
 from actors.services import get_services
@@ -38,7 +39,7 @@ def send_sms(message_id: int) -> None:
     deferrals = current.options.get("deferrals", 0) if current is not None else 0
     gate = RateLimit.current_gate()
     try:
-        outcome = campaigns.send_message(
+        outcome = sending.send_message(
             message_id, backend=services.backend, short_url_base=services.short_url_base,
             deferrals=deferrals, acquire_slot=SlotTaker(gate, services.debouncer) if gate is not None else None,
             reconcile_after_s=services.reconcile_after_s, quiet=services.quiet,
@@ -56,7 +57,7 @@ def send_sms(message_id: int) -> None:
         elif campaigns.is_sending(campaign_id):
             stop_campaign(campaign_id, stopped=False)
         return
-    except campaigns.QuietNow as exc:
+    except sending.QuietNow as exc:
         count_deferral("quiet_hours")
         defer_until(current, exc.until_utc, services.quiet.clock())
     except TransientError as exc:
@@ -69,7 +70,7 @@ def send_sms(message_id: int) -> None:
 
 
 class SlotTaker:
-    """``acquire_slot`` for the send path (``campaigns.BatchSlots``).
+    """``acquire_slot`` for the send path (``sending.BatchSlots``).
 
     The slot's round trip also reads the TTL of the campaign's pending metrics update, which
     usually spares the send its own ask. The thread that claims a batch of messages takes
@@ -110,6 +111,6 @@ def defer_until(message, until_utc, now_utc) -> None:
 def send_sms_exhausted(message_data: dict, retry_info: dict) -> None:
     """Record a message whose transient errors outlasted its retries as failed."""
     message_id = message_data["args"][0]
-    campaign_id = campaigns.give_up(message_id, retries=retry_info.get("retries", 0))
+    campaign_id = sending.give_up(message_id, retries=retry_info.get("retries", 0))
     if campaign_id is not None:
         request_metrics_update(campaign_id)

@@ -12,6 +12,7 @@ from dramatiq import Worker
 
 import actors
 import campaigns
+import sending
 from errors import TransientError
 from batching import WriteBehind
 from models import Campaign, CampaignStatus, Event, Message, MessageStatus, utcnow
@@ -67,13 +68,13 @@ def test_a_row_left_sending_by_a_crash_is_sent_once_when_twilio_has_none(db, fak
 
     # When the message comes back while the claim is recent, it is told to come back later
     with pytest.raises(TransientError) as later:
-        campaigns.send_message(row.id, backend=twilio_backend, short_url_base="https://x.test/q", reconcile_after_s=60)
+        sending.send_message(row.id, backend=twilio_backend, short_url_base="https://x.test/q", reconcile_after_s=60)
     assert later.value.code == "in_flight" and 55_000 < later.value.retry_after_ms <= 56_000
     assert fake_twilio.messages == []
 
     # And once it is old enough, Twilio is asked, has nothing, and it is sent exactly once
-    outcome = campaigns.send_message(row.id, backend=twilio_backend, short_url_base="https://x.test/q", reconcile_after_s=1)
-    again = campaigns.send_message(row.id, backend=twilio_backend, short_url_base="https://x.test/q", reconcile_after_s=1)
+    outcome = sending.send_message(row.id, backend=twilio_backend, short_url_base="https://x.test/q", reconcile_after_s=1)
+    again = sending.send_message(row.id, backend=twilio_backend, short_url_base="https://x.test/q", reconcile_after_s=1)
     assert outcome.status == MessageStatus.SENT and again.detail == "already handled"
     assert [m["body"] for m in fake_twilio.messages] == ["Hi\nReply STOP to unsubscribe"]
     assert Message.get_by_id(row.id).attempts == 2
@@ -94,7 +95,7 @@ def test_sends_whose_records_a_crash_lost_are_found_at_twilio_not_resent(db, stu
     # When, an hour later, another worker comes up and the dispatcher finds them stuck
     an_hour_ago = utcnow() - dt.timedelta(hours=1)
     Message.update(sending_at=an_hour_ago, queued_at=an_hour_ago).execute()
-    actors.services.configure_services(sent_records=WriteBehind(campaigns.write_sent))
+    actors.services.configure_services(sent_records=WriteBehind(sending.write_sent))
     actors.dispatch_campaign.send(campaign_id, Campaign.get_by_id(campaign_id).dispatch_token)
     join_all(stub_broker)
 
@@ -113,9 +114,9 @@ def test_a_worker_that_stops_writes_the_records_it_holds_first(sqlite_db, stub_b
 
     def slow_write(records):
         time.sleep(0.5)
-        campaigns.write_sent(records)
+        sending.write_sent(records)
 
-    actors.services.configure_services(sent_records=WriteBehind(slow_write, on_exit=campaigns.release_connection))
+    actors.services.configure_services(sent_records=WriteBehind(slow_write, on_exit=sending.release_connection))
     worker = Worker(stub_broker, worker_timeout=50, worker_threads=4)
     worker.start()
     actors.send_campaign.send(campaign_id)
@@ -161,6 +162,6 @@ def test_giving_up_on_a_maybe_sent_row_leaves_it_for_reconciliation(sqlite_db):
     Message.update(status=MessageStatus.SENDING, sending_at=utcnow()).where(Message.id == row.id).execute()
 
     # When its retries run out, it is not failed blind: it stays for the lookup at Twilio
-    assert campaigns.give_up(row.id, retries=10) == campaign_id
+    assert sending.give_up(row.id, retries=10) == campaign_id
     assert Message.get_by_id(row.id).status == MessageStatus.SENDING
     assert "left for reconciliation" in Event.get(Event.code == "retries_exhausted").detail

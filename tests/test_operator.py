@@ -15,7 +15,7 @@ from limits import parse
 import actors
 import campaigns
 from actors.services import configure_services
-from campaigns import QuietPolicy
+from sending import QuietPolicy
 from models import Campaign, CampaignStatus, Customer, Message, MessageStatus
 from quiet import QuietHours, recipient_zone
 from ratelimit import RateLimit

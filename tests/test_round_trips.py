@@ -13,6 +13,7 @@ from playhouse.test_utils import count_queries
 
 import actors
 import campaigns
+import sending
 from actors.services import configure_services, get_services
 from metrics import MetricsDebouncer
 from actors.sms import SlotTaker
@@ -129,25 +130,25 @@ def test_a_batch_of_claims_takes_its_slots_in_one_round_trip_after_quiet_hours(d
     limiter = next(m for m in stub_broker.middleware if isinstance(m, RateLimit))
     limiter.windows = RedisWindows(client, prefix=prefix)
     debouncer = MetricsDebouncer(redis=client, delay_ms=5_000, prefix=prefix)
-    quiet = campaigns.QuietPolicy(QuietHours.parse("21:00-08:00"), "America/New_York",
+    quiet = sending.QuietPolicy(QuietHours.parse("21:00-08:00"), "America/New_York",
                                   clock=lambda: dt.datetime(2026, 6, 1, 16, 0))
     requests = []
     for message_id in ids:
         message = MessageProxy(actors.send_sms.message(message_id))
         actors.broker.emit_before("process_message", message)
-        requests.append(campaigns.ClaimRequest(message_id, 0, SlotTaker(RateLimit.current_gate(), debouncer), quiet))
+        requests.append(sending.ClaimRequest(message_id, 0, SlotTaker(RateLimit.current_gate(), debouncer), quiet))
         actors.broker.emit_after("process_message", message, result=None)
     try:
         # When the five are claimed as one batch
         CountingRedis.commands = 0
-        results = campaigns.claim_rendered_many(requests)
+        results = sending.claim_rendered_many(requests)
 
         # Then all five are claimed, the four outside quiet hours got their slots in one
         # round trip, and the one in Tokyo got none: it will be deferred, not sent
         assert [message.id for message, _ in results] == ids
         assert CountingRedis.commands == 1
         firsts = [first for _, first in results]
-        assert isinstance(firsts[3], campaigns.QuietNow)
+        assert isinstance(firsts[3], sending.QuietNow)
         assert [first[0] for i, first in enumerate(firsts) if i != 3] == [0, 0, 0, 0]
         assert client.llen(f"{prefix}:window:sms") == 4
     finally:
