@@ -194,6 +194,18 @@ class OptOutEvent(BaseModel):
     created_at = DateTimeField(default=utcnow)
 
 
+class EarlyStatus(BaseModel):
+    """A delivery report for a SID not recorded yet (see ``delivery.py``)."""
+
+    sid = CharField(max_length=40)
+    status = CharField(max_length=16)
+    error_code = CharField(max_length=16, null=True)
+    received_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("sid", "status"), True),)
+
+
 class Click(BaseModel):
     """A visit of a customer's short link (link-preview bots excluded)."""
 
@@ -204,7 +216,7 @@ class Click(BaseModel):
     created_at = DateTimeField(default=utcnow)
 
 
-MODELS = [Customer, QRCode, Campaign, Message, CampaignAnalytics, Event, OptOutEvent, Click]
+MODELS = [Customer, QRCode, Campaign, Message, CampaignAnalytics, Event, OptOutEvent, Click, EarlyStatus]
 
 
 def make_database(url: str):

@@ -23,8 +23,9 @@ from flask import Flask, Response, abort, redirect, request
 from peewee import IntegrityError
 from twilio.request_validator import RequestValidator
 
+from delivery import DELIVERY_RANK, report_delivery
 from errors import InvalidPhone
-from models import Click, Customer, Message, MessageStatus, OptOutEvent, QRCode, configure_database, database, utcnow, write_transaction
+from models import Click, Customer, Message, MessageStatus, OptOutEvent, QRCode, configure_database, database, write_transaction
 from settings import Settings, get_settings
 from sms import mask_phone, normalize_phone
 
@@ -33,9 +34,6 @@ logger = logging.getLogger(__name__)
 STATUS_PATH = "/twilio/status"
 INBOUND_PATH = "/twilio/inbound"
 
-#: Delivery statuses Twilio reports for a message, by rank: a status only ever moves to a
-#: higher rank, so a late ``sent`` after ``delivered`` (or any replay) changes nothing.
-DELIVERY_RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "undelivered": 3, "failed": 3}
 #: Statuses Twilio may also report that carry nothing for the analytics: acknowledged (200)
 #: without a change, rather than answered 400 (which Twilio would log as an error).
 IGNORED_STATUSES = frozenset({"accepted", "scheduled", "read", "canceled", "receiving", "received"})
@@ -78,31 +76,6 @@ def opt_out_action(body: str | None, opt_out_type: str | None) -> tuple[str | No
     if keyword in START_KEYWORDS:
         return "start", keyword
     return None, None
-
-
-def record_delivery_status(message_sid: str, status: str, error_code: str | None) -> tuple[bool, int | None]:
-    """Move the message with this SID forward to ``status``; (changed, campaign id).
-
-    The forward-only rule is a single conditional UPDATE, so two callbacks racing each
-    other cannot move a message backwards. Unknown SIDs give (False, None).
-    """
-    row = Message.select(Message.id, Message.campaign).where(Message.twilio_sid == message_sid).first()
-    if row is None:
-        return False, None
-    rank = DELIVERY_RANK[status]
-    lower = [name for name, r in DELIVERY_RANK.items() if r < rank]
-    changes = {
-        Message.delivery_status: status,
-        Message.delivery_error_code: (error_code or None),
-        Message.updated_at: utcnow(),
-    }
-    if status == "delivered":
-        changes[Message.delivered_at] = utcnow()
-    forward = Message.delivery_status.is_null()
-    if lower:
-        forward = forward | Message.delivery_status.in_(lower)
-    changed = Message.update(changes).where(Message.id == row.id, forward).execute()
-    return bool(changed), row.campaign_id
 
 
 def customers_for_phone(e164: str) -> list[int]:
@@ -214,9 +187,11 @@ def create_app(settings: Settings | None = None) -> Flask:
             return Response("", 200)
         if status not in DELIVERY_RANK:
             abort(400, "unknown MessageStatus")
-        changed, campaign_id = record_delivery_status(sid, status, error_code)
+        changed, campaign_id = report_delivery(sid, status, error_code)
         if campaign_id is None:
-            logger.warning("status callback for unknown message %s (%s)", sid, status)
+            # Usually a report that overtook the SID's record (still being written): kept
+            # until the SID is known, then applied by the campaign's metrics update.
+            logger.info("status callback for %s (%s) before its SID is recorded: kept", sid, status)
         elif changed:
             ask_metrics(campaign_id)
         return Response("", 200)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dramatiq
 
 import campaigns
+import delivery
 from actors.control import stop_campaign, stop_group
 from actors.services import get_services
 from models import Campaign
@@ -54,9 +55,12 @@ def dispatch_campaign(campaign_id: int, token: str) -> None:
 
 @dramatiq.actor(queue_name="metrics", priority=-10, max_retries=10, min_backoff=1_000, max_backoff=60_000)
 def update_metrics(campaign_id: int) -> None:
-    """Recompute the campaign's analytics from its message rows; pause it on an error storm."""
+    """Recompute the campaign's analytics from its message rows (after applying delivery
+    reports that overtook their SIDs); pause it on an error storm."""
     services = get_services()
     services.debouncer.release(campaign_id)
+    for other in delivery.apply_early_statuses() - {campaign_id}:
+        request_metrics_update(other)
     campaigns.recompute_analytics(campaign_id)
     storm = services.error_storm
     if campaigns.check_error_storm(campaign_id, window=storm[0], min_attempts=storm[1], ratio=storm[2]):

@@ -21,9 +21,11 @@ from werkzeug.serving import make_server
 
 import actors
 import campaigns
+import delivery
 import models
+import sending
 from errors import ConfigurationError
-from models import CampaignAnalytics, Click, Customer, Message, MessageStatus, OptOutEvent, QRCode, utcnow
+from models import CampaignAnalytics, Click, Customer, EarlyStatus, Event, Message, MessageStatus, OptOutEvent, QRCode, utcnow
 from settings import Secret, Settings
 from tests.conftest import join_all
 from tests.factories import make_campaign, make_customers, phone_for
@@ -303,6 +305,47 @@ def test_short_links_count_people_not_preview_bots(web, stub_broker, stub_worker
     assert Click.get(Click.customer == y).user_agent == BROWSER
     assert CampaignAnalytics.get(CampaignAnalytics.campaign == new).unique_clicks == 2
     assert CampaignAnalytics.get_or_none(CampaignAnalytics.campaign == old) is None
+
+
+def test_a_report_that_overtakes_its_sid_is_applied_once_the_sid_is_recorded(web, stub_broker):
+    # Given a message Twilio accepted whose "sent" record is still being written (row sending)
+    make_customers(1)
+    campaign_id = make_campaign()
+    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    row = Message.get(Message.campaign == campaign_id)
+    Message.update(status=MessageStatus.SENDING).where(Message.id == row.id).execute()
+    sid = new_sid()
+
+    # When Twilio's callbacks arrive first (delivered, then a late sent, then a replay)
+    for status in ("delivered", "sent", "delivered"):
+        assert web.status(sid, status).status_code == 200
+    assert reload(row).delivery_status is None
+    assert sorted(e.status for e in EarlyStatus.select()) == ["delivered", "sent"]
+
+    # And then the record is written and the campaign's metrics update runs
+    sending.write_sent([sending.SentRecord(row.id, sid, 1, campaign_id)])
+    actors.update_metrics(campaign_id)
+
+    # Then the delivery is recorded as if it had come in order, counted, and no longer kept
+    assert reload(row).delivery_status == "delivered"
+    assert CampaignAnalytics.get(CampaignAnalytics.campaign == campaign_id).delivered == 1
+    assert EarlyStatus.select().count() == 0
+
+
+def test_a_report_whose_sid_never_comes_is_dropped_after_a_day_with_an_event(web):
+    # Given a report for a SID no message has
+    sid = new_sid()
+    assert web.status(sid, "delivered").status_code == 200
+
+    # When kept reports are applied within the day, it waits; a day later, it is dropped
+    assert delivery.apply_early_statuses() == set()
+    assert EarlyStatus.select().count() == 1
+    assert delivery.apply_early_statuses(now=utcnow() + dt.timedelta(days=1, seconds=1)) == set()
+
+    # Then it is gone, and an operator can see why
+    assert EarlyStatus.select().count() == 0
+    [event] = Event.select().where(Event.code == "unknown_sid_status")
+    assert sid in event.detail
 
 
 def test_malformed_requests_are_400_and_unknown_ones_change_nothing(web):

@@ -1,0 +1,94 @@
+"""Twilio's delivery reports (status callbacks) applied to message rows.
+
+A message's delivery status only moves forward (``DELIVERY_RANK``), whatever order the
+callbacks arrive in. A report can overtake its own SID: Twilio may call back before the
+worker's record of the SID is committed (it is written behind), or while a send whose answer
+was lost waits to be reconciled. Such a report is kept (``EarlyStatus``) and applied by the
+next metrics update once the SID is known, instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from peewee import IntegrityError
+
+from campaigns import record_event
+from models import EarlyStatus, Message, utcnow
+
+#: Delivery statuses Twilio reports for a message, by rank: a status only ever moves to a
+#: higher rank, so a late ``sent`` after ``delivered`` (or any replay) changes nothing.
+DELIVERY_RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "undelivered": 3, "failed": 3}
+
+#: How long a report waits for its SID before it is given up (and recorded as an event).
+EARLY_STATUS_MAX_AGE_S = 86_400
+
+
+def record_delivery_status(message_sid: str, status: str, error_code: str | None) -> tuple[bool, int | None]:
+    """Move the message with this SID forward to ``status``; (changed, campaign id).
+
+    The forward-only rule is a single conditional UPDATE, so two callbacks racing each
+    other cannot move a message backwards. Unknown SIDs give (False, None).
+    """
+    row = Message.select(Message.id, Message.campaign).where(Message.twilio_sid == message_sid).first()
+    if row is None:
+        return False, None
+    rank = DELIVERY_RANK[status]
+    lower = [name for name, r in DELIVERY_RANK.items() if r < rank]
+    changes = {
+        Message.delivery_status: status,
+        Message.delivery_error_code: (error_code or None),
+        Message.updated_at: utcnow(),
+    }
+    if status == "delivered":
+        changes[Message.delivered_at] = utcnow()
+    forward = Message.delivery_status.is_null()
+    if lower:
+        forward = forward | Message.delivery_status.in_(lower)
+    changed = Message.update(changes).where(Message.id == row.id, forward).execute()
+    return bool(changed), row.campaign_id
+
+
+def report_delivery(message_sid: str, status: str, error_code: str | None) -> tuple[bool, int | None]:
+    """``record_delivery_status``, keeping the report if its SID is not recorded yet.
+
+    Looked up again once kept: a SID recorded (and a metrics update run) in between would
+    otherwise leave the report waiting for an update that does not come."""
+    changed, campaign_id = record_delivery_status(message_sid, status, error_code)
+    if campaign_id is not None:
+        return changed, campaign_id
+    try:
+        EarlyStatus.create(sid=message_sid, status=status, error_code=error_code or None)
+    except IntegrityError:
+        pass  # a replay of a report already kept
+    changed, campaign_id = record_delivery_status(message_sid, status, error_code)
+    if campaign_id is not None:
+        EarlyStatus.delete().where(EarlyStatus.sid == message_sid, EarlyStatus.status == status).execute()
+    return changed, campaign_id
+
+
+def apply_early_statuses(*, now: dt.datetime | None = None, max_age_s: float = EARLY_STATUS_MAX_AGE_S,
+                         limit: int = 1000) -> set[int]:
+    """Apply the kept reports whose SID is now recorded, in rank order, and drop them; drop
+    the ones older than ``max_age_s`` with an event. Returns the campaigns that changed."""
+    now = now or utcnow()
+    reports = list(EarlyStatus.select().order_by(EarlyStatus.received_at).limit(limit))
+    if not reports:
+        return set()
+    reports.sort(key=lambda report: DELIVERY_RANK.get(report.status, 0))
+    changed_campaigns: set[int] = set()
+    done, expired = [], []
+    for report in reports:
+        changed, campaign_id = record_delivery_status(report.sid, report.status, report.error_code)
+        if campaign_id is not None:
+            done.append(report.id)
+            if changed:
+                changed_campaigns.add(campaign_id)
+        elif report.received_at < now - dt.timedelta(seconds=max_age_s):
+            expired.append(report)
+    for report in expired:
+        record_event(None, "unknown_sid_status", f"status {report.status!r} for {report.sid}: no message has this SID",
+                     level="warning")
+    if done or expired:
+        EarlyStatus.delete().where(EarlyStatus.id.in_(done + [report.id for report in expired])).execute()
+    return changed_campaigns
