@@ -1,12 +1,13 @@
-"""Group commit for worker threads: many threads' statements run as one.
+"""Many worker threads' statements run as one.
 
 A worker process runs one message per thread, and on the send path each message costs a
 database round trip (and a commit) to claim its row and another to record the result.
-When several threads reach the same step at about the same time, ``Combiner`` lets one of
-them run all their requests in one statement while the others wait for their answers, so
-the round trips and commits per message fall as the load rises. Nothing is delayed to wait
-for company: a thread that finds nobody running a batch runs one at once, alone if need
-be. Each thread still returns only after its own row is committed.
+``Combiner`` is group commit: when several threads reach the same step at about the same
+time, one of them runs all their requests in one statement while the others wait for
+their answers, so the round trips and commits per message fall as the load rises. Nothing
+is delayed to wait for company: a thread that finds nobody running a batch runs one at
+once, alone if need be, and each caller returns only after its own request is done.
+``WriteBehind`` is for writes a caller need not wait for at all (see its docstring).
 """
 
 from __future__ import annotations
@@ -109,9 +110,11 @@ class WriteBehind(Generic[T]):
     For writes whose loss a crash can repair by other means: the send path's "sent" records,
     whose rows stay ``sending`` until written, and a ``sending`` row left behind is looked
     up at Twilio before anything is sent again. A failed write is tried again, with backoff,
-    until it succeeds or ``close`` gives up; ``on_written(items)`` runs after each write,
+    until it succeeds or ``close`` gives up, except when ``refused(exc)`` says the items
+    themselves are at fault (an integrity error): then the batch is split, so that only an
+    item refused on its own is given up. ``on_written(items)`` runs after each write,
     ``on_exit()`` when the thread stops (to release its connection). The thread starts
-    with the first ``put`` of each process (workers fork).
+    with the first ``put`` of each process (workers fork), and again if it died.
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class WriteBehind(Generic[T]):
         *,
         on_written: Callable[[list[T]], object] | None = None,
         on_exit: Callable[[], object] | None = None,
+        refused: Callable[[Exception], bool] = lambda exc: False,
         max_batch: int = 256,
         min_backoff_s: float = 0.05,
         max_backoff_s: float = 5.0,
@@ -128,12 +132,14 @@ class WriteBehind(Generic[T]):
         self.write = write
         self.on_written = on_written
         self.on_exit = on_exit
+        self.refused = refused
         self.max_batch = max_batch
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
         self.name = name
         self._cond = threading.Condition()
         self._items: deque[T] = deque()
+        self._in_hand: list[T] = []
         self._put = 0
         self._done = 0
         self._closing = False
@@ -153,8 +159,9 @@ class WriteBehind(Generic[T]):
             self._items.append(item)
             self._put += 1
             self._cond.notify_all()
-            if self._thread is None or self._pid != os.getpid():
+            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
                 self._pid = os.getpid()
+                self._closing, self._give_up_at = False, float("inf")
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
 
@@ -165,8 +172,8 @@ class WriteBehind(Generic[T]):
             return self._cond.wait_for(lambda: self._done >= target, timeout_s)
 
     def close(self, timeout_s: float = 30.0) -> int:
-        """Write what is pending (trying for at most ``timeout_s``) and stop the thread;
-        a later ``put`` starts another. Returns how many items were given up."""
+        """Write what is pending, trying for at most ``timeout_s``, and stop the thread; a
+        later ``put`` starts another. Returns how many items were not written by then."""
         with self._cond:
             self._closing = True
             self._give_up_at = time.monotonic() + timeout_s
@@ -175,22 +182,30 @@ class WriteBehind(Generic[T]):
         if thread is not None:
             thread.join(timeout_s + 1)
         with self._cond:
-            lost = len(self._items) + self._given_up
+            unwritten, self._given_up = self._put - self._done + self._given_up, 0
+            if thread is not None and thread.is_alive():
+                # Stuck in a write (a dead connection without a timeout): it goes on, and
+                # writes what is left if the write ever returns.
+                logger.error("%s: %d items not written after %.0f s; the writer is stuck", self.name, unwritten, timeout_s)
+                return unwritten
             self._items.clear()
             self._done = self._put
-            self._given_up = 0
-            self._closing = False
-            self._give_up_at = float("inf")
+            self._closing, self._give_up_at = False, float("inf")
             self._thread = None
             self._cond.notify_all()
-        if lost:
-            logger.error("%s: %d items were not written; their rows are reconciled later", self.name, lost)
-        return lost
+        if unwritten:
+            logger.error("%s: %d items were not written; their rows are reconciled later", self.name, unwritten)
+        return unwritten
 
     def _run(self) -> None:
         try:
             self._loop()
         finally:
+            with self._cond:
+                # A thread that dies (not by a failed write: those are caught) leaves its
+                # batch to the next one.
+                self._items.extendleft(reversed(self._in_hand))
+                self._in_hand = []
             if self.on_exit is not None:
                 self.on_exit()
 
@@ -200,28 +215,37 @@ class WriteBehind(Generic[T]):
                 self._cond.wait_for(lambda: self._items or self._closing)
                 if not self._items:
                     return
-                batch = [self._items.popleft() for _ in range(min(self.max_batch, len(self._items)))]
+                batch = self._in_hand = [self._items.popleft() for _ in range(min(self.max_batch, len(self._items)))]
             written = self._write(batch)
             if written and self.on_written is not None:
                 try:
-                    self.on_written(batch)
+                    self.on_written(written)
                 except Exception:
-                    logger.exception("%s: after-write step failed for %d items", self.name, len(batch))
+                    logger.exception("%s: after-write step failed for %d items", self.name, len(written))
             with self._cond:
+                self._in_hand = []
                 self._done += len(batch)
                 self._cond.notify_all()
 
-    def _write(self, batch: list[T]) -> bool:
+    def _write(self, batch: list[T]) -> list[T]:
+        """Write ``batch``; returns the items written (all, unless given up)."""
         backoff_s = self.min_backoff_s
         while True:
             try:
                 self.write(batch)
-                return True
+                return batch
             except Exception as exc:
+                if self.refused(exc):
+                    if len(batch) == 1:
+                        logger.error("%s: an item was refused (%s); its row is reconciled later", self.name, type(exc).__name__)
+                        return []
+                    half = len(batch) // 2
+                    return self._write(batch[:half]) + self._write(batch[half:])
                 if time.monotonic() + backoff_s > self._give_up_at:
-                    self._given_up += len(batch)
                     logger.error("%s: gave up writing %d items at shutdown: %s", self.name, len(batch), type(exc).__name__)
-                    return False
+                    with self._cond:
+                        self._given_up += len(batch)
+                    return []
                 logger.warning("%s: writing %d items failed (%s); trying again in %.2f s",
                                self.name, len(batch), type(exc).__name__, backoff_s)
             time.sleep(backoff_s)

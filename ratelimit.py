@@ -384,10 +384,14 @@ class Gate:
         """Gates with equal groups take their slots from the same windows and stop key."""
         return (tuple(self.windows), self.stops)
 
-    def take_many(self, costs: list[int], *, watch: str | None = None) -> list[tuple[int, int | None]]:
+    def take_many(self, costs: list[int], *, watch: str | None = None) -> list[tuple[int, int | None] | None]:
         """One try at the slots of several messages of this gate's group, in order, in one
-        round trip: (wait_ms, watched PTTL) for each, to pass to its ``acquire(first=)``."""
-        return self.middleware.take_many(self.windows, self.stops, watch, costs)
+        round trip: (wait_ms, watched PTTL) for each, to pass to its ``acquire(first=)``;
+        None for a cost no limit could ever grant (its ``acquire`` says so)."""
+        fits = [all(cost <= item.amount for _key, item in self.checks) for cost in costs]
+        fitting = [cost for cost, ok in zip(costs, fits) if ok]
+        tries = iter(self.middleware.take_many(self.windows, self.stops, watch, fitting) if fitting else ())
+        return [next(tries) if ok else None for ok in fits]
 
     def acquire(self, cost: int = 1, *, watch: str | None = None, first: tuple[int, int | None] | None = None) -> int | None:
         """Take ``cost`` units of every limit now, or within ``hold_ms``; else Throttled.

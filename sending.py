@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable, NamedTuple, Protocol
 
+from peewee import DataError, IntegrityError
+
 from batching import Combiner
 from campaigns import SkipReason, pause_campaign, record_event, settle_cancelled, template_values
 from errors import (
@@ -78,7 +80,8 @@ class SendOutcome:
     detail: str = ""
     campaign_id: int | None = None
     paused: bool = False
-    #: The "sent" record went to ``record_sent``, which asks for the metrics update itself.
+    #: The "sent" record went to ``record_sent``, whose writer asks for the metrics update
+    #: once it is committed.
     written_behind: bool = False
 
 
@@ -299,6 +302,11 @@ def release_connection() -> None:
         database.close()
 
 
+def refused(exc: Exception) -> bool:
+    """The database refused the rows themselves (a constraint), not the connection."""
+    return isinstance(exc, (IntegrityError, DataError))
+
+
 def write_sent(records: list[SentRecord]) -> None:
     """Record many accepted sends in one statement, for a writer thread: a row that is no
     longer ``sending`` (reconciled meanwhile) is left as it is. After a failure the thread's
@@ -320,7 +328,7 @@ def send_message(
     backend: SmsBackend,
     short_url_base: str,
     deferrals: int = 0,
-    acquire_slot: Callable[[int, int], None] | None = None,
+    acquire_slot: Callable[[int, int], None] | BatchSlots | None = None,
     reconcile_after_s: float = 30.0,
     quiet: QuietPolicy | None = None,
     record_sent: Callable[[SentRecord], None] | None = None,
@@ -329,8 +337,9 @@ def send_message(
 
     The usual message was rendered at the fan-out and is claimed in one statement; one
     that was not (or whose claim finds something changed) takes the long way: load, check,
-    render, claim. ``acquire_slot(segments, campaign_id)`` takes the rate-limit slot right
-    before the HTTP call; if it raises (throttled, or the limiter is unreachable) the claim
+    render, claim. ``acquire_slot(segments, campaign_id)`` takes the rate-limit slot after
+    the claim, just before the HTTP call (a ``BatchSlots`` makes its first try in the
+    claim's shared step); if it raises (throttled, or the limiter is unreachable) the claim
     is undone and the error propagates. ``deferrals`` is how often the rate limit put this
     message back.
 
@@ -410,13 +419,14 @@ def _send_claimed(message, body, segments, outcome, backend, acquire_slot, recon
             if isinstance(first, QuietNow):
                 raise first
             if quiet is not None and first is None:
-                quiet.check(message)
-            if acquire_slot is not None and first is not None:
-                acquire_slot(segments, message.campaign.id, first=first)
-            elif acquire_slot is not None:
-                acquire_slot(segments, message.campaign.id)
+                quiet.check(message)  # else its batch checked, right before trying for the slot
+            if acquire_slot is not None:
+                if first is not None:
+                    acquire_slot(segments, message.campaign.id, first=first)
+                else:
+                    acquire_slot(segments, message.campaign.id)
                 if quiet is not None:
-                    quiet.check(message)
+                    quiet.check(message)  # the slot may have been waited for
         except BaseException as exc:
             # queued_at says when the row is next expected back: a quiet-hours deferral at the
             # window's end, a stopped campaign never (resume dispatches it), else now.

@@ -7,6 +7,8 @@ broker does no I/O: Redis is first contacted when a message is sent or consumed.
 
 from __future__ import annotations
 
+import atexit
+
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
@@ -78,5 +80,8 @@ from actors.services import close_services  # noqa: E402
 
 broker.add_middleware(Sweeper(interval_s=settings.sweep_interval_s, sweep=sweep))
 broker.add_middleware(Drain(drain=close_services))
+# A second SIGTERM (Heroku signals every process of the dyno, and the dramatiq parent passes
+# its own on) exits a worker process without the orderly shutdown that runs ``Drain``.
+atexit.register(close_services)
 
 __all__ = ["broker", "build_broker", "cancel", "dispatch_campaign", "pause", "resume", "send_campaign", "start", "sweep", "send_sms", "send_sms_exhausted", "update_metrics"]

@@ -57,7 +57,8 @@ def get_services() -> Services:
             error_storm=(settings.error_storm_window, settings.error_storm_min_attempts, settings.error_storm_ratio),
             quiet=quiet_policy(settings),
             sent_records=WriteBehind(
-                sending.write_sent, on_written=_request_metrics, on_exit=sending.release_connection, name="sent-records",
+                sending.write_sent, on_written=_request_metrics, on_exit=sending.release_connection,
+                refused=sending.refused, name="sent-records",
             ),
         )
     return _services

@@ -85,9 +85,10 @@ class SlotTaker:
     def group(self, campaign_id: int) -> tuple:
         return (self.gate.group, self.debouncer.key(campaign_id))
 
-    def take_many(self, costs: list[int], campaign_id: int) -> list[tuple[int, int | None, float]]:
+    def take_many(self, costs: list[int], campaign_id: int) -> list[tuple[int, int | None, float] | None]:
         seen_at = time.monotonic()
-        return [(wait_ms, ttl_ms, seen_at) for wait_ms, ttl_ms in self.gate.take_many(costs, watch=self.debouncer.key(campaign_id))]
+        tries = self.gate.take_many(costs, watch=self.debouncer.key(campaign_id))
+        return [None if taken is None else (*taken, seen_at) for taken in tries]
 
     def __call__(self, cost: int, campaign_id: int, first: tuple[int, int | None, float] | None = None) -> None:
         if first is None:

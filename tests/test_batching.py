@@ -238,3 +238,82 @@ def test_close_gives_up_after_its_timeout_and_counts_what_it_could_not_write():
     assert lost == 3
     assert ledger.written == [] and ledger.calls > 1
     assert writer.pending == 0
+
+
+def test_a_batch_with_an_item_the_database_refuses_is_split_and_only_that_item_given_up():
+    # Given a database that refuses any batch holding item 13 (an integrity error)
+    written, after = [], []
+
+    def write(items):
+        if 13 in items:
+            raise ValueError("duplicate key")
+        written.extend(items)
+
+    writer = WriteBehind(write, on_written=after.extend, refused=lambda exc: isinstance(exc, ValueError), max_batch=32)
+
+    # When twenty items are put
+    for item in range(20):
+        writer.put(item)
+    assert writer.flush(5)
+
+    # Then every other item was written (and announced), and the queue is not blocked
+    expected = [item for item in range(20) if item != 13]
+    assert sorted(written) == expected and sorted(after) == expected
+    writer.put(20)
+    assert writer.flush(5) and written[-1] == 20
+    writer.close()
+
+
+class ThreadKiller(BaseException):
+    """Not an error a write can raise and be retried for: it ends the thread."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_writer_thread_that_dies_leaves_its_batch_to_the_next_one():
+    # Given a writer whose thread dies on its first write
+    ledger = Ledger()
+    deaths = []
+
+    def write(items):
+        if not deaths:
+            deaths.append(items)
+            raise ThreadKiller()
+        ledger(items)
+
+    writer = WriteBehind(write)
+    writer.put(1)
+    wait_for(lambda: deaths and not writer._thread.is_alive())
+
+    # When another item is put
+    writer.put(2)
+
+    # Then a new thread writes both, the first one included
+    assert writer.flush(5)
+    assert sorted(ledger.written) == [1, 2]
+    writer.close()
+
+
+def test_close_returns_when_a_write_hangs_and_the_writer_finishes_later():
+    # Given a write that hangs (a dead connection without a timeout), with two more items queued
+    release = threading.Event()
+    ledger = Ledger()
+
+    def write(items):
+        release.wait(5)
+        ledger(items)
+
+    writer = WriteBehind(write)
+    writer.put(1)
+    wait_for(lambda: writer._in_hand == [1])
+    writer.put(2)
+    writer.put(3)
+
+    # When the worker shuts down, giving the writer 0.1 s
+    unwritten = writer.close(timeout_s=0.1)
+
+    # Then close did not wait for it, and says three are not written; once the write
+    # returns, the writer finishes the job
+    assert unwritten == 3
+    release.set()
+    assert writer.flush(5)
+    assert sorted(ledger.written) == [1, 2, 3]

@@ -5,7 +5,7 @@ records a crash lost before they were written."""
 from __future__ import annotations
 
 import datetime as dt
-import time
+import threading
 
 import pytest
 from dramatiq import Worker
@@ -108,12 +108,13 @@ def test_sends_whose_records_a_crash_lost_are_found_at_twilio_not_resent(db, stu
 
 
 def test_a_worker_that_stops_writes_the_records_it_holds_first(sqlite_db, stub_broker, twilio_backend, fake_twilio):
-    # Given a worker whose writer is slow, so that records are still held when the sends end
+    # Given a worker whose writer cannot write yet (the database is slow to answer)
     make_customers(5)
     campaign_id = make_campaign()
+    database_answers = threading.Event()
 
     def slow_write(records):
-        time.sleep(0.5)
+        database_answers.wait(10)
         sending.write_sent(records)
 
     actors.services.configure_services(sent_records=WriteBehind(slow_write, on_exit=sending.release_connection))
@@ -122,15 +123,15 @@ def test_a_worker_that_stops_writes_the_records_it_holds_first(sqlite_db, stub_b
     actors.send_campaign.send(campaign_id)
     for queue_name in ("campaigns", "sms"):
         stub_broker.join(queue_name, timeout=10_000)
-    held = actors.services.get_services().sent_records.pending
+    assert actors.services.get_services().sent_records.pending == 5
+    assert len(fake_twilio.messages) == 5
 
-    # When the worker is told to stop (SIGTERM on a dyno)
+    # When the worker is told to stop (SIGTERM on a dyno), and the database answers meanwhile
+    threading.Timer(0.3, database_answers.set).start()
     worker.stop()
 
     # Then it wrote every record before it stopped
-    assert held > 0
     assert {m.status for m in Message.select()} == {MessageStatus.SENT}
-    assert len(fake_twilio.messages) == 5
 
 
 def test_retries_exhausted_leave_a_recorded_failure(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):

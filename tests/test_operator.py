@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
+from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import dramatiq
@@ -15,7 +16,8 @@ from limits import parse
 import actors
 import campaigns
 from actors.services import configure_services
-from sending import QuietPolicy
+import sending
+from sending import QuietNow, QuietPolicy
 from models import Campaign, CampaignStatus, Customer, Message, MessageStatus
 from quiet import QuietHours, recipient_zone
 from ratelimit import RateLimit
@@ -104,6 +106,48 @@ def test_a_message_due_in_quiet_hours_is_deferred_to_the_window_end_not_retried(
     assert deferred[0].options["quiet_deferrals"] == 1 and "retries" not in deferred[0].options
     row = Message.get(Message.customer == ids[0])
     assert (row.status, row.attempts) == (MessageStatus.PENDING, 0)
+
+
+class SlotsThatTakeAMinute:
+    """A ``BatchSlots`` whose slot is had only once the clock has moved on a minute (as a
+    slot waited for would be); counts the batch's tries."""
+
+    def __init__(self, clock: SimpleNamespace) -> None:
+        self.clock = clock
+        self.tries = 0
+
+    def group(self, campaign_id):
+        return campaign_id
+
+    def take_many(self, costs, campaign_id):
+        self.tries += len(costs)
+        return [0] * len(costs)
+
+    def __call__(self, cost, campaign_id, first=None):
+        self.clock.now += dt.timedelta(minutes=1)
+
+
+def test_a_send_whose_slot_ends_in_quiet_hours_is_deferred_not_sent(sqlite_db, stub_broker, twilio_backend, fake_twilio):
+    # Given a New York customer, the clock at 20:59:30 there, and a slot that takes a minute
+    [customer_id] = make_customers(1)
+    Customer.update(phone=NY_NUMBER).where(Customer.id == customer_id).execute()
+    campaign_id = make_campaign()
+    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    row = Message.get(Message.campaign == campaign_id)
+    clock = SimpleNamespace(now=utc(NY, 2026, 11, 30, 20, 59, 30))
+    slots = SlotsThatTakeAMinute(clock)
+
+    # When it is sent
+    with pytest.raises(QuietNow):
+        sending.send_message(row.id, backend=twilio_backend, short_url_base="https://x.test/q", acquire_slot=slots,
+                             quiet=QuietPolicy(QUIET, "America/New_York", clock=lambda: clock.now))
+
+    # Then its batch tried for the slot before 21:00, but nothing was sent after: the row
+    # waits for 08:00, its attempt undone
+    assert slots.tries == 1
+    assert fake_twilio.messages == []
+    row = Message.get_by_id(row.id)
+    assert (row.status, row.attempts, row.queued_at) == (MessageStatus.PENDING, 0, utc(NY, 2026, 12, 1, 8, 0))
 
 
 # ------------------------------------------------------------- preview and status

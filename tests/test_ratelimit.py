@@ -129,6 +129,24 @@ def test_cost_is_charged_in_units(limited, clock):
         RateLimit.current_gate().acquire(4)
 
 
+def test_one_try_for_a_batch_skips_a_cost_that_can_never_fit(limited, clock):
+    # Given a limit of 3 a minute, and a batch whose second message would cost 4
+    broker, middleware, limited_actor, _ = limited
+    middleware.before_process_message(broker, MessageProxy(limited_actor.message(1)))
+    gate = RateLimit.current_gate()
+
+    # When the batch makes its one try
+    tries = gate.take_many([1, 4, 2])
+
+    # Then the others got their slots, the 4 took nothing (its own acquire says why), and the
+    # window is full
+    assert [t if t is None else t[0] for t in tries] == [0, None, 0]
+    with pytest.raises(ValueError):
+        gate.acquire(4, first=tries[1])
+    with pytest.raises(Throttled):
+        gate.acquire(1)
+
+
 def test_actors_without_a_limit_get_no_gate(limited):
     broker, middleware, _, free_actor = limited
     middleware.before_process_message(broker, MessageProxy(free_actor.message(1)))

@@ -117,7 +117,7 @@ def test_a_send_skips_the_metrics_ask_only_while_the_pending_update_surely_comes
 
 
 def test_a_batch_of_claims_takes_its_slots_in_one_round_trip_after_quiet_hours(db, stub_broker, twilio_backend):
-    # Given five pending messages, the fourth to a customer in Tokyo, where it is 02:00 when
+    # Given five pending messages, the fourth to a customer in Tokyo, where it is 01:00 when
     # it is noon in New York; each message has its own rate-limit gate on a counting client
     make_customers(5)
     tokyo = Customer.select().order_by(Customer.id)[3]
