@@ -298,6 +298,8 @@ def _record_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]
 class SweepResult:
     checked: int = 0
     restarted: list[int] = field(default_factory=list)
+    #: Rows left ``sending`` under a paused or cancelled campaign, sent to be reconciled.
+    reconciling: list[int] = field(default_factory=list)
 
 
 def sweep(
@@ -306,9 +308,15 @@ def sweep(
     restart_fan_out: Callable[[int], None],
     restart_dispatch: Callable[[int, str], None],
     request_metrics: Callable[[int], None],
+    reconcile: Callable[[list[int]], None] = lambda message_ids: None,
+    stuck_after_s: float = 1200.0,
 ) -> SweepResult:
     """Restart the work of every sending campaign whose fan-out or dispatcher has gone
     quiet, as happens when Redis loses its keys or a worker dies mid-chain.
+
+    Rows left ``sending`` for ``stuck_after_s`` under a campaign no dispatcher runs for (paused
+    or cancelled: a worker died before their outcome was written) go to ``reconcile``: found
+    at Twilio they are recorded sent, otherwise they go back to pending or are cancelled.
 
     Only the database is consulted, so this works whatever the broker has forgotten; the
     takeover is a conditional UPDATE, so concurrent sweepers restart a campaign once.
@@ -321,6 +329,16 @@ def sweep(
         .where(Message.status == MessageStatus.PENDING, Message.campaign.in_(cancelled))
         .execute()
     )
+    stopped = Campaign.select(Campaign.id).where(Campaign.status != CampaignStatus.SENDING)
+    stuck = (
+        Message.select(Message.id)
+        .where(Message.status == MessageStatus.SENDING, Message.campaign.in_(stopped),
+               Message.sending_at < now - dt.timedelta(seconds=stuck_after_s))
+        .limit(1000)
+    )
+    result.reconciling = [row.id for row in stuck]
+    if result.reconciling:
+        reconcile(result.reconciling)
     for campaign in Campaign.select().where(Campaign.status == CampaignStatus.SENDING):
         result.checked += 1
         request_metrics(campaign.id)

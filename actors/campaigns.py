@@ -83,7 +83,16 @@ def sweep() -> campaigns.SweepResult:
         restart_fan_out=lambda campaign_id: send_campaign.send(campaign_id),
         restart_dispatch=lambda campaign_id, token: dispatch_campaign.send(campaign_id, token),
         request_metrics=request_metrics_update,
+        reconcile=_reconcile,
+        stuck_after_s=services.requeue_after_s,
     )
+
+
+def _reconcile(message_ids: list[int]) -> None:
+    from actors.sms import send_sms
+
+    for message_id in message_ids:
+        send_sms.send(message_id)
 
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from dramatiq import Worker
 
 import actors
 import campaigns
-from models import Campaign, CampaignStatus, Event, Message, MessageStatus
+from models import Campaign, CampaignStatus, Event, Message, MessageStatus, utcnow
 from tests.conftest import join_all
 from tests.factories import make_campaign, make_customers, phone_for
 
@@ -82,3 +84,30 @@ def test_pause_then_resume_sends_everyone_exactly_once(sqlite_db, stub_broker, s
     assert Campaign.get_by_id(campaign_id).status == CampaignStatus.COMPLETED
     assert actors.resume(campaign_id) is False
     assert Message.select().where(Message.status != MessageStatus.SENT).count() == 0
+
+
+def test_rows_a_dead_worker_left_sending_under_a_cancelled_campaign_are_settled(db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    # Given a campaign cancelled while two of its rows were left ``sending`` by a worker that
+    # died, one after Twilio accepted it (its record lost), one before it was sent
+    make_customers(3)
+    campaign_id = make_campaign()
+    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    accepted, unsent, pending = list(Message.select().order_by(Message.id))
+    twilio_backend.send(to=accepted.to_phone, body=accepted.body)
+    an_hour_ago = utcnow() - dt.timedelta(hours=1)
+    Message.update(status=MessageStatus.SENDING, sending_at=an_hour_ago, attempts=1).where(
+        Message.id.in_([accepted.id, unsent.id])).execute()
+    campaigns.cancel_campaign(campaign_id)
+
+    # When the sweeper runs and a worker processes what it enqueued
+    result = actors.sweep()
+    join_all(stub_broker)
+
+    # Then the accepted one is recorded sent with Twilio's SID (not sent again), the unsent
+    # one cancelled like the pending one, and a second sweep finds nothing left
+    assert sorted(result.reconciling) == sorted([accepted.id, unsent.id])
+    assert len(fake_twilio.messages) == 1
+    rows = {m.id: m for m in Message.select()}
+    assert (rows[accepted.id].status, rows[accepted.id].twilio_sid) == (MessageStatus.SENT, fake_twilio.messages[0]["sid"])
+    assert rows[unsent.id].status == MessageStatus.CANCELLED and rows[pending.id].status == MessageStatus.CANCELLED
+    assert actors.sweep().reconciling == []
