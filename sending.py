@@ -318,6 +318,17 @@ def write_sent(records: list[SentRecord]) -> None:
         raise
 
 
+@dataclass(frozen=True)
+class _How:
+    """What a ``send_message`` call was given, for the steps after the claim."""
+
+    backend: SmsBackend
+    acquire_slot: Callable[..., None] | None
+    reconcile_after_s: float
+    quiet: QuietPolicy | None
+    record_sent: Callable[[SentRecord], None] | None
+
+
 _claims = Combiner(claim_rendered_many)
 _sent_records = Combiner(_record_sent_batch)
 
@@ -352,11 +363,11 @@ def send_message(
     ``record_sent`` takes the record of an accepted send instead of this call writing it
     (a worker's ``WriteBehind``): the row stays ``sending`` until it is written.
     """
+    how = _How(backend, acquire_slot, reconcile_after_s, quiet, record_sent)
     message, first = claim_rendered(message_id, deferrals, acquire_slot, quiet)
     if message is not None:
         outcome = SendOutcome(message_id, MessageStatus.SENDING, campaign_id=message.campaign.id)
-        return _send_claimed(message, message.body, message.segments, outcome, backend, acquire_slot, reconcile_after_s, quiet,
-                             record_sent, first)
+        return _send_claimed(message, message.body, message.segments, outcome, how, first)
     message = load_for_send(message_id)
     if message is None:
         record_event(None, "message_not_found", f"message {message_id} does not exist")
@@ -364,7 +375,7 @@ def send_message(
     campaign, customer = message.campaign, message.customer
     outcome = SendOutcome(message_id, message.status, campaign_id=campaign.id)
     if message.status == MessageStatus.SENDING:
-        return _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s, quiet, record_sent)
+        return _reconcile(message, outcome, how)
     if message.status != MessageStatus.PENDING:
         outcome.detail = "already handled"
         return outcome
@@ -400,7 +411,7 @@ def send_message(
     if not claimed:
         outcome.detail = "claimed by another worker, or the campaign stopped"
         return outcome
-    return _send_claimed(message, body, length.segments, outcome, backend, acquire_slot, reconcile_after_s, quiet, record_sent)
+    return _send_claimed(message, body, length.segments, outcome, how)
 
 
 def _skip(message_id: int, outcome: SendOutcome, code: str, reason: str) -> SendOutcome:
@@ -409,11 +420,11 @@ def _skip(message_id: int, outcome: SendOutcome, code: str, reason: str) -> Send
     return outcome
 
 
-def _send_claimed(message, body, segments, outcome, backend, acquire_slot, reconcile_after_s, quiet=None,
-                  record_sent=None, first=None) -> SendOutcome:
+def _send_claimed(message, body, segments, outcome: SendOutcome, how: _How, first=None) -> SendOutcome:
     """Send a message this worker has claimed (status ``sending``) and record the result.
     ``first`` is what its batch of claims did about quiet hours and the slot, if anything."""
     message_id = message.id
+    acquire_slot, quiet = how.acquire_slot, how.quiet
     if acquire_slot is not None or quiet is not None:
         try:
             if isinstance(first, QuietNow):
@@ -434,7 +445,7 @@ def _send_claimed(message, body, segments, outcome, backend, acquire_slot, recon
                         attempts=Message.attempts - 1, queued_at=getattr(exc, "queued_at", utcnow()))
             raise
     try:
-        sent = backend.send(to=message.to_phone, body=body)
+        sent = how.backend.send(to=message.to_phone, body=body)
     except RecipientOptedOut as exc:
         _fail(message_id, exc)
         Customer.update(sms_subscribed=False).where(Customer.id == message.customer.id).execute()
@@ -453,7 +464,7 @@ def _send_claimed(message, body, segments, outcome, backend, acquire_slot, recon
     except MaybeSent as exc:
         _transition(message_id, MessageStatus.SENDING, error_code=exc.code, reason=exc.reason)
         logger.warning("message %s to %s: maybe sent (%s); will look it up at Twilio", message_id, mask_phone(message.to_phone), exc.reason)
-        exc.retry_after_ms = int(reconcile_after_s * 1000) + 1000
+        exc.retry_after_ms = int(how.reconcile_after_s * 1000) + 1000
         raise
     except TransientError as exc:
         _transition(message_id, MessageStatus.SENDING, status=MessageStatus.PENDING, error_code=exc.code,
@@ -461,10 +472,10 @@ def _send_claimed(message, body, segments, outcome, backend, acquire_slot, recon
         logger.warning("message %s to %s: transient error %s: %s", message_id, mask_phone(message.to_phone), exc.code, exc.reason)
         raise
     record = SentRecord(message_id, sent.sid, sent.segments or segments, message.campaign.id)
-    if record_sent is None:
+    if how.record_sent is None:
         _sent_records.submit(record)
     else:
-        record_sent(record)
+        how.record_sent(record)
         outcome.written_behind = True
     outcome.status = MessageStatus.SENT
     return outcome
@@ -477,13 +488,13 @@ def _record_sent(message_id: int, sent: SendResult, segments: int, reason: str) 
     ))
 
 
-def _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s, quiet=None, record_sent=None) -> SendOutcome:
+def _reconcile(message, outcome: SendOutcome, how: _How) -> SendOutcome:
     """A message left in ``sending``: if it is old enough that no worker can still be
     waiting for Twilio, look it up there; record it sent if found, else send it again."""
     started = message.sending_at
-    if started is not None and started > utcnow() - dt.timedelta(seconds=reconcile_after_s):
+    if started is not None and started > utcnow() - dt.timedelta(seconds=how.reconcile_after_s):
         # Another worker may still be waiting for Twilio; if it died, come back to look.
-        wait_s = (started + dt.timedelta(seconds=reconcile_after_s) - utcnow()).total_seconds()
+        wait_s = (started + dt.timedelta(seconds=how.reconcile_after_s) - utcnow()).total_seconds()
         raise TransientError("being sent by another worker", code="in_flight", retry_after_ms=int(wait_s * 1000) + 1000)
     taken = (
         Message.update(sending_at=utcnow(), attempts=Message.attempts + 1, updated_at=utcnow())
@@ -494,7 +505,7 @@ def _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s, quiet
         outcome.detail = "reconciled by another worker"
         return outcome
     since = (started or utcnow()) - dt.timedelta(minutes=1)
-    found = backend.find_sent(to=message.to_phone, body=message.body, since=since)
+    found = how.backend.find_sent(to=message.to_phone, body=message.body, since=since)
     if found is not None:
         _record_sent(message.id, found, message.segments or 1, reason="found at Twilio after an unanswered request")
         outcome.status, outcome.detail = MessageStatus.SENT, "reconciled"
@@ -504,8 +515,7 @@ def _reconcile(message, outcome, backend, acquire_slot, reconcile_after_s, quiet
         settle_cancelled(message.id)
         outcome.status, outcome.detail = MessageStatus.PENDING, f"campaign is {message.campaign.status}"
         return outcome
-    return _send_claimed(message, message.body, message.segments or 1, outcome, backend, acquire_slot, reconcile_after_s, quiet,
-                         record_sent)
+    return _send_claimed(message, message.body, message.segments or 1, outcome, how)
 
 
 def give_up(message_id: int, *, retries: int) -> int | None:
