@@ -25,6 +25,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class BatchInterrupted(RuntimeError):
+    """The thread running a batch was interrupted; whether its statement took effect is unknown."""
+
+
 class _Request(Generic[T, R]):
     __slots__ = ("item", "result", "error", "done", "wake")
 
@@ -40,7 +44,9 @@ class Combiner(Generic[T, R]):
     """Runs ``run(items) -> results`` (one result per item, in order) for batches of
     concurrent ``submit`` calls, on the thread of one of the callers.
 
-    If ``run`` raises, every caller of that batch gets the exception. At most
+    If ``run`` raises an error, every caller of that batch gets it; if the thread running it
+    is interrupted (not an ``Exception``), that thread gets the interrupt and the other
+    callers ``BatchInterrupted``. At most
     ``max_batch`` items go in one batch; the rest form the next, led by one of their own
     threads (a leader never serves more than its own batch). A waiting thread looks again
     every ``poll_s`` whether it should lead, so a thread that dies while waiting (an
@@ -83,15 +89,22 @@ class Combiner(Generic[T, R]):
     def _lead(self) -> None:
         with self._lock:
             batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
+        interrupted: BaseException | None = None
         try:
             results = self.run([request.item for request in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"batch of {len(batch)} gave {len(results)} results")
             for request, result in zip(batch, results):
                 request.result = result
-        except BaseException as exc:
+        except Exception as exc:
             for request in batch:
                 request.error = exc
+        except BaseException as exc:
+            # Meant for this thread (an asynchronous time limit, an exit), not for the
+            # batch: this thread gets it once the others are told their batch was cut short.
+            interrupted = exc
+            for request in batch:
+                request.error = BatchInterrupted("the thread running this batch was interrupted")
         with self._lock:
             for request in batch:
                 request.done = True
@@ -101,6 +114,8 @@ class Combiner(Generic[T, R]):
             request.wake.set()
         if successor is not None:
             successor.wake.set()
+        if interrupted is not None:
+            raise interrupted
 
 
 class WriteBehind(Generic[T]):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from batching import Combiner, WriteBehind, _Request
+from batching import BatchInterrupted, Combiner, WriteBehind, _Request
 
 
 class Doubler:
@@ -22,15 +22,23 @@ class Doubler:
         self.gate.set()
         self.entered = threading.Event()
         self.fail_next = False
+        self.interrupt_on: int | None = None
 
     def __call__(self, items: list[int]) -> list[int]:
         self.batches.append(list(items))
         self.entered.set()
         self.gate.wait(5)
+        if self.interrupt_on in items:
+            raise ThreadKiller()
         if self.fail_next:
             self.fail_next = False
             raise ValueError("database went away")
         return [item * 2 for item in items]
+
+
+class ThreadKiller(BaseException):
+    """Not an error to retry or to share with a batch: it ends the thread (an asynchronous
+    time limit, an exit)."""
 
 
 def wait_for(predicate, timeout_s: float = 5.0) -> None:
@@ -44,7 +52,7 @@ def submit_in_threads(combiner: Combiner, items, results: dict, errors: dict) ->
     def call(item):
         try:
             results[item] = combiner.submit(item)
-        except Exception as exc:  # noqa: BLE001 - the test inspects it
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it, interrupts included
             errors[item] = exc
 
     threads = [threading.Thread(target=call, args=(item,)) for item in items]
@@ -147,6 +155,22 @@ def test_a_waiting_thread_that_dies_leaves_nobody_stuck():
     # Then the live request was still served, by its own thread
     assert results == {1: 2, 2: 4}
     assert [99] in run.batches
+
+
+def test_the_others_in_an_interrupted_batch_are_told_so():
+    # Given two requests waiting behind a batch, and a database call that will be interrupted
+    run = Doubler()
+    combiner = Combiner(run)
+    results, errors = {}, {}
+    run.interrupt_on = 2
+    threads = queue_behind_a_running_batch(combiner, run, 1, [2, 3], results, errors)
+
+    # When the first batch ends and the thread running the second (2 and 3) is interrupted
+    finish(run, threads)
+
+    # Then that thread got the interrupt, and the other ``BatchInterrupted``
+    assert run.batches == [[1], [2, 3]] and results == {1: 2}
+    assert len(errors) == 2 and {type(error) for error in errors.values()} == {BatchInterrupted, ThreadKiller}
 
 
 class Ledger:
@@ -262,10 +286,6 @@ def test_a_batch_with_an_item_the_database_refuses_is_split_and_only_that_item_g
     writer.put(20)
     assert writer.flush(5) and written[-1] == 20
     writer.close()
-
-
-class ThreadKiller(BaseException):
-    """Not an error a write can raise and be retried for: it ends the thread."""
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
