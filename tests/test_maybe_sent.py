@@ -5,6 +5,9 @@ records a crash lost before they were written."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -16,7 +19,7 @@ import sending
 from errors import TransientError
 from batching import WriteBehind
 from models import Campaign, CampaignStatus, Event, Message, MessageStatus, utcnow
-from tests.conftest import join_all
+from tests.conftest import ROOT, join_all
 from tests.factories import make_campaign, make_customers, phone_for
 
 
@@ -132,6 +135,34 @@ def test_a_worker_that_stops_writes_the_records_it_holds_first(sqlite_db, stub_b
 
     # Then it wrote every record before it stopped
     assert {m.status for m in Message.select()} == {MessageStatus.SENT}
+
+
+def test_a_worker_process_that_exits_abruptly_writes_the_records_it_holds_first(tmp_path):
+    # Given a worker process (the actors module, as ``dramatiq actors`` loads it) whose writer
+    # holds a record it is slow to write, when the process is made to exit at once, as
+    # dramatiq's handler of a second SIGTERM does (``sys.exit``, no orderly shutdown)
+    written = tmp_path / "written"
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {ROOT!r})
+        import actors
+        from actors.services import configure_services
+        from batching import WriteBehind
+
+        def slow_write(records):
+            time.sleep(0.5)
+            open({str(written)!r}, "w").write(repr(records))
+
+        configure_services(sent_records=WriteBehind(slow_write)).sent_records.put(7)
+        sys.exit(3)
+    """)
+
+    # When it runs
+    exited = subprocess.run([sys.executable, "-c", script], timeout=60, capture_output=True, text=True)
+
+    # Then it wrote the record before it was gone
+    assert exited.returncode == 3, exited.stderr[-2000:]
+    assert written.read_text() == "[7]"
 
 
 def test_retries_exhausted_leave_a_recorded_failure(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
