@@ -70,25 +70,30 @@ def report_delivery(message_sid: str, status: str, error_code: str | None) -> tu
 def apply_early_statuses(*, now: dt.datetime | None = None, max_age_s: float = EARLY_STATUS_MAX_AGE_S,
                          limit: int = 1000) -> set[int]:
     """Apply the kept reports whose SID is now recorded, in rank order, and drop them; drop
-    the ones older than ``max_age_s`` with an event. Returns the campaigns that changed."""
+    the ones older than ``max_age_s`` with one event. Returns the campaigns that changed.
+
+    Only reports whose SID a message has are read (a join on the SID index), so reports for
+    SIDs that never come cost nothing until they expire."""
     now = now or utcnow()
-    reports = list(EarlyStatus.select().order_by(EarlyStatus.received_at).limit(limit))
-    if not reports:
-        return set()
-    reports.sort(key=lambda report: DELIVERY_RANK.get(report.status, 0))
+    known = list(
+        EarlyStatus.select(EarlyStatus)
+        .join(Message, on=(Message.twilio_sid == EarlyStatus.sid))
+        .order_by(EarlyStatus.received_at)
+        .limit(limit)
+    )
+    known.sort(key=lambda report: DELIVERY_RANK.get(report.status, 0))
     changed_campaigns: set[int] = set()
-    done, expired = [], []
-    for report in reports:
+    for report in known:
         changed, campaign_id = record_delivery_status(report.sid, report.status, report.error_code)
-        if campaign_id is not None:
-            done.append(report.id)
-            if changed:
-                changed_campaigns.add(campaign_id)
-        elif report.received_at < now - dt.timedelta(seconds=max_age_s):
-            expired.append(report)
-    for report in expired:
-        record_event(None, "unknown_sid_status", f"status {report.status!r} for {report.sid}: no message has this SID",
+        if changed and campaign_id is not None:
+            changed_campaigns.add(campaign_id)
+    if known:
+        EarlyStatus.delete().where(EarlyStatus.id.in_([report.id for report in known])).execute()
+    cutoff = now - dt.timedelta(seconds=max_age_s)
+    expired = [report.sid for report in EarlyStatus.select(EarlyStatus.sid).where(EarlyStatus.received_at < cutoff).limit(limit)]
+    if expired:
+        EarlyStatus.delete().where(EarlyStatus.sid.in_(expired)).execute()
+        record_event(None, "unknown_sid_status",
+                     f"{len(expired)} status reports for SIDs no message has, dropped after a day (e.g. {expired[0]})",
                      level="warning")
-    if done or expired:
-        EarlyStatus.delete().where(EarlyStatus.id.in_(done + [report.id for report in expired])).execute()
     return changed_campaigns

@@ -200,7 +200,7 @@ class EarlyStatus(BaseModel):
     sid = CharField(max_length=40)
     status = CharField(max_length=16)
     error_code = CharField(max_length=16, null=True)
-    received_at = DateTimeField(default=utcnow)
+    received_at = DateTimeField(default=utcnow, index=True)
 
     class Meta:
         indexes = ((("sid", "status"), True),)
