@@ -60,6 +60,7 @@ class Combiner(Generic[T, R]):
         self._lock = threading.Lock()
         self._waiting: deque[_Request[T, R]] = deque()
         self._running = False
+        self._leader: int | None = None
 
     @property
     def waiting(self) -> int:
@@ -70,52 +71,63 @@ class Combiner(Generic[T, R]):
         request: _Request[T, R] = _Request(item)
         with self._lock:
             self._waiting.append(request)
-        while True:
-            with self._lock:
-                if request.done:
-                    break
-                lead = not self._running
+        try:
+            while True:
+                with self._lock:
+                    if request.done:
+                        break
+                    lead = not self._running
+                    if lead:
+                        self._running, self._leader = True, threading.get_ident()
                 if lead:
-                    self._running = True
-            if lead:
-                self._lead()  # its batch holds this request unless more than max_batch were ahead
-                continue
-            request.wake.wait(self.poll_s)
-            request.wake.clear()
+                    self._lead()  # its batch holds this request unless more than max_batch were ahead
+                    continue
+                request.wake.wait(self.poll_s)
+                request.wake.clear()
+        except BaseException:
+            # Interrupted (an asynchronous time limit): a request not yet taken is withdrawn,
+            # and a lead this thread took but never ran is given up.
+            with self._lock:
+                if not request.done and request in self._waiting:
+                    self._waiting.remove(request)
+                if self._running and self._leader == threading.get_ident():
+                    self._running, self._leader = False, None
+            raise
         if request.error is not None:
             raise request.error
         return request.result  # type: ignore[return-value]
 
     def _lead(self) -> None:
-        with self._lock:
-            batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
-        interrupted: BaseException | None = None
+        batch: list[_Request[T, R]] = []
+        answered = False
         try:
-            results = self.run([request.item for request in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"batch of {len(batch)} gave {len(results)} results")
-            for request, result in zip(batch, results):
-                request.result = result
-        except Exception as exc:
+            with self._lock:
+                batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
+            try:
+                results = self.run([request.item for request in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"batch of {len(batch)} gave {len(results)} results")
+                for request, result in zip(batch, results):
+                    request.result = result
+            except Exception as exc:
+                for request in batch:
+                    request.error = exc
+            answered = True
+        finally:
+            if not answered:
+                # An interrupt meant for this thread (an asynchronous time limit, an exit), not
+                # for the batch: this thread gets it, the others learn their batch was cut short.
+                for request in batch:
+                    request.error = BatchInterrupted("the thread running this batch was interrupted")
+            with self._lock:
+                for request in batch:
+                    request.done = True
+                self._running, self._leader = False, None
+                successor = self._waiting[0] if self._waiting else None
             for request in batch:
-                request.error = exc
-        except BaseException as exc:
-            # Meant for this thread (an asynchronous time limit, an exit), not for the
-            # batch: this thread gets it once the others are told their batch was cut short.
-            interrupted = exc
-            for request in batch:
-                request.error = BatchInterrupted("the thread running this batch was interrupted")
-        with self._lock:
-            for request in batch:
-                request.done = True
-            self._running = False
-            successor = self._waiting[0] if self._waiting else None
-        for request in batch:
-            request.wake.set()
-        if successor is not None:
-            successor.wake.set()
-        if interrupted is not None:
-            raise interrupted
+                request.wake.set()
+            if successor is not None:
+                successor.wake.set()
 
 
 class WriteBehind(Generic[T]):

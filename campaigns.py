@@ -308,15 +308,16 @@ def sweep(
     restart_fan_out: Callable[[int], None],
     restart_dispatch: Callable[[int, str], None],
     request_metrics: Callable[[int], None],
-    reconcile: Callable[[list[int]], None] = lambda message_ids: None,
+    reconcile: Callable[[Campaign, list[int]], None] = lambda campaign, message_ids: None,
     stuck_after_s: float = 1200.0,
 ) -> SweepResult:
     """Restart the work of every sending campaign whose fan-out or dispatcher has gone
     quiet, as happens when Redis loses its keys or a worker dies mid-chain.
 
     Rows left ``sending`` for ``stuck_after_s`` under a campaign no dispatcher runs for (paused
-    or cancelled: a worker died before their outcome was written) go to ``reconcile``: found
-    at Twilio they are recorded sent, otherwise they go back to pending or are cancelled.
+    or cancelled: a worker died before their outcome was written) go to ``reconcile``, once
+    per ``stuck_after_s``: found at Twilio they are recorded sent, otherwise they go back to
+    pending or are cancelled.
 
     Only the database is consulted, so this works whatever the broker has forgotten; the
     takeover is a conditional UPDATE, so concurrent sweepers restart a campaign once.
@@ -329,16 +330,22 @@ def sweep(
         .where(Message.status == MessageStatus.PENDING, Message.campaign.in_(cancelled))
         .execute()
     )
-    stopped = Campaign.select(Campaign.id).where(Campaign.status != CampaignStatus.SENDING)
+    stopped = Campaign.select(Campaign.id).where(Campaign.status.in_([CampaignStatus.PAUSED, CampaignStatus.CANCELLED]))
+    stuck_before = now - dt.timedelta(seconds=stuck_after_s)
     stuck = (
-        Message.select(Message.id)
-        .where(Message.status == MessageStatus.SENDING, Message.campaign.in_(stopped),
-               Message.sending_at < now - dt.timedelta(seconds=stuck_after_s))
+        Message.select(Message.id, Message.campaign)
+        .where(Message.campaign.in_(stopped), Message.status == MessageStatus.SENDING, Message.sending_at < stuck_before,
+               Message.queued_at.is_null() | (Message.queued_at < stuck_before))
         .limit(1000)
     )
-    result.reconciling = [row.id for row in stuck]
-    if result.reconciling:
-        reconcile(result.reconciling)
+    by_campaign: dict[int, list[int]] = {}
+    for row in stuck:
+        by_campaign.setdefault(row.campaign_id, []).append(row.id)
+    for campaign in Campaign.select().where(Campaign.id.in_(list(by_campaign))) if by_campaign else ():
+        ids = by_campaign[campaign.id]
+        Message.update(queued_at=now).where(Message.id.in_(ids)).execute()  # not again before stuck_after_s
+        reconcile(campaign, ids)
+        result.reconciling += ids
     for campaign in Campaign.select().where(Campaign.status == CampaignStatus.SENDING):
         result.checked += 1
         request_metrics(campaign.id)

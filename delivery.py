@@ -24,7 +24,9 @@ DELIVERY_RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "undelive
 EARLY_STATUS_MAX_AGE_S = 86_400
 
 
-def record_delivery_status(message_sid: str, status: str, error_code: str | None) -> tuple[bool, int | None]:
+def record_delivery_status(
+    message_sid: str, status: str, error_code: str | None, *, received_at: dt.datetime | None = None,
+) -> tuple[bool, int | None]:
     """Move the message with this SID forward to ``status``; (changed, campaign id).
 
     The forward-only rule is a single conditional UPDATE, so two callbacks racing each
@@ -41,7 +43,7 @@ def record_delivery_status(message_sid: str, status: str, error_code: str | None
         Message.updated_at: utcnow(),
     }
     if status == "delivered":
-        changes[Message.delivered_at] = utcnow()
+        changes[Message.delivered_at] = received_at or utcnow()
     forward = Message.delivery_status.is_null()
     if lower:
         forward = forward | Message.delivery_status.in_(lower)
@@ -84,7 +86,8 @@ def apply_early_statuses(*, now: dt.datetime | None = None, max_age_s: float = E
     known.sort(key=lambda report: DELIVERY_RANK.get(report.status, 0))
     changed_campaigns: set[int] = set()
     for report in known:
-        changed, campaign_id = record_delivery_status(report.sid, report.status, report.error_code)
+        changed, campaign_id = record_delivery_status(report.sid, report.status, report.error_code,
+                                                      received_at=report.received_at)
         if changed and campaign_id is not None:
             changed_campaigns.add(campaign_id)
     if known:

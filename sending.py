@@ -512,8 +512,9 @@ def _reconcile(message, outcome: SendOutcome, how: _How) -> SendOutcome:
         return outcome
     if message.campaign.status != CampaignStatus.SENDING:
         _transition(message.id, MessageStatus.SENDING, status=MessageStatus.PENDING, queued_at=None)
-        settle_cancelled(message.id)
-        outcome.status, outcome.detail = MessageStatus.PENDING, f"campaign is {message.campaign.status}"
+        cancelled = settle_cancelled(message.id)
+        outcome.status = MessageStatus.CANCELLED if cancelled else MessageStatus.PENDING
+        outcome.detail = f"campaign is {message.campaign.status}"
         return outcome
     return _send_claimed(message, message.body, message.segments or 1, outcome, how)
 

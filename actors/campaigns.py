@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import dramatiq
 
 import campaigns
@@ -10,6 +12,8 @@ from actors.control import stop_campaign, stop_group
 from actors.services import get_services
 from models import Campaign
 from ratelimit import pacing, slower
+
+logger = logging.getLogger(__name__)
 
 
 @dramatiq.actor(queue_name="campaigns", max_retries=5, min_backoff=5_000, time_limit=6 * 3_600_000)
@@ -30,23 +34,13 @@ def send_campaign(campaign_id: int) -> None:
 def dispatch_campaign(campaign_id: int, token: str) -> None:
     """Keep about two rate-limit windows of the campaign's sends in the broker, then run
     again; stops by itself when the campaign has nothing left, is paused or is superseded."""
-    from actors.sms import send_sms
-
     services = get_services()
-
-    def enqueue(campaign: Campaign, message_ids: list[int]) -> None:
-        options = {"stop_group": stop_group(campaign.id)}
-        if campaign.rate_limit:
-            options["extra_rate_limit"] = [f"campaign:{campaign.id}", campaign.rate_limit]
-        for message_id in message_ids:
-            send_sms.send_with_options(args=(message_id,), **options)
-
     campaign = Campaign.get_or_none(Campaign.id == campaign_id)
     if campaign is None:
         return
     max_inflight, again_ms = pacing(slower(services.sms_rate_limit, campaign.rate_limit))
     result = campaigns.dispatch(
-        campaign_id, token, enqueue=enqueue, max_inflight=max_inflight,
+        campaign_id, token, enqueue=enqueue_sends, max_inflight=max_inflight,
         requeue_after_s=max(services.requeue_after_s, 6 * again_ms / 1000),
     )
     if result.again:
@@ -59,8 +53,11 @@ def update_metrics(campaign_id: int) -> None:
     reports that overtook their SIDs); pause it on an error storm."""
     services = get_services()
     services.debouncer.release(campaign_id)
-    for other in delivery.apply_early_statuses() - {campaign_id}:
-        request_metrics_update(other)
+    try:
+        for other in delivery.apply_early_statuses() - {campaign_id}:
+            request_metrics_update(other)
+    except Exception:
+        logger.exception("applying early delivery reports failed; the next update tries again")
     campaigns.recompute_analytics(campaign_id)
     storm = services.error_storm
     if campaigns.check_error_storm(campaign_id, window=storm[0], min_attempts=storm[1], ratio=storm[2]):
@@ -83,16 +80,20 @@ def sweep() -> campaigns.SweepResult:
         restart_fan_out=lambda campaign_id: send_campaign.send(campaign_id),
         restart_dispatch=lambda campaign_id, token: dispatch_campaign.send(campaign_id, token),
         request_metrics=request_metrics_update,
-        reconcile=_reconcile,
+        reconcile=enqueue_sends,
         stuck_after_s=services.requeue_after_s,
     )
 
 
-def _reconcile(message_ids: list[int]) -> None:
+def enqueue_sends(campaign: Campaign, message_ids: list[int]) -> None:
+    """One ``send_sms`` per message, with the campaign's stop group and its own rate limit."""
     from actors.sms import send_sms
 
+    options = {"stop_group": stop_group(campaign.id)}
+    if campaign.rate_limit:
+        options["extra_rate_limit"] = [f"campaign:{campaign.id}", campaign.rate_limit]
     for message_id in message_ids:
-        send_sms.send(message_id)
+        send_sms.send_with_options(args=(message_id,), **options)
 
 
 

@@ -5,6 +5,7 @@ silently dropped at shutdown."""
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 
@@ -171,6 +172,24 @@ def test_the_others_in_an_interrupted_batch_are_told_so():
     # Then that thread got the interrupt, and the other ``BatchInterrupted``
     assert run.batches == [[1], [2, 3]] and results == {1: 2}
     assert len(errors) == 2 and {type(error) for error in errors.values()} == {BatchInterrupted, ThreadKiller}
+
+
+def test_a_waiting_thread_interrupted_withdraws_its_request():
+    # Given two requests waiting behind a running batch
+    run = Doubler()
+    combiner = Combiner(run, poll_s=0.01)
+    results, errors = {}, {}
+    threads = queue_behind_a_running_batch(combiner, run, 1, [2, 3], results, errors)
+
+    # When the thread of request 2 is interrupted as Dramatiq's time limit does it (an
+    # exception raised in the thread from outside), and the running batch then ends
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threads[1].ident), ctypes.py_object(ThreadKiller))
+    wait_for(lambda: combiner.waiting == 1)
+    finish(run, threads)
+
+    # Then request 2 never ran (its thread is gone), and request 3 was answered
+    assert run.batches == [[1], [3]]
+    assert results == {1: 2, 3: 6} and isinstance(errors[2], ThreadKiller)
 
 
 class Ledger:

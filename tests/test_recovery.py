@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import dramatiq
 from dramatiq import Worker
 
 import actors
@@ -111,3 +112,46 @@ def test_rows_a_dead_worker_left_sending_under_a_cancelled_campaign_are_settled(
     assert (rows[accepted.id].status, rows[accepted.id].twilio_sid) == (MessageStatus.SENT, fake_twilio.messages[0]["sid"])
     assert rows[unsent.id].status == MessageStatus.CANCELLED and rows[pending.id].status == MessageStatus.CANCELLED
     assert actors.sweep().reconciling == []
+
+
+def test_a_row_settled_cancelled_by_reconciliation_is_counted(db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    # Given a cancelled campaign whose only row a dead worker left ``sending`` before sending it,
+    # and its analytics computed then
+    make_customers(1)
+    campaign_id = make_campaign()
+    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    Message.update(status=MessageStatus.SENDING, sending_at=utcnow() - dt.timedelta(hours=1), attempts=1).execute()
+    campaigns.cancel_campaign(campaign_id)
+    campaigns.recompute_analytics(campaign_id)
+
+    # When the sweeper has it reconciled
+    actors.sweep()
+    join_all(stub_broker)
+
+    # Then Twilio had nothing, the row is cancelled, and the analytics say so
+    assert fake_twilio.messages == []
+    assert Message.get().status == MessageStatus.CANCELLED
+    analytics = campaigns.analytics_dict(campaign_id)
+    assert (analytics["cancelled"], analytics["pending"]) == (1, 0)
+
+
+def test_the_sweeper_sends_a_stuck_row_once_with_its_campaigns_limits(db, stub_broker):
+    # Given a paused campaign with its own rate limit, and a row a dead worker left ``sending``
+    make_customers(2)
+    campaign_id = make_campaign()
+    Campaign.update(rate_limit="5/minute").where(Campaign.id == campaign_id).execute()
+    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    stuck = Message.select().order_by(Message.id).first()
+    Message.update(status=MessageStatus.SENDING, sending_at=utcnow() - dt.timedelta(hours=1)).where(
+        Message.id == stuck.id).execute()
+    campaigns.pause_campaign(campaign_id, "paused by an operator")
+
+    # When the sweeper runs twice, before any worker took the message
+    first, second = actors.sweep(), actors.sweep()
+
+    # Then the row was sent to be reconciled once, as the dispatcher would send it
+    assert (first.reconciling, second.reconciling) == ([stuck.id], [])
+    [queued] = [m for m in stub_broker.queues["sms"].queue]
+    options = dramatiq.Message.decode(queued).options
+    assert options["extra_rate_limit"] == [f"campaign:{campaign_id}", "5/minute"]
+    assert options["stop_group"]
