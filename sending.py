@@ -221,7 +221,8 @@ def claim_rendered(
 
     Returns the message (None if not claimed) and, when ``acquire_slot`` is ``BatchSlots``,
     the first try at its slot made for the whole batch right after the claim (or the
-    ``QuietNow`` that kept it from trying), to pass on to ``acquire_slot(first=)``.
+    ``QuietNow`` that kept it from trying), to pass on to ``acquire_slot(first=)``; an
+    exception is raised by the send, which undoes the claim.
     """
     return _claims.submit(ClaimRequest(message_id, deferrals, acquire_slot, quiet))
 
@@ -238,7 +239,7 @@ def claim_rendered_many(requests: list[ClaimRequest]) -> list[tuple[LoadedMessag
         if request.quiet is not None:
             try:
                 request.quiet.check(message)
-            except QuietNow as exc:
+            except Exception as exc:  # QuietNow, or anything else: this message's, not the batch's
                 results[i] = (message, exc)
                 continue
         groups.setdefault(request.acquire_slot.group(message.campaign.id), []).append(i)
@@ -427,7 +428,7 @@ def _send_claimed(message, body, segments, outcome: SendOutcome, how: _How, firs
     acquire_slot, quiet = how.acquire_slot, how.quiet
     if acquire_slot is not None or quiet is not None:
         try:
-            if isinstance(first, QuietNow):
+            if isinstance(first, Exception):
                 raise first
             if quiet is not None and first is None:
                 quiet.check(message)  # else its batch checked, right before trying for the slot

@@ -154,3 +154,47 @@ def test_a_batch_of_claims_takes_its_slots_in_one_round_trip_after_quiet_hours(d
     finally:
         for key in client.scan_iter(f"{prefix}*"):
             client.delete(key)
+
+
+class QuietThatFailsFor:
+    """Quiet hours whose check fails unexpectedly for one number."""
+
+    def __init__(self, phone: str) -> None:
+        self.phone = phone
+
+    def check(self, message) -> None:
+        if message.to_phone == self.phone:
+            raise LookupError("time zone data missing")
+
+
+def test_an_error_about_one_message_of_a_batch_stays_with_that_message(db, stub_broker, twilio_backend):
+    # Given three pending messages claimed as one batch, and a quiet-hours check that fails
+    # for the second one only
+    make_customers(3)
+    campaign_id = make_campaign()
+    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    rows = list(Message.select().order_by(Message.id))
+    client = CountingRedis.from_url(REDIS_URL)
+    prefix = f"test-rt-{uuid.uuid4().hex[:8]}"
+    limiter = next(m for m in stub_broker.middleware if isinstance(m, RateLimit))
+    limiter.windows = RedisWindows(client, prefix=prefix)
+    debouncer = MetricsDebouncer(redis=client, delay_ms=5_000, prefix=prefix)
+    quiet = QuietThatFailsFor(rows[1].to_phone)
+    requests = []
+    for row in rows:
+        message = MessageProxy(actors.send_sms.message(row.id))
+        actors.broker.emit_before("process_message", message)
+        requests.append(sending.ClaimRequest(row.id, 0, SlotTaker(RateLimit.current_gate(), debouncer), quiet))
+        actors.broker.emit_after("process_message", message, result=None)
+    try:
+        # When the batch is claimed
+        results = sending.claim_rendered_many(requests)
+
+        # Then the others got their slots, and the second its own error (which its send
+        # raises, undoing its claim) and no slot
+        firsts = [first for _, first in results]
+        assert firsts[0][0] == 0 and firsts[2][0] == 0 and isinstance(firsts[1], LookupError)
+        assert client.llen(f"{prefix}:window:sms") == 2
+    finally:
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
