@@ -96,8 +96,6 @@ def enqueue_sends(campaign: Campaign, message_ids: list[int]) -> None:
         send_sms.send_with_options(args=(message_id,), **options)
 
 
-
-
 def request_metrics_update(campaign_id: int) -> None:
     """Ask for an analytics update; asks within one window share one aggregation."""
     services = get_services()

@@ -7,6 +7,7 @@ import datetime as dt
 import time
 import uuid
 
+import pytest
 import redis
 from dramatiq.broker import MessageProxy
 from playhouse.test_utils import count_queries
@@ -44,43 +45,61 @@ def process(message_id: int) -> None:
     assert get_services().sent_records.flush(10)
 
 
-def test_send_sms_costs_two_queries_and_one_redis_round_trip(db, stub_broker, twilio_backend):
+@pytest.fixture
+def counted(stub_broker):
+    """The rate limiter on a counting Redis client, under a prefix of its own; a debouncer
+    on the same client. Yields (client, prefix, debouncer); the keys are deleted after."""
+    client = CountingRedis.from_url(REDIS_URL)
+    prefix = f"test-rt-{uuid.uuid4().hex[:8]}"
+    limiter = next(m for m in stub_broker.middleware if isinstance(m, RateLimit))
+    limiter.windows = RedisWindows(client, prefix=prefix)
+    yield client, prefix, MetricsDebouncer(redis=client, delay_ms=5_000, prefix=prefix)
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+
+
+def claim_requests(message_ids: list[int], debouncer: MetricsDebouncer, quiet) -> list[sending.ClaimRequest]:
+    """The claim requests worker threads would make for these messages, each with its gate."""
+    requests = []
+    for message_id in message_ids:
+        message = MessageProxy(actors.send_sms.message(message_id))
+        actors.broker.emit_before("process_message", message)
+        requests.append(sending.ClaimRequest(message_id, 0, SlotTaker(RateLimit.current_gate(), debouncer), quiet))
+        actors.broker.emit_after("process_message", message, result=None)
+    return requests
+
+
+def test_send_sms_costs_two_queries_and_one_redis_round_trip(db, counted, twilio_backend):
     # Given 20 pending messages, the rate limiter and the debouncer on a counting Redis client
     make_customers(20)
     campaign_id = make_campaign()
     campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
     ids = [m.id for m in Message.select(Message.id).order_by(Message.id)]
-    client = CountingRedis.from_url(REDIS_URL)
-    prefix = f"test-rt-{uuid.uuid4().hex[:8]}"
-    limiter = next(m for m in stub_broker.middleware if isinstance(m, RateLimit))
-    limiter.windows = RedisWindows(client, prefix=prefix)
-    configure_services(debouncer=MetricsDebouncer(redis=client, delay_ms=5_000, prefix=prefix))
-    try:
-        # When the first is processed as a worker would (on PostgreSQL this PREPAREs the
-        # statements on the connection), and then the other 19
-        with count_queries() as first:
-            process(ids[0])
-        CountingRedis.commands = 0
-        with count_queries() as queries:
-            for message_id in ids[1:]:
-                process(message_id)
+    _client, _prefix, debouncer = counted
+    configure_services(debouncer=debouncer)
 
-        # Then each of the 19 took 2 queries (claim, record: the fan-out rendered the text)
-        # and one Redis round trip (the rate-limit slot, which also tells that the metrics
-        # update the first one requested is still to come)
-        assert Message.select().where(Message.status == MessageStatus.SENT).count() == 20
-        assert queries.count == 2 * 19, [q.msg for q in queries.get_queries()][:6]
-        assert CountingRedis.commands == 19
-        prepares = sum(q.msg[0].startswith("PREPARE") for q in first.get_queries())
-        assert first.count == 2 + prepares
-        if isinstance(database.obj, PooledPostgres):
-            assert "send_claim_rendered_many" in database.connection().prepared  # the writer has its own
-            assert all(q.msg[0].startswith("EXECUTE") for q in queries.get_queries())
-        else:
-            assert prepares == 0
-    finally:
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
+    # When the first is processed as a worker would (on PostgreSQL this PREPAREs the
+    # statements on the connection), and then the other 19
+    with count_queries() as first:
+        process(ids[0])
+    CountingRedis.commands = 0
+    with count_queries() as queries:
+        for message_id in ids[1:]:
+            process(message_id)
+
+    # Then each of the 19 took 2 queries (claim, record: the fan-out rendered the text)
+    # and one Redis round trip (the rate-limit slot, which also tells that the metrics
+    # update the first one requested is still to come)
+    assert Message.select().where(Message.status == MessageStatus.SENT).count() == 20
+    assert queries.count == 2 * 19, [q.msg for q in queries.get_queries()][:6]
+    assert CountingRedis.commands == 19
+    prepares = sum(q.msg[0].startswith("PREPARE") for q in first.get_queries())
+    assert first.count == 2 + prepares
+    if isinstance(database.obj, PooledPostgres):
+        assert "send_claim_rendered_many" in database.connection().prepared  # the writer has its own
+        assert all(q.msg[0].startswith("EXECUTE") for q in queries.get_queries())
+    else:
+        assert prepares == 0
 
 
 def test_a_send_skips_the_metrics_ask_only_while_the_pending_update_surely_comes_after_it():
@@ -116,7 +135,7 @@ def test_a_send_skips_the_metrics_ask_only_while_the_pending_update_surely_comes
             client.delete(key)
 
 
-def test_a_batch_of_claims_takes_its_slots_in_one_round_trip_after_quiet_hours(db, stub_broker, twilio_backend):
+def test_a_batch_of_claims_takes_its_slots_in_one_round_trip_after_quiet_hours(db, counted, twilio_backend):
     # Given five pending messages, the fourth to a customer in Tokyo, where it is 01:00 when
     # it is noon in New York; each message has its own rate-limit gate on a counting client
     make_customers(5)
@@ -125,35 +144,23 @@ def test_a_batch_of_claims_takes_its_slots_in_one_round_trip_after_quiet_hours(d
     campaign_id = make_campaign()
     campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
     ids = [m.id for m in Message.select(Message.id).order_by(Message.id)]
-    client = CountingRedis.from_url(REDIS_URL)
-    prefix = f"test-rt-{uuid.uuid4().hex[:8]}"
-    limiter = next(m for m in stub_broker.middleware if isinstance(m, RateLimit))
-    limiter.windows = RedisWindows(client, prefix=prefix)
-    debouncer = MetricsDebouncer(redis=client, delay_ms=5_000, prefix=prefix)
+    client, prefix, debouncer = counted
     quiet = sending.QuietPolicy(QuietHours.parse("21:00-08:00"), "America/New_York",
-                                  clock=lambda: dt.datetime(2026, 6, 1, 16, 0))
-    requests = []
-    for message_id in ids:
-        message = MessageProxy(actors.send_sms.message(message_id))
-        actors.broker.emit_before("process_message", message)
-        requests.append(sending.ClaimRequest(message_id, 0, SlotTaker(RateLimit.current_gate(), debouncer), quiet))
-        actors.broker.emit_after("process_message", message, result=None)
-    try:
-        # When the five are claimed as one batch
-        CountingRedis.commands = 0
-        results = sending.claim_rendered_many(requests)
+                                clock=lambda: dt.datetime(2026, 6, 1, 16, 0))
+    requests = claim_requests(ids, debouncer, quiet)
 
-        # Then all five are claimed, the four outside quiet hours got their slots in one
-        # round trip, and the one in Tokyo got none: it will be deferred, not sent
-        assert [message.id for message, _ in results] == ids
-        assert CountingRedis.commands == 1
-        firsts = [first for _, first in results]
-        assert isinstance(firsts[3], sending.QuietNow)
-        assert [first[0] for i, first in enumerate(firsts) if i != 3] == [0, 0, 0, 0]
-        assert client.llen(f"{prefix}:window:sms") == 4
-    finally:
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
+    # When the five are claimed as one batch
+    CountingRedis.commands = 0
+    results = sending.claim_rendered_many(requests)
+
+    # Then all five are claimed, the four outside quiet hours got their slots in one
+    # round trip, and the one in Tokyo got none: it will be deferred, not sent
+    assert [message.id for message, _ in results] == ids
+    assert CountingRedis.commands == 1
+    firsts = [first for _, first in results]
+    assert isinstance(firsts[3], sending.QuietNow)
+    assert [first[0] for i, first in enumerate(firsts) if i != 3] == [0, 0, 0, 0]
+    assert client.llen(f"{prefix}:window:sms") == 4
 
 
 class QuietThatFailsFor:
@@ -167,34 +174,22 @@ class QuietThatFailsFor:
             raise LookupError("time zone data missing")
 
 
-def test_an_error_about_one_message_of_a_batch_stays_with_that_message(db, stub_broker, twilio_backend):
+def test_an_error_about_one_message_of_a_batch_stays_with_that_message(db, counted, twilio_backend):
     # Given three pending messages claimed as one batch, and a quiet-hours check that fails
     # for the second one only
     make_customers(3)
     campaign_id = make_campaign()
     campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
     rows = list(Message.select().order_by(Message.id))
-    client = CountingRedis.from_url(REDIS_URL)
-    prefix = f"test-rt-{uuid.uuid4().hex[:8]}"
-    limiter = next(m for m in stub_broker.middleware if isinstance(m, RateLimit))
-    limiter.windows = RedisWindows(client, prefix=prefix)
-    debouncer = MetricsDebouncer(redis=client, delay_ms=5_000, prefix=prefix)
+    client, prefix, debouncer = counted
     quiet = QuietThatFailsFor(rows[1].to_phone)
-    requests = []
-    for row in rows:
-        message = MessageProxy(actors.send_sms.message(row.id))
-        actors.broker.emit_before("process_message", message)
-        requests.append(sending.ClaimRequest(row.id, 0, SlotTaker(RateLimit.current_gate(), debouncer), quiet))
-        actors.broker.emit_after("process_message", message, result=None)
-    try:
-        # When the batch is claimed
-        results = sending.claim_rendered_many(requests)
+    requests = claim_requests([row.id for row in rows], debouncer, quiet)
 
-        # Then the others got their slots, and the second its own error (which its send
-        # raises, undoing its claim) and no slot
-        firsts = [first for _, first in results]
-        assert firsts[0][0] == 0 and firsts[2][0] == 0 and isinstance(firsts[1], LookupError)
-        assert client.llen(f"{prefix}:window:sms") == 2
-    finally:
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
+    # When the batch is claimed
+    results = sending.claim_rendered_many(requests)
+
+    # Then the others got their slots, and the second its own error (which its send
+    # raises, undoing its claim) and no slot
+    firsts = [first for _, first in results]
+    assert firsts[0][0] == 0 and firsts[2][0] == 0 and isinstance(firsts[1], LookupError)
+    assert client.llen(f"{prefix}:window:sms") == 2
