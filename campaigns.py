@@ -215,10 +215,11 @@ def dispatch(
     queued = Message.select(Message.id).where(
         Message.campaign == campaign_id, Message.status == MessageStatus.PENDING, Message.queued_at.is_null(False)
     )
-    stuck = Message.select(Message.id).where(
-        Message.campaign == campaign_id, Message.status == MessageStatus.SENDING, Message.sending_at < stale_before,
-        Message.queued_at.is_null() | (Message.queued_at < stale_before),
+    stuck_now = (
+        (Message.status == MessageStatus.SENDING) & (Message.sending_at < stale_before)
+        & (Message.queued_at.is_null() | (Message.queued_at < stale_before))
     )
+    stuck = Message.select(Message.id).where(Message.campaign == campaign_id, stuck_now)
     stale_pending = [row.id for row in queued.where(Message.queued_at < stale_before).limit(max_inflight)]
     stale_sending = [row.id for row in stuck.limit(max_inflight)]
     inflight = queued.where(Message.queued_at <= utcnow()).count() - len(stale_pending)
@@ -231,12 +232,30 @@ def dispatch(
         .order_by(Message.id)
         .limit(room - len(requeue))
     ] if room > len(requeue) else []
-    ids = stale_sending + requeue + fresh
+    # Each group is marked only if its rows are still as they were read, so two dispatchers
+    # (a restarted chain beside a late one) never enqueue one row twice.
+    ids = _mark_queued(stale_sending, stuck_now)
+    ids += _mark_queued(requeue, (Message.status == MessageStatus.PENDING) & (Message.queued_at < stale_before))
+    ids += _mark_queued(fresh, (Message.status == MessageStatus.PENDING) & Message.queued_at.is_null())
     if ids:
-        Message.update(queued_at=utcnow()).where(Message.id.in_(ids)).execute()
         enqueue(campaign, ids)
     inflight += len(ids)
     return DispatchResult(enqueued=len(ids), inflight=inflight, again=campaign.fanout_done_at is None or inflight > 0)
+
+
+def _mark_queued(ids: list[int], still) -> list[int]:
+    """Mark the rows of ``ids`` for which ``still`` holds (a condition on the row itself, so
+    that PostgreSQL tests it again on a row another dispatcher just changed) as enqueued
+    now; returns those marked."""
+    if not ids:
+        return []
+    marked = (
+        Message.update(queued_at=utcnow())
+        .where(Message.id.in_(ids), still)
+        .returning(Message.id)
+        .execute()
+    )
+    return sorted(row.id for row in marked)
 
 
 def _customer_batches(batch_size: int) -> Iterable[list[tuple[Customer, str | None]]]:
@@ -387,11 +406,13 @@ def resume_campaign(campaign_id: int) -> str | None:
 
 def check_error_storm(campaign_id: int, *, window: int, min_attempts: int, ratio: float) -> bool:
     """Pause the campaign when most of its recent attempts failed (a bad sender, a broken
-    template, a dead list), rather than burning through the rest of the list."""
+    template, a dead list), rather than burning through the rest of the list. Only rows
+    that were sent to Twilio count: one failed at the fan-out (too long) made no attempt."""
     recent = [
         status
         for (status,) in Message.select(Message.status)
-        .where(Message.campaign == campaign_id, Message.status.in_([MessageStatus.SENT, MessageStatus.FAILED]))
+        .where(Message.campaign == campaign_id, Message.status.in_([MessageStatus.SENT, MessageStatus.FAILED]),
+               Message.attempts > 0)
         .order_by(Message.updated_at.desc(), Message.id.desc())
         .limit(window)
         .tuples()
@@ -454,11 +475,13 @@ def schedule_campaign(campaign_id: int, send_at_utc: dt.datetime) -> bool:
 def start_due_campaigns(now: dt.datetime | None = None) -> list[int]:
     """Move due scheduled campaigns to ``sending`` (each once, whatever the number of
     sweepers) and return them; the caller enqueues their fan-out. If that message is lost,
-    the campaign's silent heartbeat makes the sweep restart the fan-out."""
+    the campaign's heartbeat goes stale and a later sweep restarts the fan-out."""
     now = now or utcnow()
     started = []
     for campaign in Campaign.select(Campaign.id).where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.send_at <= now):
-        if Campaign.update(status=CampaignStatus.SENDING, heartbeat_at=None).where(
+        # The heartbeat says the fan-out was just asked for: the sweep that started it must
+        # not take it for a stalled campaign and start a second one.
+        if Campaign.update(status=CampaignStatus.SENDING, heartbeat_at=now).where(
             Campaign.id == campaign.id, Campaign.status == CampaignStatus.SCHEDULED
         ).execute():
             started.append(campaign.id)

@@ -27,6 +27,7 @@ from peewee import (
 )
 from playhouse.db_url import connect as connect_url
 from playhouse.db_url import parse as parse_url
+from playhouse.migrate import SchemaMigrator, migrate
 from playhouse.pool import PooledPostgresqlDatabase
 
 database = DatabaseProxy()
@@ -122,6 +123,8 @@ class Message(BaseModel):
     deferrals = IntegerField(default=0)
     queued_at = DateTimeField(null=True)
     sending_at = DateTimeField(null=True)
+    #: The first claim's time, never moved: a message is looked for at Twilio since then.
+    first_attempt_at = DateTimeField(null=True)
     sent_at = DateTimeField(null=True)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
@@ -298,11 +301,26 @@ def configure_database(url: str):
     return db
 
 
+#: Columns added after a table was first created: ``create_schema`` adds those missing.
+ADDED_COLUMNS = (("message", "first_attempt_at", lambda: DateTimeField(null=True)),)
+
+
 def create_schema() -> None:
     with database.connection_context():
         database.create_tables(MODELS, safe=True)
         for name in OBSOLETE_INDEXES:
             database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
+        _add_missing_columns()
+
+
+def _add_missing_columns() -> None:
+    migrator = SchemaMigrator.from_database(database.obj)
+    operations = []
+    for table, column, field in ADDED_COLUMNS:
+        if column not in {c.name for c in database.get_columns(table)}:
+            operations.append(migrator.add_column(table, column, field()))
+    if operations:
+        migrate(*operations)
 
 
 def is_postgres() -> bool:

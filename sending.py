@@ -110,7 +110,7 @@ class _HotSql:
     #: code, and returns what the send needs. No row back: ``load`` tells why.
     claim_rendered = HotStatement("send_claim_rendered", (
         'UPDATE "message" SET "status" = {p}, "attempts" = "attempts" + 1, "sending_at" = {p}, '
-        '"deferrals" = {p}, "updated_at" = {p} '
+        '"first_attempt_at" = COALESCE("first_attempt_at", {p}), "deferrals" = {p}, "updated_at" = {p} '
         'WHERE "id" = {p} AND "status" = {p} AND "body" IS NOT NULL '
         'AND EXISTS (SELECT 1 FROM "campaign" c WHERE c."id" = "message"."campaign_id" AND c."status" = {p}) '
         'AND EXISTS (SELECT 1 FROM "customer" u WHERE u."id" = "message"."customer_id" AND u."sms_subscribed") '
@@ -125,6 +125,7 @@ class _HotSql:
     #: can serve them, and the related rows are read by scalar subqueries, not joins.
     claim_rendered_many = HotStatement("send_claim_rendered_many", (
         'UPDATE "message" SET "status" = {p}, "attempts" = "attempts" + 1, "sending_at" = {p}, '
+        '"first_attempt_at" = COALESCE("first_attempt_at", {p}), '
         '"deferrals" = ({p}::integer[])[array_position({p}::integer[], "id")], "updated_at" = {p} '
         'WHERE "id" = ANY({p}::integer[]) AND COALESCE("status", \'\') = {p} AND "body" IS NOT NULL '
         'AND (SELECT c."status" FROM "campaign" c WHERE c."id" = "message"."campaign_id") = {p} '
@@ -135,7 +136,7 @@ class _HotSql:
         '(SELECT u."time_zone" FROM "customer" u WHERE u."id" = "message"."customer_id")'
     ))
     load = HotStatement("send_load", (
-        'SELECT m."status", m."to_phone", m."body", m."segments", m."sending_at", '
+        'SELECT m."status", m."to_phone", m."body", m."segments", m."sending_at", m."first_attempt_at", m."attempts", '
         'c."id", c."status", c."template", c."time_zone", '
         'u."id", u."first_name", u."last_name", u."sms_subscribed", u."time_zone", q."code" '
         'FROM "message" m JOIN "campaign" c ON c."id" = m."campaign_id" '
@@ -144,8 +145,8 @@ class _HotSql:
     ))
     claim = HotStatement("send_claim", (
         'UPDATE "message" SET "status" = {p}, "body" = {p}, "encoding" = {p}, "segments" = {p}, '
-        '"attempts" = "attempts" + 1, "sending_at" = {p}, "deferrals" = {p}, "updated_at" = {p} '
-        'WHERE "id" = {p} AND "status" = {p} '
+        '"attempts" = "attempts" + 1, "sending_at" = {p}, "first_attempt_at" = COALESCE("first_attempt_at", {p}), '
+        '"deferrals" = {p}, "updated_at" = {p} WHERE "id" = {p} AND "status" = {p} '
         'AND EXISTS (SELECT 1 FROM "campaign" WHERE "id" = {p} AND "status" = {p})'
     ))
     sent = HotStatement("send_sent", (
@@ -174,6 +175,11 @@ class LoadedMessage:
     sending_at: dt.datetime | None
     campaign: SimpleNamespace
     customer: SimpleNamespace
+    #: When the message was first claimed: the reconciliation window starts there, however
+    #: often the row was taken again since.
+    first_attempt_at: dt.datetime | None = None
+    #: Claims and reconciliation takes so far.
+    attempts: int = 0
 
 
 def load_for_send(message_id: int) -> LoadedMessage | None:
@@ -181,11 +187,12 @@ def load_for_send(message_id: int) -> LoadedMessage | None:
     row = _HotSql.load.execute((message_id,)).fetchone()
     if row is None:
         return None
-    (status, to_phone, body, segments, sending_at, campaign_id, campaign_status, template, campaign_zone,
-     customer_id, first_name, last_name, subscribed, customer_zone, qr_code) = row
+    (status, to_phone, body, segments, sending_at, first_attempt_at, attempts, campaign_id, campaign_status, template,
+     campaign_zone, customer_id, first_name, last_name, subscribed, customer_zone, qr_code) = row
     return LoadedMessage(
         id=message_id, status=status, to_phone=to_phone, body=body, segments=segments,
         sending_at=Message.sending_at.python_value(sending_at),
+        first_attempt_at=Message.first_attempt_at.python_value(first_attempt_at), attempts=attempts or 0,
         campaign=SimpleNamespace(id=campaign_id, status=campaign_status, template=template, time_zone=campaign_zone),
         customer=SimpleNamespace(
             id=customer_id, first_name=first_name, last_name=last_name, sms_subscribed=bool(subscribed),
@@ -254,12 +261,17 @@ def claim_rendered_many(requests: list[ClaimRequest]) -> list[tuple[LoadedMessag
     return results
 
 
-def _claim_rendered_rows(items: list[ClaimRequest]) -> list[LoadedMessage | None]:
+def _claim_rendered_rows(requests: list[ClaimRequest]) -> list[LoadedMessage | None]:
+    """One claim per message id: a second request for an id in the same batch (two copies
+    of one broker message) gets None, on PostgreSQL as on SQLite."""
+    seen: set[int] = set()
+    firsts = [not (request.message_id in seen or seen.add(request.message_id)) for request in requests]
+    items = [request for request, first in zip(requests, firsts) if first]
     now = db_datetime(utcnow())
     if is_postgres():
         ids = [item.message_id for item in items]
         rows = _HotSql.claim_rendered_many.execute((
-            MessageStatus.SENDING, now, [item.deferrals for item in items], ids, now, ids,
+            MessageStatus.SENDING, now, now, [item.deferrals for item in items], ids, now, ids,
             MessageStatus.PENDING, CampaignStatus.SENDING,
         )).fetchall()
     else:
@@ -267,7 +279,7 @@ def _claim_rendered_rows(items: list[ClaimRequest]) -> list[LoadedMessage | None
         with write_transaction():
             for message_id, deferrals, _, _ in items:
                 rows += [(message_id, *row) for row in _HotSql.claim_rendered.execute((
-                    MessageStatus.SENDING, now, deferrals, now, message_id, MessageStatus.PENDING, CampaignStatus.SENDING,
+                    MessageStatus.SENDING, now, now, deferrals, now, message_id, MessageStatus.PENDING, CampaignStatus.SENDING,
                 )).fetchall()]  # all rows: SQLite ends the statement only then
     claimed = {}
     for message_id, to_phone, body, segments, campaign_id, customer_id, campaign_zone, customer_zone in rows:
@@ -277,7 +289,7 @@ def _claim_rendered_rows(items: list[ClaimRequest]) -> list[LoadedMessage | None
             campaign=SimpleNamespace(id=campaign_id, status=CampaignStatus.SENDING, time_zone=campaign_zone),
             customer=SimpleNamespace(id=customer_id, time_zone=customer_zone),
         )
-    return [claimed.get(item.message_id) for item in items]
+    return [claimed.get(request.message_id) if first else None for request, first in zip(requests, firsts)]
 
 
 def _record_sent_batch(records: list[SentRecord]) -> list[None]:
@@ -328,6 +340,11 @@ class _How:
     reconcile_after_s: float
     quiet: QuietPolicy | None
     record_sent: Callable[[SentRecord], None] | None
+    max_attempts: int
+
+
+#: Requests a message may cost before one that Twilio never lists is given up as failed.
+DEFAULT_MAX_ATTEMPTS = 10
 
 
 _claims = Combiner(claim_rendered_many)
@@ -344,6 +361,7 @@ def send_message(
     reconcile_after_s: float = 30.0,
     quiet: QuietPolicy | None = None,
     record_sent: Callable[[SentRecord], None] | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> SendOutcome:
     """Check, claim, send and record one message: the spec's sequence.
 
@@ -363,8 +381,11 @@ def send_message(
 
     ``record_sent`` takes the record of an accepted send instead of this call writing it
     (a worker's ``WriteBehind``): the row stays ``sending`` until it is written.
+
+    A message that has cost ``max_attempts`` claims and lookups and that Twilio still does
+    not list is recorded failed (``unknown_outcome``), so that its campaign can complete.
     """
-    how = _How(backend, acquire_slot, reconcile_after_s, quiet, record_sent)
+    how = _How(backend, acquire_slot, reconcile_after_s, quiet, record_sent, max_attempts)
     message, first = claim_rendered(message_id, deferrals, acquire_slot, quiet)
     if message is not None:
         outcome = SendOutcome(message_id, MessageStatus.SENDING, campaign_id=message.campaign.id)
@@ -385,11 +406,10 @@ def send_message(
             settle_cancelled(message_id)
         outcome.detail = f"campaign is {campaign.status}"
         return outcome
-    if not customer.sms_subscribed:
-        return _skip(message_id, outcome, SkipReason.UNSUBSCRIBED, "customer unsubscribed before the send")
-    qr = getattr(customer, "qr", None)
-    if qr is None or not qr.code:
-        return _skip(message_id, outcome, SkipReason.NO_QR_CODE, "customer's QR code was removed before the send")
+    skipped = _skip_if_ineligible(message, outcome, MessageStatus.PENDING)
+    if skipped is not None:
+        return skipped
+    qr = customer.qr
     try:
         body, length = compose(campaign.template, template_values(customer, qr.code, short_url_base))
     except (TemplateError, MessageTooLong) as exc:
@@ -406,7 +426,7 @@ def send_message(
     # The claim also re-checks the campaign, so a pause stops every message not yet claimed.
     now = db_datetime(utcnow())
     claimed = _HotSql.claim.execute((
-        MessageStatus.SENDING, body, length.encoding, length.segments, now, deferrals, now,
+        MessageStatus.SENDING, body, length.encoding, length.segments, now, now, deferrals, now,
         message_id, MessageStatus.PENDING, campaign.id, CampaignStatus.SENDING,
     )).rowcount
     if not claimed:
@@ -415,9 +435,18 @@ def send_message(
     return _send_claimed(message, body, length.segments, outcome, how)
 
 
-def _skip(message_id: int, outcome: SendOutcome, code: str, reason: str) -> SendOutcome:
-    _transition(message_id, MessageStatus.PENDING, status=MessageStatus.SKIPPED, error_code=code, reason=reason)
-    outcome.status, outcome.detail = MessageStatus.SKIPPED, reason
+def _skip_if_ineligible(message: LoadedMessage, outcome: SendOutcome, expected: str) -> SendOutcome | None:
+    """Skip a message whose customer unsubscribed or lost their QR code since the fan-out."""
+    if not message.customer.sms_subscribed:
+        code, reason = SkipReason.UNSUBSCRIBED, "customer unsubscribed before the send"
+    elif message.customer.qr is None or not message.customer.qr.code:
+        code, reason = SkipReason.NO_QR_CODE, "customer's QR code was removed before the send"
+    else:
+        return None
+    if _transition(message.id, expected, status=MessageStatus.SKIPPED, error_code=code, reason=reason):
+        outcome.status, outcome.detail = MessageStatus.SKIPPED, reason
+    else:
+        outcome.detail = "handled by another worker"
     return outcome
 
 
@@ -497,20 +526,40 @@ def _reconcile(message, outcome: SendOutcome, how: _How) -> SendOutcome:
         # Another worker may still be waiting for Twilio; if it died, come back to look.
         wait_s = (started + dt.timedelta(seconds=how.reconcile_after_s) - utcnow()).total_seconds()
         raise TransientError("being sent by another worker", code="in_flight", retry_after_ms=int(wait_s * 1000) + 1000)
+    # The take moves sending_at (the in-flight guard of the next one), never the first
+    # attempt's time, where the window at Twilio starts: a take whose lookup fails, or a
+    # crash, cannot push a message Twilio accepted out of the window.
+    first_attempt_at = message.first_attempt_at or started or utcnow()
     taken = (
-        Message.update(sending_at=utcnow(), attempts=Message.attempts + 1, updated_at=utcnow())
-        .where(Message.id == message.id, Message.status == MessageStatus.SENDING, Message.sending_at == started)
+        Message.update(sending_at=utcnow(), attempts=Message.attempts + 1, updated_at=utcnow(),
+                       first_attempt_at=first_attempt_at)
+        .where(Message.id == message.id, Message.status == MessageStatus.SENDING,
+               Message.sending_at.is_null() if started is None else Message.sending_at == started)
         .execute()
     )
     if not taken:
         outcome.detail = "reconciled by another worker"
         return outcome
-    since = (started or utcnow()) - dt.timedelta(minutes=1)
-    found = how.backend.find_sent(to=message.to_phone, body=message.body, since=since)
+    since = first_attempt_at - dt.timedelta(minutes=1)
+    try:
+        found = how.backend.find_sent(to=message.to_phone, body=message.body, since=since)
+    except TransientError as exc:
+        # The next take must wait for the guard this one set.
+        exc.retry_after_ms = max(exc.retry_after_ms or 0, int(how.reconcile_after_s * 1000) + 1000)
+        raise
     if found is not None:
         _record_sent(message.id, found, message.segments or 1, reason="found at Twilio after an unanswered request")
         outcome.status, outcome.detail = MessageStatus.SENT, "reconciled"
         return outcome
+    if message.attempts >= how.max_attempts:
+        reason = f"no answer from Twilio after {message.attempts} attempts, and Twilio lists no such message"
+        if _transition(message.id, MessageStatus.SENDING, status=MessageStatus.FAILED, error_code="unknown_outcome", reason=reason):
+            record_event(message.campaign.id, "unknown_outcome", f"message {message.id}: {reason}", level="warning")
+            outcome.status, outcome.detail = MessageStatus.FAILED, reason
+        return outcome
+    skipped = _skip_if_ineligible(message, outcome, MessageStatus.SENDING)
+    if skipped is not None:
+        return skipped
     if message.campaign.status != CampaignStatus.SENDING:
         _transition(message.id, MessageStatus.SENDING, status=MessageStatus.PENDING, queued_at=None)
         cancelled = settle_cancelled(message.id)

@@ -140,9 +140,15 @@ class TwilioBackend:
                 if message.body == body and (created is None or created >= since_utc):
                     return _result(message)
         except TwilioRestException as exc:
-            raise TransientError(f"could not list messages at Twilio (HTTP {exc.status})", code=exc.code or exc.status) from None
+            raise TransientError(f"could not list messages at Twilio (HTTP {exc.status})", code="lookup_failed") from None
         except requests.RequestException as exc:
             raise TransientError(f"could not list messages at Twilio ({type(exc).__name__})", code="lookup_failed") from None
+        except (TwilioException, ValueError, KeyError) as exc:
+            # A list answered with a status other than 200 ("Unable to fetch page"), or an
+            # answer we could not read.
+            status = getattr(exc.args[1], "status_code", None) if len(exc.args) > 1 else None
+            detail = f"HTTP {status}" if status else type(exc).__name__
+            raise TransientError(f"could not list messages at Twilio ({detail})", code="lookup_failed") from None
         return None
 
 

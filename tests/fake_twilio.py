@@ -270,6 +270,7 @@ class FakeTwilio:
             self._rate_429 = self._rate_500 = 0.0
             self._pending: collections.deque[str] = collections.deque()
             self._hang: dict[str, float] = {}
+            self._list_faults: collections.deque[tuple[str, float]] = collections.deque()
             self._rng = random.Random(self._seed)
             self.latency_s = self._default_latency
 
@@ -323,6 +324,22 @@ class FakeTwilio:
         with self._lock:
             self._hang[to] = seconds
 
+    def fail_lists(self, count: int, mode: str = "500", seconds: float = 0.0) -> None:
+        """The next ``count`` list GETs fail: ``"500"`` (20500), ``"429"`` (20429 with
+        Retry-After) or ``"slow"`` (the answer held ``seconds``, so the client times out).
+        Calls queue up in order."""
+        if mode not in ("500", "429", "slow"):
+            raise ValueError("mode must be '500', '429' or 'slow'")
+        with self._lock:
+            self._list_faults.extend([(mode, seconds)] * count)
+
+    def age(self, seconds: float) -> None:
+        """Make every recorded message ``seconds`` older, as if that much time had passed
+        (tests shift the database's times by the same amount)."""
+        with self._lock:
+            for m in self._messages:
+                m["accepted_at"] -= seconds
+
     def accepted(self, to: str) -> bool:
         with self._lock:
             return any(m["to"] == to for m in self._messages)
@@ -336,6 +353,14 @@ class FakeTwilio:
         if m_list and method == "GET":
             if not self._authorized(headers, m_list.group(1)):
                 return _Reply(401, _error(401, 20003))
+            with self._lock:
+                fault = self._list_faults.popleft() if self._list_faults else None
+            if fault is not None and fault[0] == "500":
+                return _Reply(500, _error(500, 20500))
+            if fault is not None and fault[0] == "429":
+                return _Reply(429, _error(429, 20429), {"Retry-After": "1"})
+            if fault is not None:
+                time.sleep(fault[1])
             return self._list(parts.path, parse_qs(parts.query, keep_blank_values=True))
         if m_one and method == "GET":
             if not self._authorized(headers, m_one.group(1)):

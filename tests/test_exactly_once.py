@@ -1,0 +1,204 @@
+"""The traced ways in which a customer was texted twice, texted after STOP, never texted, or a
+campaign never finished (issue "Exactly once, for real"), one test per defect, named by its
+number in the issue."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dramatiq
+import pytest
+
+import actors
+import campaigns
+import sending
+from errors import TransientError
+from models import Campaign, CampaignStatus, Customer, Event, Message, MessageStatus, QRCode, utcnow
+from tests.conftest import join_all
+from tests.factories import make_campaign, make_customers
+
+BASE = "https://x.test/q"
+
+
+def _send(message_id: int, backend, **options):
+    options.setdefault("reconcile_after_s", 1)
+    return sending.send_message(message_id, backend=backend, short_url_base=BASE, **options)
+
+
+def _age_world(fake_twilio, seconds: float) -> None:
+    """As if ``seconds`` had passed: Twilio's messages and the rows' times get that much older."""
+    fake_twilio.age(seconds)
+    shift = dt.timedelta(seconds=seconds)
+    for row in Message.select():
+        changes = {}
+        for name in ("sending_at", "queued_at", "first_attempt_at", "updated_at"):
+            value = getattr(row, name, None)
+            if value is not None:
+                changes[name] = value - shift
+        if changes:
+            Message.update(**changes).where(Message.id == row.id).execute()
+
+
+def _one_pending_message(count: int = 1) -> Message:
+    make_customers(count)
+    campaign_id = make_campaign()
+    campaigns.fan_out(campaign_id, short_url_base=BASE)
+    return Message.select().where(Message.campaign == campaign_id).order_by(Message.id).first()
+
+
+def test_defect_1_the_reconciliation_window_is_anchored_on_the_first_attempt(db, fake_twilio, twilio_backend):
+    # Given Twilio accepted a message but answered 500, two minutes ago
+    row = _one_pending_message()
+    fake_twilio.accept_then_fail(1, "500")
+    with pytest.raises(TransientError):
+        _send(row.id, twilio_backend)
+    _age_world(fake_twilio, 120)
+
+    # And the first lookup at Twilio failed (its list answered 500), two more minutes ago
+    fake_twilio.fail_lists(1, "500")
+    with pytest.raises(TransientError):
+        _send(row.id, twilio_backend)
+    _age_world(fake_twilio, 120)
+
+    # When the message is reconciled again
+    outcome = _send(row.id, twilio_backend)
+
+    # Then the message Twilio accepted four minutes ago is found, not sent again
+    assert len(fake_twilio.messages) == 1
+    stored = Message.get_by_id(row.id)
+    assert outcome.status == MessageStatus.SENT
+    assert stored.status == MessageStatus.SENT and stored.twilio_sid == fake_twilio.messages[0]["sid"]
+
+
+@pytest.mark.parametrize("mode", ["500", "429", "slow"])
+def test_defect_2_a_failed_lookup_at_twilio_is_a_transient_error_and_the_row_stays_sending(db, fake_twilio, twilio_backend, mode):
+    # Given a maybe-sent message (accepted, then a 500)
+    row = _one_pending_message()
+    fake_twilio.accept_then_fail(1, "500")
+    with pytest.raises(TransientError):
+        _send(row.id, twilio_backend)
+    _age_world(fake_twilio, 5)
+
+    # When Twilio's message list answers 500 or 429, or too slowly
+    fake_twilio.fail_lists(1, mode, seconds=0.8)
+    with pytest.raises(TransientError) as failed:
+        _send(row.id, twilio_backend)
+
+    # Then it is the project's transient error (retried with its budget), the row still sending
+    assert failed.value.code == "lookup_failed"
+    assert Message.get_by_id(row.id).status == MessageStatus.SENDING
+    # And once the list answers, the message is found, not sent again
+    _age_world(fake_twilio, 5)
+    assert _send(row.id, twilio_backend).status == MessageStatus.SENT
+    assert len(fake_twilio.messages) == 1
+
+
+def test_defect_3_duplicate_ids_in_one_batch_claim_are_claimed_once(db):
+    # Given one pending message requested twice in one batch (two copies of one send_sms)
+    row = _one_pending_message()
+
+    # When the batch is claimed
+    results = sending.claim_rendered_many([sending.ClaimRequest(row.id, 0), sending.ClaimRequest(row.id, 0)])
+
+    # Then only the first request gets the row, on PostgreSQL as on SQLite
+    assert [message is not None for message, _ in results] == [True, False]
+    assert Message.get_by_id(row.id).attempts == 1
+
+
+@pytest.mark.parametrize("change", ["unsubscribed", "no_qr_code"])
+def test_defect_4_reconciliation_that_finds_nothing_does_not_resend_after_stop(db, fake_twilio, twilio_backend, change):
+    # Given a message whose request failed in a way that leaves it maybe sent (Twilio has none)
+    row = _one_pending_message()
+    fake_twilio.set_error_rates(rate_500=1.0)
+    with pytest.raises(TransientError):
+        _send(row.id, twilio_backend)
+    fake_twilio.set_error_rates()
+
+    # And the customer replied STOP (or lost their QR code) before the retry
+    if change == "unsubscribed":
+        Customer.update(sms_subscribed=False).where(Customer.id == row.customer_id).execute()
+    else:
+        QRCode.delete().where(QRCode.customer == row.customer_id).execute()
+    _age_world(fake_twilio, 5)
+
+    # When the message is reconciled
+    outcome = _send(row.id, twilio_backend)
+
+    # Then nothing is sent, and the row is skipped with the reason
+    assert fake_twilio.messages == []
+    stored = Message.get_by_id(row.id)
+    assert outcome.status == stored.status == MessageStatus.SKIPPED
+    assert stored.error_code == change
+
+
+def test_defect_6_a_due_scheduled_campaign_is_started_once(db, stub_broker):
+    # Given a campaign scheduled for a minute ago
+    make_customers(3)
+    campaign_id = make_campaign()
+    campaigns.schedule_campaign(campaign_id, utcnow() - dt.timedelta(minutes=1))
+
+    # When a sweep runs
+    actors.sweep()
+
+    # Then one fan-out is enqueued, and the campaign is not "restarted" by the same sweep
+    queued = [dramatiq.Message.decode(data) for data in stub_broker.queues["campaigns"].queue]
+    assert [m.actor_name for m in queued] == ["send_campaign"]
+    assert not Event.select().where(Event.code == "campaign_restarted").exists()
+    assert Campaign.get_by_id(campaign_id).status == CampaignStatus.SENDING
+
+
+def test_defect_7_a_number_that_answers_500_forever_settles_failed(db, fake_twilio, twilio_backend):
+    # Given a number for which Twilio answers 500 to every request, and creates nothing
+    row = _one_pending_message()
+    fake_twilio.set_error_rates(rate_500=1.0)
+
+    # When the message is retried (and reconciled) more often than its attempt budget
+    for _ in range(6):
+        try:
+            _send(row.id, twilio_backend, max_attempts=4)
+        except TransientError:
+            pass
+        _age_world(fake_twilio, 5)
+
+    # Then it settled failed with unknown_outcome after 4 requests, and the campaign completes
+    stored = Message.get_by_id(row.id)
+    assert stored.status == MessageStatus.FAILED and stored.error_code == "unknown_outcome"
+    assert len(fake_twilio.requests) == 4 and fake_twilio.messages == []
+    Campaign.update(fanout_done_at=utcnow()).where(Campaign.id == row.campaign_id).execute()
+    campaigns.recompute_analytics(row.campaign_id)
+    assert Campaign.get_by_id(row.campaign_id).status == CampaignStatus.COMPLETED
+
+
+def test_defect_8_the_error_storm_check_counts_attempts_only(db):
+    # Given a list where 25 customers' messages failed at the fan-out (too long) and 5 were sent
+    make_customers(25, first_name="Zoë" + "x" * 60)
+    make_customers(5)
+    campaign_id = make_campaign()
+    campaigns.fan_out(campaign_id, short_url_base=BASE)
+    assert Message.select().where(Message.error_code == "too_long").count() == 25
+    pending = [m.id for m in Message.select().where(Message.status == MessageStatus.PENDING)]
+    Message.update(status=MessageStatus.SENT, attempts=1).where(Message.id.in_(pending)).execute()
+
+    # When the error-storm check runs
+    paused = campaigns.check_error_storm(campaign_id, window=50, min_attempts=5, ratio=0.8)
+
+    # Then the campaign is not paused: no attempt failed
+    assert not paused
+    assert Campaign.get_by_id(campaign_id).status == CampaignStatus.SENDING
+
+
+
+def test_defect_6_rows_another_dispatcher_marked_since_they_were_read_are_not_enqueued_again(db):
+    # Given a campaign's fresh rows, read by one dispatcher
+    make_customers(4)
+    campaign_id = make_campaign()
+    campaigns.fan_out(campaign_id, short_url_base=BASE)
+    fresh = (Message.status == MessageStatus.PENDING) & Message.queued_at.is_null()
+    read = [m.id for m in Message.select(Message.id).where(fresh)]
+
+    # When another dispatcher marks two of them first, then this one marks what it read
+    assert campaigns._mark_queued(read[:2], fresh) == read[:2]
+    marked = campaigns._mark_queued(read, fresh)
+
+    # Then this one enqueues only the two nobody had taken
+    assert marked == read[2:]
