@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from limits import parse as parse_limit
-from peewee import JOIN, fn
+from peewee import JOIN, IntegrityError, fn
 
 from errors import InvalidPhone, MessageTooLong, PermanentError, TemplateError
 from models import (
@@ -33,13 +33,10 @@ from models import (
     db_datetime,
     utcnow,
 )
+from links import SAMPLE_LINK_CODE, new_link_code, short_url
 from sms import compose, mask_phone, normalize_phone, validate_template
 
 logger = logging.getLogger(__name__)
-
-#: The longest QR code the template check assumes when it proves the template can fit.
-SAMPLE_QR_CODE = "X" * 8
-
 
 class SkipReason:
     UNSUBSCRIBED = "unsubscribed"
@@ -48,17 +45,14 @@ class SkipReason:
     NO_QR_CODE = "no_qr_code"
 
 
-def short_url(short_url_base: str, code: str) -> str:
-    return f"{short_url_base.rstrip('/')}/{code}"
-
-
-def template_values(customer: Customer, qr_code: str | None, short_url_base: str) -> dict[str, str]:
+def template_values(customer: Customer, link_code: str | None, short_url_base: str) -> dict[str, str]:
+    """The placeholders' values for one customer's message, whose short link has ``link_code``."""
     first, last = customer.first_name or "", customer.last_name or ""
     return {
         "first_name": first,
         "last_name": last,
         "name": f"{first} {last}".strip(),
-        "short_url": short_url(short_url_base, qr_code) if qr_code else "",
+        "short_url": short_url(short_url_base, link_code) if link_code else "",
     }
 
 
@@ -79,7 +73,7 @@ def check_campaign(campaign: Campaign, short_url_base: str) -> None:
         if item is None or item.amount < 1:
             raise PermanentError(f"campaign rate limit {campaign.rate_limit!r} is not a limit such as '5/minute'", code="bad_rate_limit")
     validate_template(campaign.template)
-    empty = {"first_name": "", "last_name": "", "name": "", "short_url": short_url(short_url_base, SAMPLE_QR_CODE)}
+    empty = {"first_name": "", "last_name": "", "name": "", "short_url": short_url(short_url_base, SAMPLE_LINK_CODE)}
     try:
         compose(campaign.template, empty)
     except MessageTooLong as exc:
@@ -277,40 +271,57 @@ def _customer_batches(batch_size: int) -> Iterable[list[tuple[Customer, str | No
 
 _OUTCOME_COLUMNS = (
     "campaign_id", "customer_id", "status", "to_phone", "body", "encoding", "segments", "error_code", "reason",
-    "attempts", "deferrals", "created_at", "updated_at",
+    "attempts", "deferrals", "created_at", "updated_at", "link_code",
 )
+#: A batch whose fresh link codes collide with existing ones is rendered again this often.
+_LINK_CODE_TRIES = 5
 
 
 def _record_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]], default_region: str, short_url_base: str) -> int:
-    """Insert the batch's rows; an eligible customer's message is rendered here, once, so
-    the send path only claims it, and a message too long for one segment fails at once.
+    """Insert the batch's rows; an eligible customer's message is rendered here, once, with a
+    short link of its own, so the send path only claims it, and a message too long for one
+    segment fails at once. A row that exists (an earlier run) is kept as it is.
 
     The INSERT is written out by hand: the query builder spent more time wrapping the
     values of a batch than the database spent storing them."""
+    if not batch:
+        return 0
+    p = database.param
+    values = ", ".join(["(" + ", ".join([p] * len(_OUTCOME_COLUMNS)) + ")"] * len(batch))
+    columns = ", ".join(f'"{column}"' for column in _OUTCOME_COLUMNS)
+    for attempt in range(_LINK_CODE_TRIES):
+        rows = _render_outcomes(campaign, batch, default_region, short_url_base)
+        try:
+            with database.atomic():
+                database.execute_sql(
+                    f'INSERT INTO "message" ({columns}) VALUES {values} ON CONFLICT ("campaign_id", "customer_id") DO NOTHING',
+                    [value for row in rows for value in row],
+                )
+            return len(rows)
+        except IntegrityError:
+            # Only a link code can collide (the conflict target covers the rest): new codes.
+            if attempt == _LINK_CODE_TRIES - 1:
+                raise
+    return 0
+
+
+def _render_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]], default_region: str, short_url_base: str) -> list[tuple]:
     now = db_datetime(utcnow())
     rows = []
     for customer, qr_code in batch:
         phone, skip_code, skip_reason = eligibility(customer, qr_code, default_region)
-        status, body, encoding, segments = MessageStatus.PENDING, None, None, None
+        status, body, encoding, segments, link_code = MessageStatus.PENDING, None, None, None, None
         if skip_code:
             status = MessageStatus.SKIPPED
         else:
+            link_code = new_link_code()
             try:
-                body, length = compose(campaign.template, template_values(customer, qr_code, short_url_base))
+                body, length = compose(campaign.template, template_values(customer, link_code, short_url_base))
                 encoding, segments = length.encoding, length.segments
             except (TemplateError, MessageTooLong) as exc:
-                status, skip_code, skip_reason = MessageStatus.FAILED, exc.code, exc.reason
-        rows.append((campaign.id, customer.id, status, phone, body, encoding, segments, skip_code, skip_reason, 0, 0, now, now))
-    if rows:
-        p = database.param
-        values = ", ".join(["(" + ", ".join([p] * len(_OUTCOME_COLUMNS)) + ")"] * len(rows))
-        columns = ", ".join(f'"{column}"' for column in _OUTCOME_COLUMNS)
-        with database.atomic():
-            database.execute_sql(
-                f'INSERT INTO "message" ({columns}) VALUES {values} ON CONFLICT DO NOTHING',
-                [value for row in rows for value in row],
-            )
-    return len(rows)
+                status, skip_code, skip_reason, link_code = MessageStatus.FAILED, exc.code, exc.reason, None
+        rows.append((campaign.id, customer.id, status, phone, body, encoding, segments, skip_code, skip_reason, 0, 0, now, now, link_code))
+    return rows
 
 
 @dataclass
@@ -606,7 +617,8 @@ def preview(
     price_per_segment: float = 0.0, batch_size: int = 1000,
 ) -> Preview:
     """A dry run: render the campaign for its whole audience, sending nothing and writing
-    nothing. Sample messages are exactly what would go out."""
+    nothing. Sample messages are exactly what would go out, with a link code made for the
+    preview (the fan-out gives each message its own)."""
     campaign = Campaign.get_by_id(campaign_id)
     result = Preview(campaign_id, samples=[], price_per_segment=price_per_segment)
     try:
@@ -623,7 +635,7 @@ def preview(
             if result.template_error:
                 continue
             try:
-                body, length = compose(campaign.template, template_values(customer, qr_code, short_url_base))
+                body, length = compose(campaign.template, template_values(customer, new_link_code(), short_url_base))
             except MessageTooLong:
                 result.too_long += 1
                 continue

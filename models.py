@@ -125,6 +125,8 @@ class Message(BaseModel):
     sending_at = DateTimeField(null=True)
     #: The first claim's time, never moved: a message is looked for at Twilio since then.
     first_attempt_at = DateTimeField(null=True)
+    #: The code of this message's own short link (``links.py``), set when it is rendered.
+    link_code = CharField(max_length=16, null=True)
     sent_at = DateTimeField(null=True)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
@@ -146,6 +148,10 @@ Message.add_index(
 )
 Message.add_index(
     Message.index(Message.to_phone, name="message_sent_to_phone").where(Message.twilio_sid.is_null(False))
+)
+#: A short link finds its message; codes are unique across campaigns.
+Message.add_index(
+    Message.index(Message.link_code, unique=True, name="message_by_link_code").where(Message.link_code.is_null(False))
 )
 def db_datetime(value: dt.datetime):
     """``value`` as the driver takes it in a hand-written statement (as peewee would pass it)."""
@@ -302,21 +308,27 @@ def configure_database(url: str):
 
 
 #: Columns added after a table was first created: ``create_schema`` adds those missing.
-ADDED_COLUMNS = (("message", "first_attempt_at", lambda: DateTimeField(null=True)),)
+ADDED_COLUMNS = (
+    ("message", "first_attempt_at", lambda: DateTimeField(null=True)),
+    ("message", "link_code", lambda: CharField(max_length=16, null=True)),
+)
 
 
 def create_schema() -> None:
+    """Create what is missing (the release phase): tables, columns added since, indexes."""
     with database.connection_context():
+        _add_missing_columns()  # first: the indexes below may cover them
         database.create_tables(MODELS, safe=True)
         for name in OBSOLETE_INDEXES:
             database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
-        _add_missing_columns()
 
 
 def _add_missing_columns() -> None:
     migrator = SchemaMigrator.from_database(database.obj)
     operations = []
     for table, column, field in ADDED_COLUMNS:
+        if not database.table_exists(table):
+            continue
         if column not in {c.name for c in database.get_columns(table)}:
             operations.append(migrator.add_column(table, column, field()))
     if operations:

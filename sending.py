@@ -40,6 +40,7 @@ from models import (
     utcnow,
     write_transaction,
 )
+from links import new_link_code
 from quiet import QuietHours, recipient_zone
 from sms import compose, mask_phone
 from smsservice import SendResult, SmsBackend
@@ -144,7 +145,7 @@ class _HotSql:
         'LEFT OUTER JOIN "qrcode" q ON q."customer_id" = u."id" WHERE m."id" = {p}'
     ))
     claim = HotStatement("send_claim", (
-        'UPDATE "message" SET "status" = {p}, "body" = {p}, "encoding" = {p}, "segments" = {p}, '
+        'UPDATE "message" SET "status" = {p}, "body" = {p}, "encoding" = {p}, "segments" = {p}, "link_code" = {p}, '
         '"attempts" = "attempts" + 1, "sending_at" = {p}, "first_attempt_at" = COALESCE("first_attempt_at", {p}), '
         '"deferrals" = {p}, "updated_at" = {p} WHERE "id" = {p} AND "status" = {p} '
         'AND EXISTS (SELECT 1 FROM "campaign" WHERE "id" = {p} AND "status" = {p})'
@@ -218,6 +219,9 @@ class ClaimRequest(NamedTuple):
     deferrals: int
     acquire_slot: Callable[..., None] | None = None
     quiet: QuietPolicy | None = None
+    #: The claim's time, once its batch has chosen it: a claim whose batch fails (or whose
+    #: leader is interrupted) after the statement is undone by that time.
+    stamp: list | None = None
 
 
 def claim_rendered(
@@ -231,7 +235,25 @@ def claim_rendered(
     ``QuietNow`` that kept it from trying), to pass on to ``acquire_slot(first=)``; an
     exception is raised by the send, which undoes the claim.
     """
-    return _claims.submit(ClaimRequest(message_id, deferrals, acquire_slot, quiet))
+    request = ClaimRequest(message_id, deferrals, acquire_slot, quiet, [])
+    try:
+        return _claims.submit(request)
+    except BaseException:
+        # The batch failed, or the thread running it was interrupted, maybe after its
+        # statement committed: this message was not sent, so its claim (if made) is undone
+        # rather than left for reconciliation.
+        if request.stamp:
+            release_claim(message_id, request.stamp[0])
+        raise
+
+
+def release_claim(message_id: int, claimed_at) -> bool:
+    """Undo a claim made at ``claimed_at`` that was never followed by a send."""
+    return bool(
+        Message.update(status=MessageStatus.PENDING, attempts=Message.attempts - 1, queued_at=utcnow(), updated_at=utcnow())
+        .where(Message.id == message_id, Message.status == MessageStatus.SENDING, Message.sending_at == claimed_at)
+        .execute()
+    )
 
 
 def claim_rendered_many(requests: list[ClaimRequest]) -> list[tuple[LoadedMessage | None, Any]]:
@@ -268,6 +290,9 @@ def _claim_rendered_rows(requests: list[ClaimRequest]) -> list[LoadedMessage | N
     firsts = [not (request.message_id in seen or seen.add(request.message_id)) for request in requests]
     items = [request for request, first in zip(requests, firsts) if first]
     now = db_datetime(utcnow())
+    for item in items:
+        if item.stamp is not None:
+            item.stamp.append(now)
     if is_postgres():
         ids = [item.message_id for item in items]
         rows = _HotSql.claim_rendered_many.execute((
@@ -277,7 +302,7 @@ def _claim_rendered_rows(requests: list[ClaimRequest]) -> list[LoadedMessage | N
     else:
         rows = []
         with write_transaction():
-            for message_id, deferrals, _, _ in items:
+            for message_id, deferrals, *_ in items:
                 rows += [(message_id, *row) for row in _HotSql.claim_rendered.execute((
                     MessageStatus.SENDING, now, now, deferrals, now, message_id, MessageStatus.PENDING, CampaignStatus.SENDING,
                 )).fetchall()]  # all rows: SQLite ends the statement only then
@@ -409,9 +434,9 @@ def send_message(
     skipped = _skip_if_ineligible(message, outcome, MessageStatus.PENDING)
     if skipped is not None:
         return skipped
-    qr = customer.qr
     try:
-        body, length = compose(campaign.template, template_values(customer, qr.code, short_url_base))
+        link_code = new_link_code()
+        body, length = compose(campaign.template, template_values(customer, link_code, short_url_base))
     except (TemplateError, MessageTooLong) as exc:
         _transition(message_id, MessageStatus.PENDING, status=MessageStatus.FAILED, error_code=exc.code, reason=exc.reason)
         outcome.status, outcome.detail = MessageStatus.FAILED, exc.reason
@@ -426,7 +451,7 @@ def send_message(
     # The claim also re-checks the campaign, so a pause stops every message not yet claimed.
     now = db_datetime(utcnow())
     claimed = _HotSql.claim.execute((
-        MessageStatus.SENDING, body, length.encoding, length.segments, now, now, deferrals, now,
+        MessageStatus.SENDING, body, length.encoding, length.segments, link_code, now, now, deferrals, now,
         message_id, MessageStatus.PENDING, campaign.id, CampaignStatus.SENDING,
     )).rowcount
     if not claimed:

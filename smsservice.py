@@ -133,11 +133,13 @@ class TwilioBackend:
         return _result(message)
 
     def find_sent(self, *, to: str, body: str, since: dt.datetime) -> SendResult | None:
+        """The newest 50 messages to ``to`` are searched for one from this sender with this
+        body (unique: it carries the message's own short link) created since ``since``."""
         since_utc = since.replace(tzinfo=dt.timezone.utc)
         try:
             for message in self.client.messages.list(to=to, limit=50, page_size=50):
                 created = message.date_created
-                if message.body == body and (created is None or created >= since_utc):
+                if message.body == body and self._from_this_sender(message) and (created is None or created >= since_utc):
                     return _result(message)
         except TwilioRestException as exc:
             raise TransientError(f"could not list messages at Twilio (HTTP {exc.status})", code="lookup_failed") from None
@@ -150,6 +152,12 @@ class TwilioBackend:
             detail = f"HTTP {status}" if status else type(exc).__name__
             raise TransientError(f"could not list messages at Twilio ({detail})", code="lookup_failed") from None
         return None
+
+
+    def _from_this_sender(self, message) -> bool:
+        if "messaging_service_sid" in self.sender:
+            return message.messaging_service_sid == self.sender["messaging_service_sid"]
+        return message.from_ == self.sender.get("from_")
 
 
 def _result(message) -> SendResult:

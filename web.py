@@ -20,7 +20,7 @@ import re
 from urllib.parse import quote, urlsplit
 
 from flask import Flask, Response, abort, redirect, request
-from peewee import IntegrityError
+from peewee import JOIN, IntegrityError
 from twilio.request_validator import RequestValidator
 
 from delivery import DELIVERY_RANK, report_delivery
@@ -112,6 +112,28 @@ def apply_opt_out(e164: str, action: str, keyword: str | None, message_sid: str)
 def is_bot(user_agent: str | None) -> bool:
     ua = (user_agent or "").lower()
     return not ua.strip() or any(marker in ua for marker in BOT_USER_AGENTS)
+
+
+def link_target(code: str) -> tuple[int | None, int | None, str | None]:
+    """(customer, campaign, the customer's QR code) of a short link's code.
+
+    A message's own link (every message since links are per message) names its campaign;
+    a customer's QR code (the links of earlier messages) is credited to the customer's most
+    recent campaign. The QR code is None if the link leads nowhere.
+    """
+    message = (
+        Message.select(Message.customer, Message.campaign, QRCode.code)
+        .join(QRCode, JOIN.LEFT_OUTER, on=(QRCode.customer == Message.customer))
+        .where(Message.link_code == code)
+        .tuples()
+        .first()
+    )
+    if message is not None:
+        return message
+    qr = QRCode.get_or_none(QRCode.code == code)
+    if qr is None:
+        return None, None, None
+    return qr.customer_id, last_sent_campaign(qr.customer_id), qr.code
 
 
 def last_sent_campaign(customer_id: int) -> int | None:
@@ -226,15 +248,14 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get(f"{short_prefix}/<code>")
     def short_link(code: str):
-        qr = QRCode.get_or_none(QRCode.code == code)
-        if qr is None:
+        customer_id, campaign_id, qr_code = link_target(code)
+        if qr_code is None:
             abort(404)
         user_agent = request.headers.get("User-Agent")
         if request.method == "GET" and not is_bot(user_agent):
-            campaign_id = last_sent_campaign(qr.customer_id)
-            Click.create(customer=qr.customer_id, campaign=campaign_id, code=code, user_agent=(user_agent or "")[:300])
+            Click.create(customer=customer_id, campaign=campaign_id, code=code, user_agent=(user_agent or "")[:300])
             ask_metrics(campaign_id)
-        return redirect(settings.qr_display_url.replace("{code}", quote(code, safe="")), code=302)
+        return redirect(settings.qr_display_url.replace("{code}", quote(qr_code, safe="")), code=302)
 
     return app
 

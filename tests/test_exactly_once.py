@@ -202,3 +202,89 @@ def test_defect_6_rows_another_dispatcher_marked_since_they_were_read_are_not_en
 
     # Then this one enqueues only the two nobody had taken
     assert marked == read[2:]
+
+
+def test_defect_5_a_maybe_sent_message_never_adopts_another_campaigns_message(db, fake_twilio, twilio_backend):
+    # Given one customer, and two campaigns with the same template
+    make_customers(1)
+    first, second = make_campaign(name="A"), make_campaign(name="B")
+    for campaign_id in (first, second):
+        campaigns.fan_out(campaign_id, short_url_base=BASE)
+    row_a, row_b = (Message.get(Message.campaign == c) for c in (first, second))
+    assert row_a.body != row_b.body  # each message has a link of its own
+
+    # And A was sent; B's request failed without Twilio creating it (a 500)
+    assert _send(row_a.id, twilio_backend).status == MessageStatus.SENT
+    fake_twilio.set_error_rates(rate_500=1.0)
+    with pytest.raises(TransientError):
+        _send(row_b.id, twilio_backend)
+    fake_twilio.set_error_rates()
+    _age_world(fake_twilio, 5)
+
+    # When B is reconciled
+    outcome = _send(row_b.id, twilio_backend)
+
+    # Then B was not taken for A's message: it is sent, with a SID of its own
+    assert outcome.status == MessageStatus.SENT
+    assert [m["body"] for m in fake_twilio.messages] == [row_a.body, row_b.body]
+    assert Message.get_by_id(row_b.id).twilio_sid == fake_twilio.messages[1]["sid"]
+
+
+def test_defect_5_reconciliation_matches_the_sender_too(db, fake_twilio, twilio_backend):
+    # Given a maybe-sent message, and a message with the same text to the same number from
+    # another of the account's numbers
+    from smsservice import make_backend
+    from tests.conftest import twilio_settings
+
+    row = _one_pending_message()
+    fake_twilio.set_error_rates(rate_500=1.0)
+    with pytest.raises(TransientError):
+        _send(row.id, twilio_backend)
+    fake_twilio.set_error_rates()
+    row = Message.get_by_id(row.id)
+    make_backend(twilio_settings(fake_twilio, twilio_from_number="+12125550199")).send(to=row.to_phone, body=row.body)
+    _age_world(fake_twilio, 5)
+
+    # When it is reconciled
+    _send(row.id, twilio_backend)
+
+    # Then the other sender's message is not taken for it: it is sent from this sender
+    assert [m["from"] for m in fake_twilio.messages] == ["+12125550199", "+12125550100"]
+    assert Message.get_by_id(row.id).twilio_sid == fake_twilio.messages[1]["sid"]
+
+
+class _Interrupt(BaseException):
+    """What an asynchronous time limit raises in a thread."""
+
+
+class _SlotsThatBreak:
+    """An ``acquire_slot`` whose batch step fails after the claim's statement committed."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def group(self, campaign_id):
+        raise self.error
+
+    def take_many(self, costs, campaign_id):
+        return [None] * len(costs)
+
+    def __call__(self, cost, campaign_id, first=None):
+        return None
+
+
+@pytest.mark.parametrize("error", [RuntimeError("the batch failed"), _Interrupt()], ids=["error", "interrupt"])
+def test_defect_11_a_claim_batch_that_fails_after_its_statement_leaves_the_row_pending(db, fake_twilio, twilio_backend, error):
+    # Given a pending message
+    row = _one_pending_message()
+
+    # When its claim's batch fails (or its thread is interrupted) after the claim committed
+    with pytest.raises(type(error)):
+        _send(row.id, twilio_backend, acquire_slot=_SlotsThatBreak(error))
+
+    # Then nothing was sent, and the claim was undone: the next copy sends it at once
+    stored = Message.get_by_id(row.id)
+    assert fake_twilio.messages == []
+    assert (stored.status, stored.attempts) == (MessageStatus.PENDING, 0)
+    assert _send(row.id, twilio_backend).status == MessageStatus.SENT
+    assert len(fake_twilio.messages) == 1

@@ -41,9 +41,10 @@ def test_campaign_sends_one_sms_per_eligible_customer(db, stub_broker, stub_work
         assert sent["body"].endswith("\n" + FOOTER)
         assert sent["from"] == FROM_NUMBER
         assert measure(sent["body"]).segments == 1
-    # And the short URL points at the customer's own QR code
-    row = Message.get(Message.customer == ids[10])
-    assert f"/C{ids[10]:07d}" in row.body and row.twilio_sid.startswith("SM")
+    # And each message has a short link of its own
+    rows = list(Message.select().where(Message.status == MessageStatus.SENT))
+    assert all(f"/q/{row.link_code}\n" in row.body for row in rows) and len({row.link_code for row in rows}) == 34
+    assert all(row.twilio_sid.startswith("SM") for row in rows)
     # And the others are recorded skipped with their reasons
     skipped = {m.customer_id: m.error_code for m in Message.select().where(Message.status == MessageStatus.SKIPPED)}
     assert skipped == {

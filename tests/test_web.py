@@ -373,3 +373,25 @@ def test_settings_check_the_new_urls():
     with pytest.raises(ConfigurationError, match="PUBLIC_BASE_URL"):
         Settings.from_env({"PUBLIC_BASE_URL": "campaigns.example.com"})
     assert Settings.from_env({"PUBLIC_BASE_URL": PUBLIC, "QR_DISPLAY_URL": QR_PAGE}).public_base_url == PUBLIC
+
+
+def test_a_message_link_credits_its_own_campaign_and_leads_to_the_customers_qr_page(web, stub_broker, stub_worker):
+    # Given a customer who was sent campaign "first", then campaign "second" (the more recent)
+    (customer,) = make_customers(1)
+    first, second = make_campaign(name="first"), make_campaign(name="second")
+    for campaign_id in (first, second):
+        campaigns.fan_out(campaign_id, short_url_base=PUBLIC + "/q")
+    first_row, second_row = (Message.get(Message.campaign == c) for c in (first, second))
+    Message.update(status=MessageStatus.SENT, sent_at=utcnow()).where(Message.id == second_row.id).execute()
+    Message.update(status=MessageStatus.SENT, sent_at=utcnow() - dt.timedelta(days=1)).where(Message.id == first_row.id).execute()
+    assert first_row.link_code != second_row.link_code and first_row.body != second_row.body
+
+    # When they open the link of the first campaign's message
+    answer = web.get(f"/q/{first_row.link_code}")
+    join_all(stub_broker)
+
+    # Then they reach their QR-code page, and the click is the first campaign's
+    qr_code = QRCode.get(QRCode.customer == customer).code
+    assert answer.status_code == 302 and answer.headers["Location"] == QR_PAGE.format(code=qr_code)
+    assert [(c.customer_id, c.campaign_id, c.code) for c in Click.select()] == [(customer, first, first_row.link_code)]
+    assert CampaignAnalytics.get(CampaignAnalytics.campaign == first).unique_clicks == 1
