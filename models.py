@@ -12,6 +12,8 @@ import datetime as dt
 
 import psycopg2.extensions
 
+from dbclock import DatabaseClock
+
 from peewee import (
 
     AutoField,
@@ -40,8 +42,40 @@ SQLITE_PRAGMAS = {
 }
 
 
+_clock = DatabaseClock()
+
+
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    """Now, as naive UTC, on the database's clock (``dbclock.py``): every time written to a
+    row, and every time compared with one, comes from here."""
+    return _clock.now()
+
+
+def set_clock(clock: DatabaseClock) -> DatabaseClock:
+    """Use ``clock`` (a host with a skewed clock, in tests); returns the previous one."""
+    global _clock
+    previous, _clock = _clock, clock
+    return previous
+
+
+def sync_clock(conn=None) -> None:
+    """Measure this host's offset from the database's clock if it is due (PostgreSQL on a
+    connection: ``conn``, or the thread's); SQLite shares this host's clock."""
+    if not _clock.due:
+        return
+    db = database.obj
+    if not isinstance(db, PooledPostgres):
+        _clock.same_host()
+        return
+
+    def read() -> dt.datetime:
+        if conn is None:
+            return db.execute_sql("SELECT clock_timestamp() AT TIME ZONE 'UTC'").fetchone()[0]
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT clock_timestamp() AT TIME ZONE 'UTC'")
+            return cursor.fetchone()[0]
+
+    _clock.measure(read)
 
 
 class BaseModel(Model):
@@ -262,6 +296,10 @@ class PooledPostgres(PooledPostgresqlDatabase):
     def _is_closed(self, conn):
         return bool(conn.closed) or self._adapter.txn_status(conn) == self._adapter.txn_unknown
 
+    def _initialize_connection(self, conn):
+        super()._initialize_connection(conn)
+        sync_clock(conn)  # at most once per refresh_s, on whichever connection comes first
+
 
 class HotStatement:
     """A statement run for every message. PostgreSQL parses and plans a plain statement on
@@ -304,6 +342,7 @@ def configure_database(url: str):
     db = make_database(url)
     db._project_url = url
     database.initialize(db)
+    _clock.forget()
     return db
 
 

@@ -288,3 +288,46 @@ def test_defect_11_a_claim_batch_that_fails_after_its_statement_leaves_the_row_p
     assert (stored.status, stored.attempts) == (MessageStatus.PENDING, 0)
     assert _send(row.id, twilio_backend).status == MessageStatus.SENT
     assert len(fake_twilio.messages) == 1
+
+
+def test_defect_10_a_worker_whose_clock_is_behind_does_not_open_the_in_flight_guard(postgres_db, fake_twilio, twilio_backend):
+    # Given host A, whose clock is 90 s behind the database's, is sending a message (its
+    # request to Twilio is still on the way)
+    import threading
+
+    from dbclock import DatabaseClock, system_utcnow
+    from models import set_clock
+
+    row = _one_pending_message()
+    behind = DatabaseClock(local=lambda: system_utcnow() - dt.timedelta(seconds=90))
+    correct = set_clock(behind)
+    postgres_db.close()
+    postgres_db.connect()  # a connection of host A's measures its offset
+    released, in_twilio = threading.Event(), threading.Event()
+
+    class SlowBackend:
+        def send(self, *, to, body):
+            in_twilio.set()
+            released.wait(10)
+            return twilio_backend.send(to=to, body=body)
+
+        def find_sent(self, **kwargs):
+            return twilio_backend.find_sent(**kwargs)
+
+    host_a = threading.Thread(target=lambda: _send(row.id, SlowBackend(), reconcile_after_s=30))
+    host_a.start()
+    try:
+        assert in_twilio.wait(10)
+        # When host B, whose clock is right, meets the same message (a duplicate broker message)
+        set_clock(correct)
+        with pytest.raises(TransientError) as later:
+            _send(row.id, twilio_backend, reconcile_after_s=30)
+    finally:
+        released.set()
+        host_a.join(10)
+        set_clock(correct)
+
+    # Then B waits for A's request instead of looking it up at Twilio and sending it again
+    assert later.value.code == "in_flight"
+    assert len(fake_twilio.messages) == 1
+    assert abs(behind.offset.total_seconds() - 90) < 2
