@@ -41,8 +41,11 @@ DEFERRED_MARK = "_deferred_by_rate_limit"
 
 # Moving windows, all or nothing, for a batch of requests in arrival order: each window key
 # is a list of entry times (ms), newest first, trimmed to its limit. KEYS: the stop keys, the
-# windows, then the watched key if any. ARGV: the number of stop keys, whether a key is
-# watched, the number of windows, (limit, window_ms) per window, then each request's cost.
+# windows, the epoch key, then the watched key if any. ARGV: the number of stop keys, whether
+# a key is watched, the number of windows, (limit, window_ms) per window, then each cost.
+# The epoch key holds the time this Redis first served the limiter: a Redis that restarted
+# empty (or failed over to a replica that had not seen the last entries) has none, and then
+# grants nothing until one window has passed, because the entries it lost might have filled it.
 # Returns, per request, -1 if a stop key exists, 0 when its cost was taken from every window,
 # else the ms until the last blocking entry leaves (a request behind a blocked one is not
 # served before it); then the watched key's PTTL.
@@ -58,6 +61,11 @@ local stopped = false
 for i = 1, stops do
   if redis.call('exists', KEYS[i]) == 1 then stopped = true end
 end
+local epoch = tonumber(redis.call('get', KEYS[stops + windows + 1]) or '-1')
+if epoch < 0 then
+  epoch = now
+  redis.call('set', KEYS[stops + windows + 1], now)
+end
 local blocked = 0
 for r = first_cost, #ARGV do
   local cost = tonumber(ARGV[r])
@@ -67,6 +75,9 @@ for r = first_cost, #ARGV do
   elseif blocked == 0 then
     for w = 1, windows do
       local limit, window_ms = tonumber(ARGV[2 * w + 2]), tonumber(ARGV[2 * w + 3])
+      if now < epoch + window_ms then
+        wait = math.max(wait, epoch + window_ms - now)
+      end
       local entry = redis.call('lindex', KEYS[stops + w], limit - cost)
       if entry and tonumber(entry) > now - window_ms then
         wait = math.max(wait, tonumber(entry) + window_ms - now)
@@ -127,10 +138,21 @@ class Throttled(Exception):
 
 
 class RedisWindows:
-    """Moving windows and reservation lines in Redis, shared by every process."""
+    """Moving windows and reservation lines in Redis, shared by every process.
+
+    After Redis comes back without the limiter's keys (a restart without persistence, a
+    failover to a replica that missed the last writes) nothing is granted until one window
+    has passed, since the entries it lost could have filled the window: the ``epoch`` key
+    records when this Redis first served the limiter. A new Redis waits one window too.
+
+    Parameters:
+      client: A redis-py client.
+      prefix(str): The prefix of every key.
+    """
 
     def __init__(self, client, *, prefix: str) -> None:
         self.prefix = prefix
+        self.epoch_key = f"{prefix}:epoch"
         self._client = client
         self._acquire = client.register_script(_ACQUIRE)
         self._reserve = client.register_script(_RESERVE)
@@ -154,6 +176,7 @@ class RedisWindows:
             args += [limit, window_ms]
         args += costs
         keys = [f"{self.prefix}:stop:{key}" for key in stops] + [f"{self.prefix}:window:{key}" for key, _l, _w in windows]
+        keys.append(self.epoch_key)
         if watch:
             keys.append(watch)
         *waits, ttl_ms = self._acquire(keys=keys, args=args)

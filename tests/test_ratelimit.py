@@ -190,6 +190,7 @@ def test_redis_windows_hold_across_threads(combined):
     client = redis.Redis.from_url(REDIS_URL)
     prefix = f"test-rl-{uuid.uuid4().hex[:8]}"
     windows = RedisWindows(client, prefix=prefix)
+    client.set(windows.epoch_key, 0)  # a Redis that has served the limiter for long
     middleware = RateLimit(limits={}, windows=windows)
     taken: list[tuple[float, float]] = []
     stop = time.monotonic() + 2.5
@@ -239,6 +240,7 @@ def test_a_batch_of_requests_is_served_in_order_in_one_call():
     client = redis.Redis.from_url(REDIS_URL)
     prefix = f"test-rl-{uuid.uuid4().hex[:8]}"
     windows = RedisWindows(client, prefix=prefix)
+    client.set(windows.epoch_key, 0)  # a Redis that has served the limiter for long
     client.set(f"{prefix}:watched", 1, px=5_000)
     try:
         # When five requests of one unit and then one of two units come in one call
@@ -257,6 +259,31 @@ def test_a_batch_of_requests_is_served_in_order_in_one_call():
         stopped, no_watch = windows.acquire_many([("other", 10, 1_000)], [1, 1], ("campaign:1",))
         assert stopped == [-1, -1] and no_watch is None
         assert windows.acquire_many([("other", 10, 1_000)], [1], ())[0] == [0]
+    finally:
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+
+
+def test_a_redis_that_lost_the_windows_grants_nothing_until_one_window_has_passed():
+    # Given a limit of 3 per second, fully used, in a Redis that has served it for long
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"test-rl-{uuid.uuid4().hex[:8]}"
+    windows = RedisWindows(client, prefix=prefix)
+    client.set(windows.epoch_key, 0)
+    limit = [("sms", 3, 1_000)]
+    try:
+        assert windows.acquire_many(limit, [1, 1, 1])[0] == [0, 0, 0]
+
+        # When Redis restarts without its data (every key of the limiter is gone)
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+
+        # Then the next request is not granted at once (that would be 4 in one window), but
+        # told to wait about a window; once it has passed, slots are granted again
+        (wait_ms,), _ = windows.acquire_many(limit, [1])
+        assert 900 < wait_ms <= 1_000
+        time.sleep(wait_ms / 1000 + 0.01)
+        assert windows.acquire_many(limit, [1, 1, 1])[0] == [0, 0, 0]
     finally:
         for key in client.scan_iter(f"{prefix}*"):
             client.delete(key)

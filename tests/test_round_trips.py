@@ -53,6 +53,7 @@ def counted(stub_broker):
     prefix = f"test-rt-{uuid.uuid4().hex[:8]}"
     limiter = next(m for m in stub_broker.middleware if isinstance(m, RateLimit))
     limiter.windows = RedisWindows(client, prefix=prefix)
+    client.set(limiter.windows.epoch_key, 0)  # a Redis that has served the limiter for long
     yield client, prefix, MetricsDebouncer(redis=client, delay_ms=5_000, prefix=prefix)
     for key in client.scan_iter(f"{prefix}*"):
         client.delete(key)
