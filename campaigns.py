@@ -34,6 +34,7 @@ from models import (
     utcnow,
 )
 from links import SAMPLE_LINK_CODE, new_link_code, short_url
+from quiet import QuietHours, recipient_zone, zone
 from sms import compose, mask_phone, normalize_phone, validate_template
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ def fan_out(
     *,
     short_url_base: str,
     default_region: str = "US",
+    default_time_zone: str = "America/New_York",
     batch_size: int = 500,
     on_started: Callable[[str], None] = lambda token: None,
 ) -> FanOutResult:
@@ -168,12 +170,18 @@ def fan_out(
     )
     result.dispatch_token = token
     on_started(token)
+    zones = set(campaign_zones(campaign))
     for batch in _customer_batches(batch_size):
-        result.recorded += _record_outcomes(campaign, batch, default_region, short_url_base)
+        result.recorded += _record_outcomes(campaign, batch, default_region, short_url_base, default_time_zone, zones)
         Campaign.update(heartbeat_at=utcnow()).where(Campaign.id == campaign_id).execute()
     Campaign.update(fanout_done_at=utcnow()).where(Campaign.id == campaign_id, Campaign.fanout_done_at.is_null()).execute()
     result.status = CampaignStatus.SENDING
     return result
+
+
+def campaign_zones(campaign: Campaign) -> list[str]:
+    """The time zones of the campaign's recipients (as far as the fan-out got)."""
+    return json.loads(campaign.zones) if campaign.zones else []
 
 
 @dataclass
@@ -181,6 +189,9 @@ class DispatchResult:
     enqueued: int = 0
     inflight: int = 0
     again: bool = False
+    #: Rows were held back because their zone is inside quiet hours until this time (naive
+    #: UTC, the earliest such end); None if none was.
+    quiet_until: dt.datetime | None = None
 
 
 def dispatch(
@@ -190,6 +201,8 @@ def dispatch(
     enqueue: Callable[[Campaign, list[int]], None],
     max_inflight: int,
     requeue_after_s: float,
+    quiet_hours: QuietHours | None = None,
+    clock: Callable[[], dt.datetime] = utcnow,
 ) -> DispatchResult:
     """Enqueue sends so that at most ``max_inflight`` of the campaign are in the broker.
 
@@ -200,6 +213,11 @@ def dispatch(
     a killed worker) and enqueued again: the claim makes a duplicate harmless, and a
     ``sending`` row is looked up at Twilio before any resend. Only the chain holding the
     campaign's current ``token`` runs.
+
+    A row whose recipient's zone is inside ``quiet_hours`` (at ``clock()``) is not enqueued:
+    it stays pending, untouched, until its window ends, and is then enqueued at the
+    campaign's pace like any other. The chain goes on while any row is open, so a campaign
+    waiting for a window is not taken for a stalled one.
     """
     campaign = Campaign.get_or_none(Campaign.id == campaign_id)
     if campaign is None or campaign.dispatch_token != token or campaign.status != CampaignStatus.SENDING:
@@ -219,13 +237,14 @@ def dispatch(
     inflight = queued.where(Message.queued_at <= utcnow()).count() - len(stale_pending)
     room = max(0, max_inflight - inflight)
     requeue = stale_pending[:room]
-    fresh = [
-        row.id
-        for row in Message.select(Message.id)
-        .where(Message.campaign == campaign_id, Message.status == MessageStatus.PENDING, Message.queued_at.is_null())
-        .order_by(Message.id)
-        .limit(room - len(requeue))
-    ] if room > len(requeue) else []
+    zones = campaign_zones(campaign)
+    fresh, quiet_until = _fresh_rows(campaign_id, room - len(requeue), zones, quiet_hours, clock)
+    if quiet_hours is not None and fresh:
+        # Rows the fan-out committed after the campaign was read carry zones it had not
+        # seen; their zones were committed with them, so they are seen now.
+        latest = campaign_zones(Campaign.get_by_id(campaign_id))
+        if set(latest) - set(zones):
+            fresh, quiet_until = _fresh_rows(campaign_id, room - len(requeue), latest, quiet_hours, clock)
     # Each group is marked only if its rows are still as they were read, so two dispatchers
     # (a restarted chain beside a late one) never enqueue one row twice.
     ids = _mark_queued(stale_sending, stuck_now)
@@ -234,7 +253,32 @@ def dispatch(
     if ids:
         enqueue(campaign, ids)
     inflight += len(ids)
-    return DispatchResult(enqueued=len(ids), inflight=inflight, again=campaign.fanout_done_at is None or inflight > 0)
+    open_rows = inflight > 0 or Message.select(Message.id).where(
+        Message.campaign == campaign_id, Message.status.in_(MessageStatus.OPEN)).exists()
+    return DispatchResult(enqueued=len(ids), inflight=inflight, again=campaign.fanout_done_at is None or open_rows,
+                          quiet_until=quiet_until)
+
+
+def _fresh_rows(campaign_id: int, limit: int, zones: list[str], hours: QuietHours | None,
+                clock: Callable[[], dt.datetime]) -> tuple[list[int], dt.datetime | None]:
+    """Up to ``limit`` never-enqueued rows whose zone is not inside quiet hours now, and the
+    earliest end of the quiet hours that hold the others back (None if none do)."""
+    quiet: dict[str, dt.datetime] = {}
+    if hours is not None:
+        now = clock()
+        ends = {name: hours.next_allowed_utc(now, zone(name) or zone("UTC")) for name in zones}
+        quiet = {name: end for name, end in ends.items() if end is not None}
+    if limit <= 0:
+        return [], min(quiet.values(), default=None)
+    due = (Message.time_zone.is_null() | Message.time_zone.not_in(sorted(quiet))) if quiet else True
+    rows = [
+        row.id
+        for row in Message.select(Message.id)
+        .where(Message.campaign == campaign_id, Message.status == MessageStatus.PENDING, Message.queued_at.is_null(), due)
+        .order_by(Message.id)
+        .limit(limit)
+    ]
+    return rows, min(quiet.values(), default=None)
 
 
 def _mark_queued(ids: list[int], still) -> list[int]:
@@ -271,13 +315,14 @@ def _customer_batches(batch_size: int) -> Iterable[list[tuple[Customer, str | No
 
 _OUTCOME_COLUMNS = (
     "campaign_id", "customer_id", "status", "to_phone", "body", "encoding", "segments", "error_code", "reason",
-    "attempts", "deferrals", "created_at", "updated_at", "link_code",
+    "attempts", "deferrals", "created_at", "updated_at", "link_code", "time_zone",
 )
 #: A batch whose fresh link codes collide with existing ones is rendered again this often.
 _LINK_CODE_TRIES = 5
 
 
-def _record_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]], default_region: str, short_url_base: str) -> int:
+def _record_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]], default_region: str,
+                     short_url_base: str, default_time_zone: str, zones: set[str]) -> int:
     """Insert the batch's rows; an eligible customer's message is rendered here, once, with a
     short link of its own, so the send path only claims it, and a message too long for one
     segment fails at once. A row that exists (an earlier run) is kept as it is.
@@ -290,9 +335,14 @@ def _record_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]
     values = ", ".join(["(" + ", ".join([p] * len(_OUTCOME_COLUMNS)) + ")"] * len(batch))
     columns = ", ".join(f'"{column}"' for column in _OUTCOME_COLUMNS)
     for attempt in range(_LINK_CODE_TRIES):
-        rows = _render_outcomes(campaign, batch, default_region, short_url_base)
+        rows = _render_outcomes(campaign, batch, default_region, short_url_base, default_time_zone)
+        new_zones = {row[-1] for row in rows if row[-1]} - zones
         try:
             with database.atomic():
+                if new_zones:
+                    # With the rows, so that no row's zone is missing from the campaign's list.
+                    zones |= new_zones
+                    Campaign.update(zones=json.dumps(sorted(zones))).where(Campaign.id == campaign.id).execute()
                 database.execute_sql(
                     f'INSERT INTO "message" ({columns}) VALUES {values} ON CONFLICT ("campaign_id", "customer_id") DO NOTHING',
                     [value for row in rows for value in row],
@@ -300,27 +350,32 @@ def _record_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]
             return len(rows)
         except IntegrityError:
             # Only a link code can collide (the conflict target covers the rest): new codes.
+            zones -= new_zones
             if attempt == _LINK_CODE_TRIES - 1:
                 raise
     return 0
 
 
-def _render_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]], default_region: str, short_url_base: str) -> list[tuple]:
+def _render_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]], default_region: str,
+                     short_url_base: str, default_time_zone: str) -> list[tuple]:
     now = db_datetime(utcnow())
     rows = []
     for customer, qr_code in batch:
         phone, skip_code, skip_reason = eligibility(customer, qr_code, default_region)
-        status, body, encoding, segments, link_code = MessageStatus.PENDING, None, None, None, None
+        status, body, encoding, segments, link_code, zone_name = MessageStatus.PENDING, None, None, None, None, None
         if skip_code:
             status = MessageStatus.SKIPPED
         else:
+            zone_name = recipient_zone(phone, customer_zone=customer.time_zone, campaign_zone=campaign.time_zone,
+                                       default_zone=default_time_zone).key
             link_code = new_link_code()
             try:
                 body, length = compose(campaign.template, template_values(customer, link_code, short_url_base))
                 encoding, segments = length.encoding, length.segments
             except (TemplateError, MessageTooLong) as exc:
                 status, skip_code, skip_reason, link_code = MessageStatus.FAILED, exc.code, exc.reason, None
-        rows.append((campaign.id, customer.id, status, phone, body, encoding, segments, skip_code, skip_reason, 0, 0, now, now, link_code))
+        rows.append((campaign.id, customer.id, status, phone, body, encoding, segments, skip_code, skip_reason, 0, 0, now, now,
+                     link_code, zone_name))
     return rows
 
 

@@ -120,6 +120,8 @@ class Campaign(BaseModel):
     dispatch_token = CharField(max_length=32, null=True)
     heartbeat_at = DateTimeField(null=True)
     fanout_done_at = DateTimeField(null=True)
+    #: The recipients' time zones (a JSON list), gathered by the fan-out.
+    zones = TextField(null=True)
     started_at = DateTimeField(null=True)
     completed_at = DateTimeField(null=True)
     created_at = DateTimeField(default=utcnow)
@@ -161,6 +163,9 @@ class Message(BaseModel):
     first_attempt_at = DateTimeField(null=True)
     #: The code of this message's own short link (``links.py``), set when it is rendered.
     link_code = CharField(max_length=16, null=True)
+    #: The recipient's time zone as the fan-out found it (quiet hours): the dispatcher does
+    #: not enqueue a row while its zone is inside them.
+    time_zone = CharField(max_length=64, null=True)
     sent_at = DateTimeField(null=True)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
@@ -350,6 +355,8 @@ def configure_database(url: str):
 ADDED_COLUMNS = (
     ("message", "first_attempt_at", lambda: DateTimeField(null=True)),
     ("message", "link_code", lambda: CharField(max_length=16, null=True)),
+    ("message", "time_zone", lambda: CharField(max_length=64, null=True)),
+    ("campaign", "zones", lambda: TextField(null=True)),
 )
 
 

@@ -10,10 +10,14 @@ import campaigns
 import delivery
 from actors.control import stop_campaign, stop_group
 from actors.services import get_services
-from models import Campaign
+from models import Campaign, utcnow
 from ratelimit import pacing, slower
 
 logger = logging.getLogger(__name__)
+
+#: While every row left waits for quiet hours, the dispatcher looks again this often (well
+#: within the sweeper's stale cut-off, so it is not taken for a stalled chain).
+QUIET_RECHECK_MS = 30_000
 
 
 @dramatiq.actor(queue_name="campaigns", max_retries=5, min_backoff=5_000, time_limit=6 * 3_600_000)
@@ -24,6 +28,7 @@ def send_campaign(campaign_id: int) -> None:
         campaign_id,
         short_url_base=services.short_url_base,
         default_region=services.default_region,
+        default_time_zone=services.default_time_zone,
         batch_size=services.fanout_batch_size,
         on_started=lambda token: dispatch_campaign.send(campaign_id, token),
     )
@@ -39,12 +44,21 @@ def dispatch_campaign(campaign_id: int, token: str) -> None:
     if campaign is None:
         return
     max_inflight, again_ms = pacing(slower(services.sms_rate_limit, campaign.rate_limit))
+    quiet = services.quiet
     result = campaigns.dispatch(
         campaign_id, token, enqueue=enqueue_sends, max_inflight=max_inflight,
         requeue_after_s=max(services.requeue_after_s, 6 * again_ms / 1000),
+        quiet_hours=quiet.hours if quiet else None, clock=quiet.clock if quiet else utcnow,
     )
-    if result.again:
-        dispatch_campaign.send_with_options(args=(campaign_id, token), delay=again_ms)
+    if not result.again:
+        return
+    delay_ms = again_ms
+    if result.enqueued == 0 and result.inflight == 0 and result.quiet_until is not None:
+        # Everything left waits for quiet hours to end: look again then, but often enough
+        # that the heartbeat stays fresh for the sweeper.
+        until_ms = (result.quiet_until - (quiet.clock() if quiet else utcnow())).total_seconds() * 1000
+        delay_ms = int(max(again_ms, min(QUIET_RECHECK_MS, until_ms)))
+    dispatch_campaign.send_with_options(args=(campaign_id, token), delay=delay_ms)
 
 
 @dramatiq.actor(queue_name="metrics", priority=-10, max_retries=10, min_backoff=1_000, max_backoff=60_000)

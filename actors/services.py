@@ -22,6 +22,7 @@ class Services:
     debouncer: MetricsDebouncer
     short_url_base: str
     default_region: str
+    default_time_zone: str
     fanout_batch_size: int
     sms_rate_limit: str
     reconcile_after_s: float
@@ -49,6 +50,7 @@ def get_services() -> Services:
             ),
             short_url_base=settings.short_url_base,
             default_region=settings.default_region,
+            default_time_zone=settings.default_time_zone,
             fanout_batch_size=settings.fanout_batch_size,
             sms_rate_limit=settings.sms_rate_limit,
             reconcile_after_s=settings.reconcile_after_s,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import queue
 import sys
+import time
 import uuid
 
 import pytest
@@ -138,6 +139,14 @@ def join_all(broker, timeout_ms: int = 30_000, fail_fast: bool = True) -> None:
             if name in broker.queues:
                 broker.join(name, timeout=timeout_ms, fail_fast=fail_fast)
         assert get_services().sent_records.flush(timeout_ms / 1000), "sent records not written"
+
+
+def wait_for(condition, timeout_s: float = 10) -> None:
+    """Poll ``condition`` until it holds (for what no queue join can wait on)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -331,3 +331,40 @@ def test_defect_10_a_worker_whose_clock_is_behind_does_not_open_the_in_flight_gu
     assert later.value.code == "in_flight"
     assert len(fake_twilio.messages) == 1
     assert abs(behind.offset.total_seconds() - 90) < 2
+
+
+def test_defect_9_rows_inside_quiet_hours_are_not_claimed_and_wake_at_the_dispatchers_pace(db):
+    # Given 6 New York and 2 Los Angeles customers, and 21:00 in New York (18:00 in LA)
+    from quiet import QuietHours
+
+    ids = make_customers(8)
+    Customer.update(phone="+12125550123").where(Customer.id.in_(ids[:6])).execute()
+    Customer.update(time_zone="America/Los_Angeles").where(Customer.id.in_(ids[6:])).execute()
+    campaign_id = make_campaign()
+    token = campaigns.fan_out(campaign_id, short_url_base=BASE).dispatch_token
+    new_york = dt.timezone(dt.timedelta(hours=-5))
+    clock = {"now": dt.datetime(2026, 11, 30, 21, 0, tzinfo=new_york).astimezone(dt.timezone.utc).replace(tzinfo=None)}
+    hours = QuietHours.parse("21:00-08:00")
+
+    def dispatch(max_inflight):
+        enqueued: list[int] = []
+        result = campaigns.dispatch(campaign_id, token, enqueue=lambda campaign, ids: enqueued.extend(ids),
+                                    max_inflight=max_inflight, requeue_after_s=600, quiet_hours=hours, clock=lambda: clock["now"])
+        return result, enqueued
+
+    # When the dispatcher runs at night
+    result, enqueued = dispatch(max_inflight=10)
+
+    # Then only the Los Angeles rows are enqueued; New York's stay pending, untouched, until 08:00
+    la_rows = [m.id for m in Message.select().where(Message.customer.in_(ids[6:]))]
+    assert sorted(enqueued) == sorted(la_rows)
+    assert Message.select().where(Message.customer.in_(ids[:6]), Message.queued_at.is_null(False)).count() == 0
+    assert result.again and result.quiet_until == dt.datetime(2026, 12, 1, 13, 0)
+
+    # When it is 08:00 in New York, with room for 4 in flight (the 2 LA ones were sent)
+    Message.update(status=MessageStatus.SENT).where(Message.id.in_(la_rows)).execute()
+    clock["now"] = dt.datetime(2026, 12, 1, 13, 0)
+    _, woken = dispatch(max_inflight=4)
+
+    # Then New York wakes at the dispatcher's pace, not all at once
+    assert len(woken) == 4

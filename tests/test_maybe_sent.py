@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 from dramatiq import Worker
@@ -19,7 +20,7 @@ import sending
 from errors import TransientError
 from batching import WriteBehind
 from models import Campaign, CampaignStatus, Event, Message, MessageStatus, utcnow
-from tests.conftest import ROOT, join_all
+from tests.conftest import ROOT, join_all, wait_for
 from tests.factories import make_campaign, make_customers, phone_for
 
 
@@ -91,7 +92,8 @@ def test_sends_whose_records_a_crash_lost_are_found_at_twilio_not_resent(db, stu
     lost = []
     actors.services.configure_services(sent_records=WriteBehind(lost.extend))
     actors.send_campaign.send(campaign_id)
-    join_all(stub_broker)
+    wait_for(lambda: len(fake_twilio.messages) == 5)
+    stub_broker.join("sms", timeout=10_000)  # the dispatcher goes on while rows are open
     assert len(lost) == 5 and len(fake_twilio.messages) == 5
     assert {m.status for m in Message.select()} == {MessageStatus.SENDING}
 
@@ -124,8 +126,8 @@ def test_a_worker_that_stops_writes_the_records_it_holds_first(sqlite_db, stub_b
     worker = Worker(stub_broker, worker_timeout=50, worker_threads=4)
     worker.start()
     actors.send_campaign.send(campaign_id)
-    for queue_name in ("campaigns", "sms"):
-        stub_broker.join(queue_name, timeout=10_000)
+    wait_for(lambda: len(fake_twilio.messages) == 5)
+    stub_broker.join("sms", timeout=10_000)  # the dispatcher goes on while rows are open
     assert actors.services.get_services().sent_records.pending == 5
     assert len(fake_twilio.messages) == 5
 
@@ -197,3 +199,4 @@ def test_giving_up_on_a_maybe_sent_row_leaves_it_for_reconciliation(sqlite_db):
     assert sending.give_up(row.id, retries=10) == campaign_id
     assert Message.get_by_id(row.id).status == MessageStatus.SENDING
     assert "left for reconciliation" in Event.get(Event.code == "retries_exhausted").detail
+

@@ -18,10 +18,10 @@ import campaigns
 from actors.services import configure_services
 import sending
 from sending import QuietNow, QuietPolicy
-from models import Campaign, CampaignStatus, Customer, Message, MessageStatus
+from models import Campaign, CampaignStatus, Customer, Event, Message, MessageStatus
 from quiet import QuietHours, recipient_zone
 from ratelimit import RateLimit
-from tests.conftest import join_all
+from tests.conftest import join_all, wait_for
 from tests.factories import make_campaign, make_customers
 
 QUIET = QuietHours.parse("21:00-08:00")
@@ -75,37 +75,45 @@ class CaptureDelays(dramatiq.Middleware):
         self.delayed.append(message)
 
 
-def test_a_message_due_in_quiet_hours_is_deferred_to_the_window_end_not_retried(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
+def test_a_message_due_in_quiet_hours_waits_unclaimed_and_goes_when_its_window_opens(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
     # Given a New York and a Los Angeles customer, and the clock at 21:00 in New York
     ids = make_customers(2)
     Customer.update(phone=NY_NUMBER).where(Customer.id == ids[0]).execute()
     Customer.update(phone=LA_NUMBER).where(Customer.id == ids[1]).execute()
-    now = utc(NY, 2026, 11, 30, 21, 0)
-    configure_services(quiet=QuietPolicy(QUIET, "America/New_York", clock=lambda: now))
+    clock = SimpleNamespace(now=utc(NY, 2026, 11, 30, 21, 0))
+    configure_services(quiet=QuietPolicy(QUIET, "America/New_York", clock=lambda: clock.now))
     capture = CaptureDelays()
     stub_broker.add_middleware(capture)
     try:
+        # When the campaign runs
         campaign_id = make_campaign()
         actors.send_campaign.send(campaign_id)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any(m.actor_name == "send_sms" for m in capture.delayed):
-            time.sleep(0.05)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(fake_twilio.messages) < 1:
-            time.sleep(0.05)
+        wait_for(lambda: len(fake_twilio.messages) >= 1)
+        token = Campaign.get_by_id(campaign_id).dispatch_token
+        stub_broker.join("sms", timeout=10_000)
+
+        # Then Los Angeles (18:00) is sent; New York's row is not claimed, nor deferred in the
+        # broker: it waits, pending, for the dispatcher
+        assert [m["to"] for m in fake_twilio.messages] == [LA_NUMBER]
+        assert not [m for m in capture.delayed if m.actor_name == "send_sms"]
+        row = Message.get(Message.customer == ids[0])
+        assert (row.status, row.attempts, row.queued_at, row.time_zone) == (MessageStatus.PENDING, 0, None, "America/New_York")
+        # And the waiting campaign is not taken for a stalled one
+        assert actors.sweep().restarted == []
+
+        # When it is 08:00 in New York and the dispatcher looks again
+        clock.now = utc(NY, 2026, 12, 1, 8, 0)
+        actors.dispatch_campaign.send(campaign_id, token)
+        wait_for(lambda: len(fake_twilio.messages) >= 2)
     finally:
         stub_broker.middleware.remove(capture)
 
-    # Then Los Angeles (18:00) is sent, New York waits until 08:00 New York time
-    assert [m["to"] for m in fake_twilio.messages] == [LA_NUMBER]
-    deferred = [m for m in capture.delayed if m.actor_name == "send_sms"]
-    assert len(deferred) == 1
-    eta = dt.datetime.fromtimestamp(deferred[0].options["eta"] / 1000, dt.timezone.utc)
-    expected_delay = utc(NY, 2026, 12, 1, 8, 0) - now
-    assert abs((eta - dt.datetime.now(dt.timezone.utc)) - expected_delay) < dt.timedelta(seconds=5)
-    assert deferred[0].options["quiet_deferrals"] == 1 and "retries" not in deferred[0].options
-    row = Message.get(Message.customer == ids[0])
-    assert (row.status, row.attempts) == (MessageStatus.PENDING, 0)
+    # Then New York is sent, once
+    assert sorted(m["to"] for m in fake_twilio.messages) == sorted([LA_NUMBER, NY_NUMBER])
+    join_all(stub_broker)
+    assert Campaign.get_by_id(campaign_id).status == CampaignStatus.COMPLETED
+    assert not Event.select().where(Event.code == "campaign_restarted").exists()
+
 
 
 class SlotsThatTakeAMinute:

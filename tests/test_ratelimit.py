@@ -217,9 +217,10 @@ def test_redis_windows_hold_across_threads(combined):
         # Then no second-long window ever held more than 10: a slot was taken somewhere
         # between its call and its answer, so count, from each slot on, the slots that were
         # surely taken after it and surely less than a second after it (less 2 ms: Redis
-        # counts whole milliseconds)
+        # counts whole milliseconds; and less 1 %: Redis's wall clock may be slewed against
+        # this process's monotonic one, as seen here at 0.5 %)
         for asked, answered in taken:
-            within = [a for a, b in taken if a >= answered and b < asked + 0.998]
+            within = [a for a, b in taken if a >= answered and b < asked + 0.998 - 0.01]
             assert len(within) + 1 <= 10
         assert 20 <= len(taken) <= 30
     finally:
