@@ -76,7 +76,7 @@ def campaign() -> None:
 def campaign_create(name: str, template: str, rate_limit: str | None, time_zone: str | None) -> None:
     """Create a draft campaign after checking its template."""
     _bootstrap()
-    from campaigns import check_campaign
+    from rendering import check_campaign
     from errors import PermanentError
     from models import Campaign, connection
     from quiet import zone
@@ -100,7 +100,7 @@ def campaign_create(name: str, template: str, rate_limit: str | None, time_zone:
 def campaign_preview(campaign_id: int, samples: int) -> None:
     """Dry run: sample messages exactly as they would go out, the audience, the cost."""
     _bootstrap()
-    from campaigns import preview
+    from reports import preview
     from models import Campaign, connection
     from settings import get_settings
 
@@ -204,7 +204,7 @@ def campaign_cancel(campaign_id: int) -> None:
 def campaign_status(campaign_id: int, watch: bool, interval: float, as_json: bool) -> None:
     """Sent, failed, skipped, pending, delivered, rate, ETA and a progress bar."""
     _bootstrap()
-    from campaigns import status_report
+    from reports import status_report
     from models import Campaign, CampaignStatus, connection
 
     while True:

@@ -13,7 +13,7 @@ import datetime as dt
 
 from peewee import IntegrityError
 
-from campaigns import record_event
+from events import record_event
 from models import EarlyStatus, Message, utcnow
 
 #: Delivery statuses Twilio reports for a message, by rank: a status only ever moves to a

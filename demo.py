@@ -81,7 +81,7 @@ def run_demo(*, database_path: str = "demo.db", timeout_s: float = 120.0) -> dic
     from dramatiq import Worker
 
     import actors
-    import campaigns
+    import analytics
     from models import Campaign, CampaignStatus, connection, create_schema
 
     create_schema()
@@ -101,7 +101,7 @@ def run_demo(*, database_path: str = "demo.db", timeout_s: float = 120.0) -> dic
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"campaign {campaign_id} did not finish within {timeout_s:.0f} s")
                 time.sleep(0.2)
-            return campaigns.analytics_dict(campaign_id)
+            return analytics.analytics_dict(campaign_id)
     finally:
         worker.stop()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 
 import psycopg2.extensions
 
@@ -122,6 +123,10 @@ class Campaign(BaseModel):
     fanout_done_at = DateTimeField(null=True)
     #: The recipients' time zones (a JSON list), gathered by the fan-out.
     zones = TextField(null=True)
+
+    def recipient_zones(self) -> list[str]:
+        """The time zones of the campaign's recipients, as far as the fan-out got."""
+        return json.loads(self.zones) if self.zones else []
     started_at = DateTimeField(null=True)
     completed_at = DateTimeField(null=True)
     created_at = DateTimeField(default=utcnow)

@@ -2,8 +2,7 @@
 and the reconciliation of a message whose outcome is unknown (the spec's sequence).
 
 Actors call ``send_message`` with a message id; nothing here knows about Dramatiq. Every
-state change of a ``Message`` is a conditional UPDATE (``WHERE status = <expected>``), so a
-redelivered or duplicated broker message can never send or count anything twice.
+change of the message's state is made by ``message_state``.
 """
 
 from __future__ import annotations
@@ -11,67 +10,26 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Callable
 
 from peewee import DataError, IntegrityError
 
+import message_state
 from batching import Combiner
-from campaigns import SkipReason, pause_campaign, record_event, settle_cancelled, template_values
-from errors import (
-    CampaignError,
-    MaybeSent,
-    MessageTooLong,
-    PermanentError,
-    RecipientOptedOut,
-    SenderError,
-    TemplateError,
-    TransientError,
-)
-from models import (
-    CampaignStatus,
-    Customer,
-    HotStatement,
-    Message,
-    MessageStatus,
-    database,
-    db_datetime,
-    is_postgres,
-    utcnow,
-    write_transaction,
-)
+from claims import BatchSlots, LoadedMessage, QuietNow, QuietPolicy, claim_rendered, load_for_send
+from errors import MaybeSent, MessageTooLong, PermanentError, RecipientOptedOut, SenderError, TemplateError, TransientError
+from events import record_event
+from fanout import template_values
 from links import new_link_code
-from quiet import QuietHours, recipient_zone
+from message_state import SentRecord, SkipReason
+from models import CampaignStatus, Customer, Message, MessageStatus, database, utcnow
 from sms import compose, mask_phone
-from smsservice import SendResult, SmsBackend
+from smsservice import SmsBackend
 
 logger = logging.getLogger(__name__)
 
-
-class QuietNow(Exception):
-    """The recipient is inside quiet hours until ``until_utc`` (naive UTC)."""
-
-    def __init__(self, until_utc: dt.datetime) -> None:
-        super().__init__(f"quiet hours until {until_utc:%Y-%m-%d %H:%M} UTC")
-        self.until_utc = self.queued_at = until_utc
-
-
-@dataclass(frozen=True)
-class QuietPolicy:
-    """Quiet hours in the recipient's local time, with an injectable clock (naive UTC)."""
-
-    hours: QuietHours
-    default_zone: str
-    clock: Callable[[], dt.datetime] = utcnow
-
-    def check(self, message: "LoadedMessage") -> None:
-        zone = recipient_zone(
-            message.to_phone, customer_zone=message.customer.time_zone,
-            campaign_zone=message.campaign.time_zone, default_zone=self.default_zone,
-        )
-        until = self.hours.next_allowed_utc(self.clock(), zone)
-        if until is not None:
-            raise QuietNow(until)
+#: Requests a message may cost before one that Twilio never lists is given up as failed.
+DEFAULT_MAX_ATTEMPTS = 10
 
 
 @dataclass
@@ -80,258 +38,12 @@ class SendOutcome:
     status: str
     detail: str = ""
     campaign_id: int | None = None
-    paused: bool = False
+    #: A sender or account error: the campaign should be paused with this reason (the
+    #: caller does it, with the rate limiter's stop).
+    pause_reason: str | None = None
     #: The "sent" record went to ``record_sent``, whose writer asks for the metrics update
     #: once it is committed.
     written_behind: bool = False
-
-
-class SentRecord(NamedTuple):
-    """A send the SMS service accepted, to be recorded (``write_sent`` takes many)."""
-
-    message_id: int
-    sid: str
-    segments: int
-    campaign_id: int | None
-
-
-def _transition(message_id: int, expected: str | tuple[str, ...], **changes) -> bool:
-    """Move one message from ``expected`` to new values; False if someone else moved it."""
-    expected = (expected,) if isinstance(expected, str) else expected
-    changes.setdefault("updated_at", utcnow())
-    return bool(Message.update(**changes).where(Message.id == message_id, Message.status.in_(expected)).execute())
-
-
-class _HotSql:
-    """The statements of the send path, written out once: building them with the query
-    builder on every message cost more CPU than the rest of the send."""
-
-    #: The usual send's first statement: claims a message rendered at the fan-out if it
-    #: is still pending, its campaign sending, its customer subscribed and with a QR
-    #: code, and returns what the send needs. No row back: ``load`` tells why.
-    claim_rendered = HotStatement("send_claim_rendered", (
-        'UPDATE "message" SET "status" = {p}, "attempts" = "attempts" + 1, "sending_at" = {p}, '
-        '"first_attempt_at" = COALESCE("first_attempt_at", {p}), "deferrals" = {p}, "updated_at" = {p} '
-        'WHERE "id" = {p} AND "status" = {p} AND "body" IS NOT NULL '
-        'AND EXISTS (SELECT 1 FROM "campaign" c WHERE c."id" = "message"."campaign_id" AND c."status" = {p}) '
-        'AND EXISTS (SELECT 1 FROM "customer" u WHERE u."id" = "message"."customer_id" AND u."sms_subscribed") '
-        'AND EXISTS (SELECT 1 FROM "qrcode" q WHERE q."customer_id" = "message"."customer_id") '
-        'RETURNING "to_phone", "body", "segments", "campaign_id", "customer_id", '
-        '(SELECT c."time_zone" FROM "campaign" c WHERE c."id" = "message"."campaign_id"), '
-        '(SELECT u."time_zone" FROM "customer" u WHERE u."id" = "message"."customer_id")'
-    ))
-    #: ``claim_rendered`` for many messages at once (PostgreSQL), ids and deferrals as
-    #: arrays. Only the id may lead to the rows, whatever the statistics say (a new
-    #: campaign's rows are not analysed yet): the other tests are written so that no index
-    #: can serve them, and the related rows are read by scalar subqueries, not joins.
-    claim_rendered_many = HotStatement("send_claim_rendered_many", (
-        'UPDATE "message" SET "status" = {p}, "attempts" = "attempts" + 1, "sending_at" = {p}, '
-        '"first_attempt_at" = COALESCE("first_attempt_at", {p}), '
-        '"deferrals" = ({p}::integer[])[array_position({p}::integer[], "id")], "updated_at" = {p} '
-        'WHERE "id" = ANY({p}::integer[]) AND COALESCE("status", \'\') = {p} AND "body" IS NOT NULL '
-        'AND (SELECT c."status" FROM "campaign" c WHERE c."id" = "message"."campaign_id") = {p} '
-        'AND (SELECT u."sms_subscribed" FROM "customer" u WHERE u."id" = "message"."customer_id") '
-        'AND (SELECT q."id" FROM "qrcode" q WHERE q."customer_id" = "message"."customer_id") IS NOT NULL '
-        'RETURNING "id", "to_phone", "body", "segments", "campaign_id", "customer_id", '
-        '(SELECT c."time_zone" FROM "campaign" c WHERE c."id" = "message"."campaign_id"), '
-        '(SELECT u."time_zone" FROM "customer" u WHERE u."id" = "message"."customer_id")'
-    ))
-    load = HotStatement("send_load", (
-        'SELECT m."status", m."to_phone", m."body", m."segments", m."sending_at", m."first_attempt_at", m."attempts", '
-        'c."id", c."status", c."template", c."time_zone", '
-        'u."id", u."first_name", u."last_name", u."sms_subscribed", u."time_zone", q."code" '
-        'FROM "message" m JOIN "campaign" c ON c."id" = m."campaign_id" '
-        'JOIN "customer" u ON u."id" = m."customer_id" '
-        'LEFT OUTER JOIN "qrcode" q ON q."customer_id" = u."id" WHERE m."id" = {p}'
-    ))
-    claim = HotStatement("send_claim", (
-        'UPDATE "message" SET "status" = {p}, "body" = {p}, "encoding" = {p}, "segments" = {p}, "link_code" = {p}, '
-        '"attempts" = "attempts" + 1, "sending_at" = {p}, "first_attempt_at" = COALESCE("first_attempt_at", {p}), '
-        '"deferrals" = {p}, "updated_at" = {p} WHERE "id" = {p} AND "status" = {p} '
-        'AND EXISTS (SELECT 1 FROM "campaign" WHERE "id" = {p} AND "status" = {p})'
-    ))
-    sent = HotStatement("send_sent", (
-        'UPDATE "message" SET "status" = {p}, "twilio_sid" = {p}, "sent_at" = {p}, "segments" = {p}, '
-        '"error_code" = NULL, "reason" = {p}, "updated_at" = {p} WHERE "id" = {p} AND "status" = {p}'
-    ))
-    #: ``sent`` for many messages at once (PostgreSQL): ids, SIDs and segments as arrays,
-    #: found by id only (as ``claim_rendered_many``).
-    sent_many = HotStatement("send_sent_many", (
-        'UPDATE "message" SET "status" = {p}, "sent_at" = {p}, "updated_at" = {p}, '
-        '"twilio_sid" = ({p}::text[])[array_position({p}::integer[], "id")], '
-        '"segments" = ({p}::integer[])[array_position({p}::integer[], "id")], "error_code" = NULL, "reason" = NULL '
-        'WHERE "id" = ANY({p}::integer[]) AND COALESCE("status", \'\') = {p}'
-    ))
-
-
-@dataclass
-class LoadedMessage:
-    """A message row with its campaign, customer and QR code, as the send path needs them."""
-
-    id: int
-    status: str
-    to_phone: str | None
-    body: str | None
-    segments: int | None
-    sending_at: dt.datetime | None
-    campaign: SimpleNamespace
-    customer: SimpleNamespace
-    #: When the message was first claimed: the reconciliation window starts there, however
-    #: often the row was taken again since.
-    first_attempt_at: dt.datetime | None = None
-    #: Claims and reconciliation takes so far.
-    attempts: int = 0
-
-
-def load_for_send(message_id: int) -> LoadedMessage | None:
-    """Message, campaign, customer and QR code in one query."""
-    row = _HotSql.load.execute((message_id,)).fetchone()
-    if row is None:
-        return None
-    (status, to_phone, body, segments, sending_at, first_attempt_at, attempts, campaign_id, campaign_status, template,
-     campaign_zone, customer_id, first_name, last_name, subscribed, customer_zone, qr_code) = row
-    return LoadedMessage(
-        id=message_id, status=status, to_phone=to_phone, body=body, segments=segments,
-        sending_at=Message.sending_at.python_value(sending_at),
-        first_attempt_at=Message.first_attempt_at.python_value(first_attempt_at), attempts=attempts or 0,
-        campaign=SimpleNamespace(id=campaign_id, status=campaign_status, template=template, time_zone=campaign_zone),
-        customer=SimpleNamespace(
-            id=customer_id, first_name=first_name, last_name=last_name, sms_subscribed=bool(subscribed),
-            time_zone=customer_zone, qr=SimpleNamespace(code=qr_code) if qr_code else None,
-        ),
-    )
-
-
-class BatchSlots(Protocol):
-    """An ``acquire_slot`` that can also take the slots of a batch of claims at once."""
-
-    def __call__(self, cost: int, campaign_id: int, first: Any = None) -> None: ...
-
-    def group(self, campaign_id: int) -> Any:
-        """Requests with equal groups can share a ``take_many``."""
-
-    def take_many(self, costs: list[int], campaign_id: int) -> list[Any]:
-        """One try for each cost, in one round trip; each result goes to ``__call__(first=)``."""
-
-
-class ClaimRequest(NamedTuple):
-    message_id: int
-    deferrals: int
-    acquire_slot: Callable[..., None] | None = None
-    quiet: QuietPolicy | None = None
-    #: The claim's time, once its batch has chosen it: a claim whose batch fails (or whose
-    #: leader is interrupted) after the statement is undone by that time.
-    stamp: list | None = None
-
-
-def claim_rendered(
-    message_id: int, deferrals: int, acquire_slot: Callable[..., None] | None = None, quiet: QuietPolicy | None = None,
-) -> tuple[LoadedMessage | None, Any]:
-    """Claim a pending message rendered at the fan-out (see ``_HotSql.claim_rendered``);
-    concurrent claims of this process's threads share one statement.
-
-    Returns the message (None if not claimed) and, when ``acquire_slot`` is ``BatchSlots``,
-    the first try at its slot made for the whole batch right after the claim (or the
-    ``QuietNow`` that kept it from trying), to pass on to ``acquire_slot(first=)``; an
-    exception is raised by the send, which undoes the claim.
-    """
-    request = ClaimRequest(message_id, deferrals, acquire_slot, quiet, [])
-    try:
-        return _claims.submit(request)
-    except BaseException:
-        # The batch failed, or the thread running it was interrupted, maybe after its
-        # statement committed: this message was not sent, so its claim (if made) is undone
-        # rather than left for reconciliation.
-        if request.stamp:
-            release_claim(message_id, request.stamp[0])
-        raise
-
-
-def release_claim(message_id: int, claimed_at) -> bool:
-    """Undo a claim made at ``claimed_at`` that was never followed by a send."""
-    return bool(
-        Message.update(status=MessageStatus.PENDING, attempts=Message.attempts - 1, queued_at=utcnow(), updated_at=utcnow())
-        .where(Message.id == message_id, Message.status == MessageStatus.SENDING, Message.sending_at == claimed_at)
-        .execute()
-    )
-
-
-def claim_rendered_many(requests: list[ClaimRequest]) -> list[tuple[LoadedMessage | None, Any]]:
-    """``claim_rendered`` for a batch: one statement, then quiet hours, then one round trip
-    per group of slots."""
-    messages = _claim_rendered_rows(requests)
-    results: list[tuple[LoadedMessage | None, Any]] = [(message, None) for message in messages]
-    groups: dict[Any, list[int]] = {}
-    for i, (request, message) in enumerate(zip(requests, messages)):
-        if message is None or not hasattr(request.acquire_slot, "take_many"):
-            continue
-        if request.quiet is not None:
-            try:
-                request.quiet.check(message)
-            except Exception as exc:  # QuietNow, or anything else: this message's, not the batch's
-                results[i] = (message, exc)
-                continue
-        groups.setdefault(request.acquire_slot.group(message.campaign.id), []).append(i)
-    for indexes in groups.values():
-        lead = indexes[0]
-        try:
-            tries = requests[lead].acquire_slot.take_many([messages[i].segments for i in indexes], messages[lead].campaign.id)
-        except Exception:  # noqa: BLE001 - the limiter is unreachable: each send finds out on its own try
-            continue
-        for i, first in zip(indexes, tries):
-            results[i] = (messages[i], first)
-    return results
-
-
-def _claim_rendered_rows(requests: list[ClaimRequest]) -> list[LoadedMessage | None]:
-    """One claim per message id: a second request for an id in the same batch (two copies
-    of one broker message) gets None, on PostgreSQL as on SQLite."""
-    seen: set[int] = set()
-    firsts = [not (request.message_id in seen or seen.add(request.message_id)) for request in requests]
-    items = [request for request, first in zip(requests, firsts) if first]
-    now = db_datetime(utcnow())
-    for item in items:
-        if item.stamp is not None:
-            item.stamp.append(now)
-    if is_postgres():
-        ids = [item.message_id for item in items]
-        rows = _HotSql.claim_rendered_many.execute((
-            MessageStatus.SENDING, now, now, [item.deferrals for item in items], ids, now, ids,
-            MessageStatus.PENDING, CampaignStatus.SENDING,
-        )).fetchall()
-    else:
-        rows = []
-        with write_transaction():
-            for message_id, deferrals, *_ in items:
-                rows += [(message_id, *row) for row in _HotSql.claim_rendered.execute((
-                    MessageStatus.SENDING, now, now, deferrals, now, message_id, MessageStatus.PENDING, CampaignStatus.SENDING,
-                )).fetchall()]  # all rows: SQLite ends the statement only then
-    claimed = {}
-    for message_id, to_phone, body, segments, campaign_id, customer_id, campaign_zone, customer_zone in rows:
-        claimed[message_id] = LoadedMessage(
-            id=message_id, status=MessageStatus.SENDING, to_phone=to_phone, body=body, segments=segments,
-            sending_at=None,
-            campaign=SimpleNamespace(id=campaign_id, status=CampaignStatus.SENDING, time_zone=campaign_zone),
-            customer=SimpleNamespace(id=customer_id, time_zone=customer_zone),
-        )
-    return [claimed.get(request.message_id) if first else None for request, first in zip(requests, firsts)]
-
-
-def _record_sent_batch(records: list[SentRecord]) -> list[None]:
-    now = db_datetime(utcnow())
-    if is_postgres():
-        ids = [record.message_id for record in records]
-        _HotSql.sent_many.execute((
-            MessageStatus.SENT, now, now, [record.sid for record in records], ids,
-            [record.segments for record in records], ids, ids, MessageStatus.SENDING,
-        ))
-    else:
-        with write_transaction():
-            for record in records:
-                _HotSql.sent.execute((
-                    MessageStatus.SENT, record.sid, now, record.segments, None, now, record.message_id, MessageStatus.SENDING,
-                ))
-    return [None] * len(records)
 
 
 def release_connection() -> None:
@@ -350,10 +62,18 @@ def write_sent(records: list[SentRecord]) -> None:
     longer ``sending`` (reconciled meanwhile) is left as it is. After a failure the thread's
     connection is dropped, so that the next try connects again."""
     try:
-        _record_sent_batch(records)
+        message_state.record_sent(records)
     except Exception:
         release_connection()
         raise
+
+
+def _record_sent_batch(records: list[SentRecord]) -> list[None]:
+    message_state.record_sent(records)
+    return [None] * len(records)
+
+
+_sent_records = Combiner(_record_sent_batch)
 
 
 @dataclass(frozen=True)
@@ -366,14 +86,6 @@ class _How:
     quiet: QuietPolicy | None
     record_sent: Callable[[SentRecord], None] | None
     max_attempts: int
-
-
-#: Requests a message may cost before one that Twilio never lists is given up as failed.
-DEFAULT_MAX_ATTEMPTS = 10
-
-
-_claims = Combiner(claim_rendered_many)
-_sent_records = Combiner(_record_sent_batch)
 
 
 def send_message(
@@ -428,7 +140,7 @@ def send_message(
         return outcome
     if campaign.status != CampaignStatus.SENDING:
         if campaign.status == CampaignStatus.CANCELLED:
-            settle_cancelled(message_id)
+            message_state.settle_cancelled(message_id)
         outcome.detail = f"campaign is {campaign.status}"
         return outcome
     skipped = _skip_if_ineligible(message, outcome, MessageStatus.PENDING)
@@ -438,22 +150,21 @@ def send_message(
         link_code = new_link_code()
         body, length = compose(campaign.template, template_values(customer, link_code, short_url_base))
     except (TemplateError, MessageTooLong) as exc:
-        _transition(message_id, MessageStatus.PENDING, status=MessageStatus.FAILED, error_code=exc.code, reason=exc.reason)
+        message_state.fail(message_id, MessageStatus.PENDING, code=exc.code, reason=exc.reason)
         outcome.status, outcome.detail = MessageStatus.FAILED, exc.reason
         return outcome
     if quiet is not None:
         try:
             quiet.check(message)
         except QuietNow as exc:
-            _transition(message_id, MessageStatus.PENDING, queued_at=exc.queued_at)
+            message_state.expect_back(message_id, at=exc.queued_at)
             raise
 
     # The claim also re-checks the campaign, so a pause stops every message not yet claimed.
-    now = db_datetime(utcnow())
-    claimed = _HotSql.claim.execute((
-        MessageStatus.SENDING, body, length.encoding, length.segments, link_code, now, now, deferrals, now,
-        message_id, MessageStatus.PENDING, campaign.id, CampaignStatus.SENDING,
-    )).rowcount
+    claimed = message_state.claim_rendering(
+        message_id, campaign_id=campaign.id, body=body, encoding=length.encoding, segments=length.segments,
+        link_code=link_code, deferrals=deferrals, claimed_at=utcnow(),
+    )
     if not claimed:
         outcome.detail = "claimed by another worker, or the campaign stopped"
         return outcome
@@ -468,7 +179,7 @@ def _skip_if_ineligible(message: LoadedMessage, outcome: SendOutcome, expected: 
         code, reason = SkipReason.NO_QR_CODE, "customer's QR code was removed before the send"
     else:
         return None
-    if _transition(message.id, expected, status=MessageStatus.SKIPPED, error_code=code, reason=reason):
+    if message_state.skip(message.id, expected, code=code, reason=reason):
         outcome.status, outcome.detail = MessageStatus.SKIPPED, reason
     else:
         outcome.detail = "handled by another worker"
@@ -496,34 +207,31 @@ def _send_claimed(message, body, segments, outcome: SendOutcome, how: _How, firs
         except BaseException as exc:
             # queued_at says when the row is next expected back: a quiet-hours deferral at the
             # window's end, a stopped campaign never (resume dispatches it), else now.
-            _transition(message_id, MessageStatus.SENDING, status=MessageStatus.PENDING,
-                        attempts=Message.attempts - 1, queued_at=getattr(exc, "queued_at", utcnow()))
+            message_state.put_back(message_id, queued_at=getattr(exc, "queued_at", utcnow()), undo_attempt=True)
             raise
     try:
         sent = how.backend.send(to=message.to_phone, body=body)
     except RecipientOptedOut as exc:
-        _fail(message_id, exc)
+        message_state.fail(message_id, MessageStatus.SENDING, code=exc.code, reason=exc.reason)
         Customer.update(sms_subscribed=False).where(Customer.id == message.customer.id).execute()
         outcome.status, outcome.detail = MessageStatus.FAILED, exc.reason
         return outcome
     except PermanentError as exc:
-        _fail(message_id, exc)
+        message_state.fail(message_id, MessageStatus.SENDING, code=exc.code, reason=exc.reason)
         outcome.status, outcome.detail = MessageStatus.FAILED, exc.reason
         return outcome
     except SenderError as exc:
-        _transition(message_id, MessageStatus.SENDING, status=MessageStatus.PENDING, queued_at=None)
-        outcome.paused = pause_campaign(message.campaign.id, f"sender error {exc.code}: {exc.reason}")
-        settle_cancelled(message_id)
+        message_state.put_back(message_id, queued_at=None, undo_attempt=False)
+        outcome.pause_reason = f"sender error {exc.code}: {exc.reason}"
         outcome.status, outcome.detail = MessageStatus.PENDING, exc.reason
         return outcome
     except MaybeSent as exc:
-        _transition(message_id, MessageStatus.SENDING, error_code=exc.code, reason=exc.reason)
+        message_state.note_maybe_sent(message_id, code=exc.code, reason=exc.reason)
         logger.warning("message %s to %s: maybe sent (%s); will look it up at Twilio", message_id, mask_phone(message.to_phone), exc.reason)
         exc.retry_after_ms = int(how.reconcile_after_s * 1000) + 1000
         raise
     except TransientError as exc:
-        _transition(message_id, MessageStatus.SENDING, status=MessageStatus.PENDING, error_code=exc.code,
-                    reason=exc.reason, queued_at=utcnow())
+        message_state.retry_later(message_id, code=exc.code, reason=exc.reason)
         logger.warning("message %s to %s: transient error %s: %s", message_id, mask_phone(message.to_phone), exc.code, exc.reason)
         raise
     record = SentRecord(message_id, sent.sid, sent.segments or segments, message.campaign.id)
@@ -534,13 +242,6 @@ def _send_claimed(message, body, segments, outcome: SendOutcome, how: _How, firs
         outcome.written_behind = True
     outcome.status = MessageStatus.SENT
     return outcome
-
-
-def _record_sent(message_id: int, sent: SendResult, segments: int, reason: str) -> None:
-    now = db_datetime(utcnow())
-    _HotSql.sent.execute((
-        MessageStatus.SENT, sent.sid, now, sent.segments or segments, reason, now, message_id, MessageStatus.SENDING,
-    ))
 
 
 def _reconcile(message, outcome: SendOutcome, how: _How) -> SendOutcome:
@@ -555,14 +256,7 @@ def _reconcile(message, outcome: SendOutcome, how: _How) -> SendOutcome:
     # attempt's time, where the window at Twilio starts: a take whose lookup fails, or a
     # crash, cannot push a message Twilio accepted out of the window.
     first_attempt_at = message.first_attempt_at or started or utcnow()
-    taken = (
-        Message.update(sending_at=utcnow(), attempts=Message.attempts + 1, updated_at=utcnow(),
-                       first_attempt_at=first_attempt_at)
-        .where(Message.id == message.id, Message.status == MessageStatus.SENDING,
-               Message.sending_at.is_null() if started is None else Message.sending_at == started)
-        .execute()
-    )
-    if not taken:
+    if not message_state.take_for_reconcile(message.id, started=started, first_attempt_at=first_attempt_at):
         outcome.detail = "reconciled by another worker"
         return outcome
     since = first_attempt_at - dt.timedelta(minutes=1)
@@ -573,12 +267,13 @@ def _reconcile(message, outcome: SendOutcome, how: _How) -> SendOutcome:
         exc.retry_after_ms = max(exc.retry_after_ms or 0, int(how.reconcile_after_s * 1000) + 1000)
         raise
     if found is not None:
-        _record_sent(message.id, found, message.segments or 1, reason="found at Twilio after an unanswered request")
+        message_state.record_found(message.id, sid=found.sid, segments=found.segments or message.segments or 1,
+                                   reason="found at Twilio after an unanswered request")
         outcome.status, outcome.detail = MessageStatus.SENT, "reconciled"
         return outcome
     if message.attempts >= how.max_attempts:
         reason = f"no answer from Twilio after {message.attempts} attempts, and Twilio lists no such message"
-        if _transition(message.id, MessageStatus.SENDING, status=MessageStatus.FAILED, error_code="unknown_outcome", reason=reason):
+        if message_state.fail(message.id, MessageStatus.SENDING, code="unknown_outcome", reason=reason):
             record_event(message.campaign.id, "unknown_outcome", f"message {message.id}: {reason}", level="warning")
             outcome.status, outcome.detail = MessageStatus.FAILED, reason
         return outcome
@@ -586,8 +281,8 @@ def _reconcile(message, outcome: SendOutcome, how: _How) -> SendOutcome:
     if skipped is not None:
         return skipped
     if message.campaign.status != CampaignStatus.SENDING:
-        _transition(message.id, MessageStatus.SENDING, status=MessageStatus.PENDING, queued_at=None)
-        cancelled = settle_cancelled(message.id)
+        message_state.put_back(message.id, queued_at=None, undo_attempt=False)
+        cancelled = message_state.settle_cancelled(message.id)
         outcome.status = MessageStatus.CANCELLED if cancelled else MessageStatus.PENDING
         outcome.detail = f"campaign is {message.campaign.status}"
         return outcome
@@ -606,10 +301,7 @@ def give_up(message_id: int, *, retries: int) -> int | None:
     reason = f"gave up after {retries} retries; last error: {message.reason or 'unknown'}"
     if message.status == MessageStatus.SENDING:
         record_event(message.campaign_id, "retries_exhausted", f"message {message_id}: {reason}; left for reconciliation", level="warning")
-    elif _transition(message_id, MessageStatus.PENDING, status=MessageStatus.FAILED, error_code="retries_exhausted", reason=reason):
+    elif message_state.fail(message_id, MessageStatus.PENDING, code="retries_exhausted", reason=reason):
         record_event(message.campaign_id, "retries_exhausted", f"message {message_id}: {reason}")
     return message.campaign_id
 
-
-def _fail(message_id: int, exc: CampaignError) -> None:
-    _transition(message_id, MessageStatus.SENDING, status=MessageStatus.FAILED, error_code=exc.code, reason=exc.reason)

@@ -153,7 +153,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
     # The workers' broker: a metrics request from here reaches the same queues.
     import actors  # noqa: F401
-    from actors.campaigns import request_metrics_update
+    from actors.services import request_metrics_update
 
     if not logging.getLogger().handlers:  # under gunicorn: our lines on stderr, like the workers'
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [PID %(process)d] [%(name)s] [%(levelname)s] %(message)s")

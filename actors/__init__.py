@@ -72,10 +72,10 @@ broker = build_broker(settings)
 dramatiq.set_broker(broker)
 configure_database(settings.database_url)
 
-from actors.campaigns import dispatch_campaign, send_campaign, sweep, update_metrics  # noqa: E402
-from actors.control import cancel, pause, resume, start  # noqa: E402
 from actors.services import close_services  # noqa: E402
 from actors.sms import send_sms, send_sms_exhausted  # noqa: E402
+from actors.campaigns import dispatch_campaign, send_campaign, sweep, update_metrics  # noqa: E402
+from actors.control import cancel, pause, resume, start  # noqa: E402
 
 broker.add_middleware(Sweeper(interval_s=settings.sweep_interval_s, sweep=sweep))
 broker.add_middleware(Drain(drain=close_services))

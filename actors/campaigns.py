@@ -6,10 +6,14 @@ import logging
 
 import dramatiq
 
+import analytics
 import campaigns
 import delivery
-from actors.control import stop_campaign, stop_group
-from actors.services import get_services
+import dispatch
+import fanout
+from actors.services import get_services, request_metrics_update
+from actors.sms import send_sms
+from actors.stops import stop_campaign, stop_group
 from models import Campaign, utcnow
 from ratelimit import pacing, slower
 
@@ -24,7 +28,7 @@ QUIET_RECHECK_MS = 30_000
 def send_campaign(campaign_id: int) -> None:
     """Check the campaign, start its dispatcher, and record every customer's outcome row."""
     services = get_services()
-    campaigns.fan_out(
+    fanout.fan_out(
         campaign_id,
         short_url_base=services.short_url_base,
         default_region=services.default_region,
@@ -45,7 +49,7 @@ def dispatch_campaign(campaign_id: int, token: str) -> None:
         return
     max_inflight, again_ms = pacing(slower(services.sms_rate_limit, campaign.rate_limit))
     quiet = services.quiet
-    result = campaigns.dispatch(
+    result = dispatch.dispatch(
         campaign_id, token, enqueue=enqueue_sends, max_inflight=max_inflight,
         requeue_after_s=max(services.requeue_after_s, 6 * again_ms / 1000),
         quiet_hours=quiet.hours if quiet else None, clock=quiet.clock if quiet else utcnow,
@@ -72,9 +76,9 @@ def update_metrics(campaign_id: int) -> None:
             request_metrics_update(other)
     except Exception:
         logger.exception("applying early delivery reports failed; the next update tries again")
-    campaigns.recompute_analytics(campaign_id)
+    analytics.recompute_analytics(campaign_id)
     storm = services.error_storm
-    if campaigns.check_error_storm(campaign_id, window=storm[0], min_attempts=storm[1], ratio=storm[2]):
+    if analytics.check_error_storm(campaign_id, window=storm[0], min_attempts=storm[1], ratio=storm[2]):
         stop_campaign(campaign_id)
 
 
@@ -101,17 +105,8 @@ def sweep() -> campaigns.SweepResult:
 
 def enqueue_sends(campaign: Campaign, message_ids: list[int]) -> None:
     """One ``send_sms`` per message, with the campaign's stop group and its own rate limit."""
-    from actors.sms import send_sms
-
     options = {"stop_group": stop_group(campaign.id)}
     if campaign.rate_limit:
         options["extra_rate_limit"] = [f"campaign:{campaign.id}", campaign.rate_limit]
     for message_id in message_ids:
         send_sms.send_with_options(args=(message_id,), **options)
-
-
-def request_metrics_update(campaign_id: int) -> None:
-    """Ask for an analytics update; asks within one window share one aggregation."""
-    services = get_services()
-    if services.debouncer.claim(campaign_id):
-        update_metrics.send_with_options(args=(campaign_id,), delay=services.debouncer.delay_ms)

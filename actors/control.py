@@ -5,25 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-import dramatiq
-
 import campaigns
-from ratelimit import RateLimit
-
-
-def _rate_limit() -> RateLimit | None:
-    return next((m for m in dramatiq.get_broker().middleware if isinstance(m, RateLimit)), None)
-
-
-def stop_group(campaign_id: int) -> str:
-    return f"campaign:{campaign_id}"
-
-
-def stop_campaign(campaign_id: int | None, stopped: bool = True) -> None:
-    """Refuse rate-limit slots to the campaign's messages (or allow them again)."""
-    limiter = _rate_limit()
-    if campaign_id is not None and limiter is not None:
-        limiter.stop(stop_group(campaign_id), stopped)
+from models import utcnow
+from actors.campaigns import dispatch_campaign, send_campaign
+from actors.services import request_metrics_update
+from actors.stops import stop_campaign
 
 
 def pause(campaign_id: int, reason: str = "paused by an operator") -> bool:
@@ -36,8 +22,6 @@ def pause(campaign_id: int, reason: str = "paused by an operator") -> bool:
 
 def resume(campaign_id: int) -> bool:
     """Resume a paused campaign exactly where it stopped."""
-    from actors.campaigns import dispatch_campaign
-
     token = campaigns.resume_campaign(campaign_id)
     if token is None:
         return False
@@ -50,8 +34,6 @@ def cancel(campaign_id: int, reason: str = "cancelled by an operator") -> int | 
     """Cancel: every customer not yet sent is recorded as cancelled."""
     stop_campaign(campaign_id)
     cancelled = campaigns.cancel_campaign(campaign_id, reason)
-    from actors.campaigns import request_metrics_update
-
     request_metrics_update(campaign_id)
     return cancelled
 
@@ -59,13 +41,11 @@ def cancel(campaign_id: int, reason: str = "cancelled by an operator") -> int | 
 def start(campaign_id: int, at_utc: dt.datetime | None = None) -> None:
     """Start the campaign now, or schedule it for ``at_utc`` (naive UTC): the sweeper
     starts it when due, so a schedule survives the broker losing its messages."""
-    from actors.campaigns import send_campaign
-
     if at_utc is None:
         send_campaign.send(campaign_id)
         return
     if not campaigns.schedule_campaign(campaign_id, at_utc):
         raise ValueError(f"campaign {campaign_id} cannot be scheduled (it is not a draft)")
-    delay_ms = int((at_utc - campaigns.utcnow()).total_seconds() * 1000)
+    delay_ms = int((at_utc - utcnow()).total_seconds() * 1000)
     if 0 < delay_ms < 6 * 86_400_000:
         send_campaign.send_with_options(args=(campaign_id,), delay=delay_ms)

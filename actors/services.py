@@ -9,9 +9,10 @@ import dramatiq
 
 import sending
 from batching import WriteBehind
+from claims import QuietPolicy
+from message_state import SentRecord
 from metrics import MetricsDebouncer
 from quiet import QuietHours
-from sending import QuietPolicy, SentRecord
 from settings import get_settings
 from smsservice import SmsBackend, make_backend
 
@@ -68,10 +69,18 @@ def get_services() -> Services:
 
 def _request_metrics(records: list[SentRecord]) -> None:
     """Ask for the metrics update once the sends are committed, so that it counts them."""
-    from actors.campaigns import request_metrics_update
-
     for campaign_id in {record.campaign_id for record in records if record.campaign_id is not None}:
         request_metrics_update(campaign_id)
+
+
+def request_metrics_update(campaign_id: int) -> None:
+    """Ask for an analytics update; asks within one window share one aggregation. The
+    ``update_metrics`` actor is found in the broker's registry, so that this module (below
+    every actor module) imports none of them."""
+    services = get_services()
+    if services.debouncer.claim(campaign_id):
+        actor = dramatiq.get_broker().get_actor("update_metrics")
+        actor.send_with_options(args=(campaign_id,), delay=services.debouncer.delay_ms)
 
 
 def quiet_policy(settings) -> QuietPolicy | None:

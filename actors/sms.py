@@ -8,10 +8,11 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage, SkipMessage
 
 import campaigns
+import message_state
 import sending
-from actors.campaigns import request_metrics_update
-from actors.control import stop_campaign
-from actors.services import get_services
+from actors.services import get_services, request_metrics_update
+from actors.stops import stop_campaign
+from claims import QuietNow
 from errors import PermanentError, TransientError
 from observability import count_deferral, count_outcome
 from ratelimit import Gate, RateLimit, Stopped, Throttled
@@ -52,25 +53,27 @@ def send_sms(message_id: int) -> None:
         # Paused: resume re-dispatches the row. Cancelled: the row is recorded as such.
         # Sending after all (a pause and a resume crossed): the stale stop is lifted.
         campaign_id = campaigns.campaign_of(message_id)
-        if campaigns.settle_cancelled(message_id):
+        if message_state.settle_cancelled(message_id):
             request_metrics_update(campaign_id)
         elif campaigns.is_sending(campaign_id):
             stop_campaign(campaign_id, stopped=False)
         return
-    except sending.QuietNow as exc:
+    except QuietNow as exc:
         count_deferral("quiet_hours")
         defer_until(current, exc.until_utc, services.quiet.clock())
     except TransientError as exc:
         raise dramatiq.Retry(exc.reason, delay=exc.retry_after_ms) from None
     count_outcome(outcome.status)
-    if outcome.paused:
+    if outcome.pause_reason and campaigns.pause_campaign(outcome.campaign_id, outcome.pause_reason):
         stop_campaign(outcome.campaign_id)
+    if outcome.pause_reason:
+        message_state.settle_cancelled(message_id)  # the campaign was cancelled meanwhile
     if outcome.campaign_id is not None and outcome.status != "pending" and not outcome.written_behind:
         request_metrics_update(outcome.campaign_id)
 
 
 class SlotTaker:
-    """``acquire_slot`` for the send path (``sending.BatchSlots``).
+    """``acquire_slot`` for the send path (``claims.BatchSlots``).
 
     The slot's round trip also reads the TTL of the campaign's pending metrics update, which
     usually spares the send its own ask. The thread that claims a batch of messages takes

@@ -5,7 +5,7 @@
 For each size, on PostgreSQL, in this process:
  (a) baseline: ``insert_many`` of the same number of message rows, plus a pipelined
      enqueue of the same number of messages to Redis;
- (b) the project's ``campaigns.fan_out`` (eligibility, phone normalisation, rows for
+ (b) the project's ``fanout.fan_out`` (eligibility, phone normalisation, rows for
      everyone; sends are then enqueued by the paced dispatcher, a window at a time).
 Prints both times, the ratio, and the fan-out's peak traced memory (a separate run under
 tracemalloc, which slows it down).
@@ -61,14 +61,14 @@ def baseline(size: int) -> float:
 
 
 def project(size: int, *, traced: bool) -> tuple[float, int]:
-    import campaigns
+    import fanout
     from tests.factories import make_campaign
 
     campaign_id = make_campaign()
     if traced:
         tracemalloc.start()
     started = time.perf_counter()
-    result = campaigns.fan_out(campaign_id, short_url_base="https://x.test/q", batch_size=500)
+    result = fanout.fan_out(campaign_id, short_url_base="https://x.test/q", batch_size=500)
     elapsed = time.perf_counter() - started
     peak = 0
     if traced:

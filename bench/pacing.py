@@ -48,11 +48,11 @@ def children(pid: int) -> list[int]:
 
 
 def measure_fan_out(campaign_id: int, short_url_base: str) -> tuple[float, int, int]:
-    import campaigns
+    import fanout
 
     tracemalloc.start()
     started = time.perf_counter()
-    result = campaigns.fan_out(campaign_id, short_url_base=short_url_base, batch_size=500)
+    result = fanout.fan_out(campaign_id, short_url_base=short_url_base, batch_size=500)
     elapsed = time.perf_counter() - started
     _current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

@@ -66,7 +66,7 @@ def run_bare(n: int, tmp: str, fake) -> float:
 
 
 def run_project(n: int, tmp: str, fake, *, backend: str, latency_s: float = 0.0) -> float:
-    import campaigns
+    import fanout
     from models import Campaign, Message, MessageStatus, database
     from peewee import fn
     from tests.factories import make_campaign, make_customers
@@ -75,7 +75,7 @@ def run_project(n: int, tmp: str, fake, *, backend: str, latency_s: float = 0.0)
     with database.connection_context():
         make_customers(n)
         campaign_id = make_campaign()
-        campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+        fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
         Campaign.update(dispatch_token="bench").where(Campaign.id == campaign_id).execute()
         ids = [m.id for m in Message.select(Message.id).where(Message.status == MessageStatus.PENDING)]
     ns = namespace("bench-send")

@@ -10,11 +10,15 @@ import dramatiq
 import pytest
 
 import actors
+import analytics
+import claims
+import dispatch
+import fanout
+import message_state
 import campaigns
 import sending
 from errors import TransientError
 from models import Campaign, CampaignStatus, Customer, Event, Message, MessageStatus, QRCode, utcnow
-from tests.conftest import join_all
 from tests.factories import make_campaign, make_customers
 
 BASE = "https://x.test/q"
@@ -42,7 +46,7 @@ def _age_world(fake_twilio, seconds: float) -> None:
 def _one_pending_message(count: int = 1) -> Message:
     make_customers(count)
     campaign_id = make_campaign()
-    campaigns.fan_out(campaign_id, short_url_base=BASE)
+    fanout.fan_out(campaign_id, short_url_base=BASE)
     return Message.select().where(Message.campaign == campaign_id).order_by(Message.id).first()
 
 
@@ -98,7 +102,7 @@ def test_defect_3_duplicate_ids_in_one_batch_claim_are_claimed_once(db):
     row = _one_pending_message()
 
     # When the batch is claimed
-    results = sending.claim_rendered_many([sending.ClaimRequest(row.id, 0), sending.ClaimRequest(row.id, 0)])
+    results = claims.claim_rendered_many([claims.ClaimRequest(row.id, 0), claims.ClaimRequest(row.id, 0)])
 
     # Then only the first request gets the row, on PostgreSQL as on SQLite
     assert [message is not None for message, _ in results] == [True, False]
@@ -165,7 +169,7 @@ def test_defect_7_a_number_that_answers_500_forever_settles_failed(db, fake_twil
     assert stored.status == MessageStatus.FAILED and stored.error_code == "unknown_outcome"
     assert len(fake_twilio.requests) == 4 and fake_twilio.messages == []
     Campaign.update(fanout_done_at=utcnow()).where(Campaign.id == row.campaign_id).execute()
-    campaigns.recompute_analytics(row.campaign_id)
+    analytics.recompute_analytics(row.campaign_id)
     assert Campaign.get_by_id(row.campaign_id).status == CampaignStatus.COMPLETED
 
 
@@ -174,13 +178,13 @@ def test_defect_8_the_error_storm_check_counts_attempts_only(db):
     make_customers(25, first_name="Zoë" + "x" * 60)
     make_customers(5)
     campaign_id = make_campaign()
-    campaigns.fan_out(campaign_id, short_url_base=BASE)
+    fanout.fan_out(campaign_id, short_url_base=BASE)
     assert Message.select().where(Message.error_code == "too_long").count() == 25
     pending = [m.id for m in Message.select().where(Message.status == MessageStatus.PENDING)]
     Message.update(status=MessageStatus.SENT, attempts=1).where(Message.id.in_(pending)).execute()
 
     # When the error-storm check runs
-    paused = campaigns.check_error_storm(campaign_id, window=50, min_attempts=5, ratio=0.8)
+    paused = analytics.check_error_storm(campaign_id, window=50, min_attempts=5, ratio=0.8)
 
     # Then the campaign is not paused: no attempt failed
     assert not paused
@@ -192,13 +196,13 @@ def test_defect_6_rows_another_dispatcher_marked_since_they_were_read_are_not_en
     # Given a campaign's fresh rows, read by one dispatcher
     make_customers(4)
     campaign_id = make_campaign()
-    campaigns.fan_out(campaign_id, short_url_base=BASE)
+    fanout.fan_out(campaign_id, short_url_base=BASE)
     fresh = (Message.status == MessageStatus.PENDING) & Message.queued_at.is_null()
     read = [m.id for m in Message.select(Message.id).where(fresh)]
 
     # When another dispatcher marks two of them first, then this one marks what it read
-    assert campaigns._mark_queued(read[:2], fresh) == read[:2]
-    marked = campaigns._mark_queued(read, fresh)
+    assert message_state.mark_queued(read[:2], fresh) == read[:2]
+    marked = message_state.mark_queued(read, fresh)
 
     # Then this one enqueues only the two nobody had taken
     assert marked == read[2:]
@@ -209,7 +213,7 @@ def test_defect_5_a_maybe_sent_message_never_adopts_another_campaigns_message(db
     make_customers(1)
     first, second = make_campaign(name="A"), make_campaign(name="B")
     for campaign_id in (first, second):
-        campaigns.fan_out(campaign_id, short_url_base=BASE)
+        fanout.fan_out(campaign_id, short_url_base=BASE)
     row_a, row_b = (Message.get(Message.campaign == c) for c in (first, second))
     assert row_a.body != row_b.body  # each message has a link of its own
 
@@ -341,19 +345,19 @@ def test_defect_9_rows_inside_quiet_hours_are_not_claimed_and_wake_at_the_dispat
     Customer.update(phone="+12125550123").where(Customer.id.in_(ids[:6])).execute()
     Customer.update(time_zone="America/Los_Angeles").where(Customer.id.in_(ids[6:])).execute()
     campaign_id = make_campaign()
-    token = campaigns.fan_out(campaign_id, short_url_base=BASE).dispatch_token
+    token = fanout.fan_out(campaign_id, short_url_base=BASE).dispatch_token
     new_york = dt.timezone(dt.timedelta(hours=-5))
     clock = {"now": dt.datetime(2026, 11, 30, 21, 0, tzinfo=new_york).astimezone(dt.timezone.utc).replace(tzinfo=None)}
     hours = QuietHours.parse("21:00-08:00")
 
-    def dispatch(max_inflight):
+    def run_dispatcher(max_inflight):
         enqueued: list[int] = []
-        result = campaigns.dispatch(campaign_id, token, enqueue=lambda campaign, ids: enqueued.extend(ids),
+        result = dispatch.dispatch(campaign_id, token, enqueue=lambda campaign, ids: enqueued.extend(ids),
                                     max_inflight=max_inflight, requeue_after_s=600, quiet_hours=hours, clock=lambda: clock["now"])
         return result, enqueued
 
     # When the dispatcher runs at night
-    result, enqueued = dispatch(max_inflight=10)
+    result, enqueued = run_dispatcher(max_inflight=10)
 
     # Then only the Los Angeles rows are enqueued; New York's stay pending, untouched, until 08:00
     la_rows = [m.id for m in Message.select().where(Message.customer.in_(ids[6:]))]
@@ -364,7 +368,7 @@ def test_defect_9_rows_inside_quiet_hours_are_not_claimed_and_wake_at_the_dispat
     # When it is 08:00 in New York, with room for 4 in flight (the 2 LA ones were sent)
     Message.update(status=MessageStatus.SENT).where(Message.id.in_(la_rows)).execute()
     clock["now"] = dt.datetime(2026, 12, 1, 13, 0)
-    _, woken = dispatch(max_inflight=4)
+    _, woken = run_dispatcher(max_inflight=4)
 
     # Then New York wakes at the dispatcher's pace, not all at once
     assert len(woken) == 4

@@ -9,13 +9,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
 from dramatiq import Worker
 
 import actors
-import campaigns
+import analytics
+import fanout
 import sending
 from errors import TransientError
 from batching import WriteBehind
@@ -44,7 +44,7 @@ def test_accepted_then_no_answer_is_found_at_twilio_not_resent(db, stub_broker, 
     assert {r.to_phone: r.twilio_sid for r in rows} == sids
     reconciled = [r for r in rows if r.attempts == 2]
     assert len(reconciled) == 1 and reconciled[0].reason == "found at Twilio after an unanswered request"
-    assert campaigns.analytics_dict(campaign_id)["sent"] == 3
+    assert analytics.analytics_dict(campaign_id)["sent"] == 3
 
 
 def test_read_timeout_is_reconciled(sqlite_db, stub_broker, stub_worker, twilio_backend, fake_twilio):
@@ -65,7 +65,7 @@ def test_a_row_left_sending_by_a_crash_is_sent_once_when_twilio_has_none(db, fak
     # Given a worker claimed a message and died before calling Twilio
     make_customers(1)
     campaign_id = make_campaign()
-    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
     row = Message.get(Message.campaign == campaign_id)
     Message.update(status=MessageStatus.SENDING, body="Hi\nReply STOP to unsubscribe", segments=1,
                    sending_at=utcnow() - dt.timedelta(seconds=5), attempts=1).where(Message.id == row.id).execute()
@@ -184,14 +184,14 @@ def test_retries_exhausted_leave_a_recorded_failure(sqlite_db, stub_broker, stub
     assert row.status == MessageStatus.FAILED and row.error_code == "retries_exhausted"
     assert "too many requests" in row.reason
     assert fake_twilio.messages == [] and len(fake_twilio.requests) == 3
-    assert campaigns.analytics_dict(campaign_id)["status"] == "completed"
+    assert analytics.analytics_dict(campaign_id)["status"] == "completed"
 
 
 def test_giving_up_on_a_maybe_sent_row_leaves_it_for_reconciliation(sqlite_db):
     # Given a row whose send may have reached Twilio
     make_customers(1)
     campaign_id = make_campaign()
-    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
     row = Message.get()
     Message.update(status=MessageStatus.SENDING, sending_at=utcnow()).where(Message.id == row.id).execute()
 

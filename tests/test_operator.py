@@ -14,10 +14,14 @@ import pytest
 from limits import parse
 
 import actors
+import analytics
+import dispatch
+import fanout
+import reports
 import campaigns
 from actors.services import configure_services
 import sending
-from sending import QuietNow, QuietPolicy
+from claims import QuietNow, QuietPolicy
 from models import Campaign, CampaignStatus, Customer, Event, Message, MessageStatus
 from quiet import QuietHours, recipient_zone
 from ratelimit import RateLimit
@@ -140,7 +144,7 @@ def test_a_send_whose_slot_ends_in_quiet_hours_is_deferred_not_sent(sqlite_db, s
     [customer_id] = make_customers(1)
     Customer.update(phone=NY_NUMBER).where(Customer.id == customer_id).execute()
     campaign_id = make_campaign()
-    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
     row = Message.get(Message.campaign == campaign_id)
     clock = SimpleNamespace(now=utc(NY, 2026, 11, 30, 20, 59, 30))
     slots = SlotsThatTakeAMinute(clock)
@@ -165,7 +169,7 @@ def test_preview_renders_exactly_and_counts_the_audience(sqlite_db):
     Customer.update(first_name="Ãna").where(Customer.id == ids[5]).execute()
     campaign_id = make_campaign("Hi {first_name}: {short_url}")
 
-    result = campaigns.preview(campaign_id, short_url_base="https://x.test/q", samples=2, price_per_segment=0.01)
+    result = reports.preview(campaign_id, short_url_base="https://x.test/q", samples=2, price_per_segment=0.01)
 
     assert result.audience == 10
     assert result.skipped_by_reason == {"unsubscribed": 1, "invalid_phone": 1, "no_qr_code": 1}
@@ -180,12 +184,12 @@ def test_preview_renders_exactly_and_counts_the_audience(sqlite_db):
 def test_status_report_gives_rate_eta_and_progress(sqlite_db):
     make_customers(10)
     campaign_id = make_campaign()
-    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
     now = campaigns.utcnow()
     first_four = [m.id for m in Message.select().order_by(Message.id).limit(4)]
     Message.update(status=MessageStatus.SENT, sent_at=now - dt.timedelta(seconds=60)).where(Message.id.in_(first_four)).execute()
 
-    report = campaigns.status_report(campaign_id, now=now, rate_window_s=300)
+    report = reports.status_report(campaign_id, now=now, rate_window_s=300)
 
     assert (report["sent"], report["pending"], report["targeted"]) == (4, 6, 10)
     assert report["rate_per_minute"] == 0.8 and report["eta_seconds"] == 450
@@ -247,13 +251,13 @@ def test_cancel_mid_send_leaves_no_pending_record(sqlite_db, stub_broker, stub_w
         cancelled = actors.cancel(campaign_id)
         join_all(stub_broker)
 
-        counts = campaigns.database_counts(campaign_id)
+        counts = analytics.database_counts(campaign_id)
         assert counts.get("pending", 0) == 0 and counts.get("sending", 0) == 0
         # (a message in flight when the cancel came is recorded cancelled a moment later)
         assert counts["cancelled"] >= cancelled > 0
         assert counts["sent"] == len(fake_twilio.messages) and counts["sent"] + counts["cancelled"] == 300
         assert Campaign.get_by_id(campaign_id).status == CampaignStatus.CANCELLED
-        assert campaigns.analytics_dict(campaign_id)["cancelled"] == counts["cancelled"]
+        assert analytics.analytics_dict(campaign_id)["cancelled"] == counts["cancelled"]
     finally:
         set_sms_limit(stub_broker, "1000/second")
 
@@ -325,14 +329,14 @@ def test_a_quiet_hours_deferral_does_not_hold_the_dispatchers_budget(sqlite_db, 
     # Given a campaign whose first rows were dispatched and then deferred until morning
     make_customers(10)
     campaign_id = make_campaign()
-    result = campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    result = fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
     first = [m.id for m in Message.select().order_by(Message.id).limit(4)]
     morning = campaigns.utcnow() + dt.timedelta(hours=9)
     Message.update(queued_at=morning).where(Message.id.in_(first)).execute()
 
     # When the dispatcher runs with room for 4 in flight
     enqueued = []
-    campaigns.dispatch(campaign_id, result.dispatch_token, enqueue=lambda c, ids: enqueued.extend(ids),
+    dispatch.dispatch(campaign_id, result.dispatch_token, enqueue=lambda c, ids: enqueued.extend(ids),
                        max_inflight=4, requeue_after_s=1200)
 
     # Then the deferred rows do not count as in flight: 4 others go out

@@ -8,6 +8,8 @@ import dramatiq
 from dramatiq import Worker
 
 import actors
+import analytics
+import fanout
 import campaigns
 from models import Campaign, CampaignStatus, Event, Message, MessageStatus, utcnow
 from tests.conftest import join_all
@@ -60,7 +62,7 @@ def test_an_error_storm_pauses_the_campaign(sqlite_db, stub_broker, stub_worker,
     # Then the campaign is paused with the reason, with customers left pending, not burned
     campaign = Campaign.get_by_id(campaign_id)
     assert campaign.status == CampaignStatus.PAUSED and campaign.status_reason.startswith("error storm")
-    counts = campaigns.database_counts(campaign_id)
+    counts = analytics.database_counts(campaign_id)
     assert counts.get("pending", 0) > 0 and counts["failed"] >= 16
 
 
@@ -92,7 +94,7 @@ def test_rows_a_dead_worker_left_sending_under_a_cancelled_campaign_are_settled(
     # died, one after Twilio accepted it (its record lost), one before it was sent
     make_customers(3)
     campaign_id = make_campaign()
-    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
     accepted, unsent, pending = list(Message.select().order_by(Message.id))
     twilio_backend.send(to=accepted.to_phone, body=accepted.body)
     an_hour_ago = utcnow() - dt.timedelta(hours=1)
@@ -119,10 +121,10 @@ def test_a_row_settled_cancelled_by_reconciliation_is_counted(db, stub_broker, s
     # and its analytics computed then
     make_customers(1)
     campaign_id = make_campaign()
-    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
     Message.update(status=MessageStatus.SENDING, sending_at=utcnow() - dt.timedelta(hours=1), attempts=1).execute()
     campaigns.cancel_campaign(campaign_id)
-    campaigns.recompute_analytics(campaign_id)
+    analytics.recompute_analytics(campaign_id)
 
     # When the sweeper has it reconciled
     actors.sweep()
@@ -131,8 +133,8 @@ def test_a_row_settled_cancelled_by_reconciliation_is_counted(db, stub_broker, s
     # Then Twilio had nothing, the row is cancelled, and the analytics say so
     assert fake_twilio.messages == []
     assert Message.get().status == MessageStatus.CANCELLED
-    analytics = campaigns.analytics_dict(campaign_id)
-    assert (analytics["cancelled"], analytics["pending"]) == (1, 0)
+    figures = analytics.analytics_dict(campaign_id)
+    assert (figures["cancelled"], figures["pending"]) == (1, 0)
 
 
 def test_the_sweeper_sends_a_stuck_row_once_with_its_campaigns_limits(db, stub_broker):
@@ -140,7 +142,7 @@ def test_the_sweeper_sends_a_stuck_row_once_with_its_campaigns_limits(db, stub_b
     make_customers(2)
     campaign_id = make_campaign()
     Campaign.update(rate_limit="5/minute").where(Campaign.id == campaign_id).execute()
-    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
     stuck = Message.select().order_by(Message.id).first()
     Message.update(status=MessageStatus.SENDING, sending_at=utcnow() - dt.timedelta(hours=1)).where(
         Message.id == stuck.id).execute()

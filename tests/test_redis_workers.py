@@ -13,7 +13,7 @@ from peewee import fn
 from dramatiq.brokers.redis import RedisBroker
 
 import actors
-import campaigns
+import analytics
 from models import Campaign, CampaignAnalytics, CampaignStatus, Message, MessageStatus
 from sms import FOOTER, measure
 from bench.common import Workers, delete_namespace, worker_env
@@ -57,7 +57,7 @@ def wait_finished(campaign_id: int, workers: WorkerProcesses, timeout_s: float =
             return campaign
         assert workers.proc.poll() is None, workers.tail(100_000)[-3000:]
         time.sleep(0.25)
-    raise AssertionError(f"campaign not finished; counts {campaigns.database_counts(campaign_id)}\n{workers.tail(100_000)[-3000:]}")
+    raise AssertionError(f"campaign not finished; counts {analytics.database_counts(campaign_id)}\n{workers.tail(100_000)[-3000:]}")
 
 
 def test_thousand_customers_two_worker_processes_exactly_once(postgres_db, fake_twilio, redis_broker, workers):
@@ -91,11 +91,11 @@ def test_thousand_customers_two_worker_processes_exactly_once(postgres_db, fake_
     )
     assert skipped == {"unsubscribed": len(ineligible_unsub), "invalid_phone": len(bad), "no_qr_code": len(no_qr)}
     # And the analytics equal the database counts
-    counts = campaigns.database_counts(campaign_id)
-    analytics = CampaignAnalytics.get(CampaignAnalytics.campaign == campaign_id)
+    counts = analytics.database_counts(campaign_id)
+    figures = CampaignAnalytics.get(CampaignAnalytics.campaign == campaign_id)
     assert counts == {"sent": len(eligible_phones), "skipped": len(ineligible)}
-    assert (analytics.targeted, analytics.sent, analytics.skipped, analytics.failed) == (1000, counts["sent"], counts["skipped"], 0)
-    assert json.loads(analytics.skipped_by_reason) == skipped
+    assert (figures.targeted, figures.sent, figures.skipped, figures.failed) == (1000, counts["sent"], counts["skipped"], 0)
+    assert json.loads(figures.skipped_by_reason) == skipped
     # And every sent row carries the SID Twilio returned
     sids = {m["sid"] for m in fake_twilio.messages}
     assert {m.twilio_sid for m in Message.select().where(Message.status == MessageStatus.SENT)} == sids

@@ -13,8 +13,8 @@ from dramatiq.broker import MessageProxy
 from playhouse.test_utils import count_queries
 
 import actors
-import campaigns
-import sending
+import claims
+import fanout
 from actors.services import configure_services, get_services
 from metrics import MetricsDebouncer
 from actors.sms import SlotTaker
@@ -59,13 +59,13 @@ def counted(stub_broker):
         client.delete(key)
 
 
-def claim_requests(message_ids: list[int], debouncer: MetricsDebouncer, quiet) -> list[sending.ClaimRequest]:
+def claim_requests(message_ids: list[int], debouncer: MetricsDebouncer, quiet) -> list[claims.ClaimRequest]:
     """The claim requests worker threads would make for these messages, each with its gate."""
     requests = []
     for message_id in message_ids:
         message = MessageProxy(actors.send_sms.message(message_id))
         actors.broker.emit_before("process_message", message)
-        requests.append(sending.ClaimRequest(message_id, 0, SlotTaker(RateLimit.current_gate(), debouncer), quiet))
+        requests.append(claims.ClaimRequest(message_id, 0, SlotTaker(RateLimit.current_gate(), debouncer), quiet))
         actors.broker.emit_after("process_message", message, result=None)
     return requests
 
@@ -74,7 +74,7 @@ def test_send_sms_costs_two_queries_and_one_redis_round_trip(db, counted, twilio
     # Given 20 pending messages, the rate limiter and the debouncer on a counting Redis client
     make_customers(20)
     campaign_id = make_campaign()
-    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
     ids = [m.id for m in Message.select(Message.id).order_by(Message.id)]
     _client, _prefix, debouncer = counted
     configure_services(debouncer=debouncer)
@@ -143,23 +143,23 @@ def test_a_batch_of_claims_takes_its_slots_in_one_round_trip_after_quiet_hours(d
     tokyo = Customer.select().order_by(Customer.id)[3]
     Customer.update(time_zone="Asia/Tokyo").where(Customer.id == tokyo.id).execute()
     campaign_id = make_campaign()
-    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
     ids = [m.id for m in Message.select(Message.id).order_by(Message.id)]
     client, prefix, debouncer = counted
-    quiet = sending.QuietPolicy(QuietHours.parse("21:00-08:00"), "America/New_York",
+    quiet = claims.QuietPolicy(QuietHours.parse("21:00-08:00"), "America/New_York",
                                 clock=lambda: dt.datetime(2026, 6, 1, 16, 0))
     requests = claim_requests(ids, debouncer, quiet)
 
     # When the five are claimed as one batch
     CountingRedis.commands = 0
-    results = sending.claim_rendered_many(requests)
+    results = claims.claim_rendered_many(requests)
 
     # Then all five are claimed, the four outside quiet hours got their slots in one
     # round trip, and the one in Tokyo got none: it will be deferred, not sent
     assert [message.id for message, _ in results] == ids
     assert CountingRedis.commands == 1
     firsts = [first for _, first in results]
-    assert isinstance(firsts[3], sending.QuietNow)
+    assert isinstance(firsts[3], claims.QuietNow)
     assert [first[0] for i, first in enumerate(firsts) if i != 3] == [0, 0, 0, 0]
     assert client.llen(f"{prefix}:window:sms") == 4
 
@@ -180,14 +180,14 @@ def test_an_error_about_one_message_of_a_batch_stays_with_that_message(db, count
     # for the second one only
     make_customers(3)
     campaign_id = make_campaign()
-    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
     rows = list(Message.select().order_by(Message.id))
     client, prefix, debouncer = counted
     quiet = QuietThatFailsFor(rows[1].to_phone)
     requests = claim_requests([row.id for row in rows], debouncer, quiet)
 
     # When the batch is claimed
-    results = sending.claim_rendered_many(requests)
+    results = claims.claim_rendered_many(requests)
 
     # Then the others got their slots, and the second its own error (which its send
     # raises, undoing its claim) and no slot

@@ -10,7 +10,8 @@ import dramatiq
 
 
 import actors
-import campaigns
+import analytics
+import fanout
 from models import Campaign, CampaignAnalytics, CampaignStatus, Customer, Event, Message, MessageStatus
 from sms import FOOTER, measure
 from tests.conftest import FROM_NUMBER, join_all
@@ -23,7 +24,7 @@ def run_campaign(broker, campaign_id: int) -> None:
 
 
 def statuses(campaign_id: int) -> dict[str, int]:
-    return campaigns.database_counts(campaign_id)
+    return analytics.database_counts(campaign_id)
 
 
 def test_campaign_sends_one_sms_per_eligible_customer(db, stub_broker, stub_worker, twilio_backend, fake_twilio):
@@ -52,10 +53,10 @@ def test_campaign_sends_one_sms_per_eligible_customer(db, stub_broker, stub_work
         ids[4]: "invalid_phone", ids[5]: "invalid_phone", ids[6]: "no_qr_code",
     }
     # And the analytics equal the database and the campaign is completed
-    analytics = CampaignAnalytics.get(CampaignAnalytics.campaign == campaign_id)
-    assert (analytics.targeted, analytics.sent, analytics.skipped, analytics.failed, analytics.pending) == (40, 34, 6, 0, 0)
-    assert analytics.segments == 34
-    assert json.loads(analytics.skipped_by_reason) == {"invalid_phone": 2, "no_qr_code": 1, "unsubscribed": 3}
+    figures = CampaignAnalytics.get(CampaignAnalytics.campaign == campaign_id)
+    assert (figures.targeted, figures.sent, figures.skipped, figures.failed, figures.pending) == (40, 34, 6, 0, 0)
+    assert figures.segments == 34
+    assert json.loads(figures.skipped_by_reason) == {"invalid_phone": 2, "no_qr_code": 1, "unsubscribed": 3}
     assert statuses(campaign_id) == {"sent": 34, "skipped": 6}
     assert Campaign.get_by_id(campaign_id).status == CampaignStatus.COMPLETED
 
@@ -168,8 +169,8 @@ def test_permanent_twilio_errors_fail_the_record_once(db, stub_broker, stub_work
     assert codes == {ids[1]: "21211", ids[2]: "21610"}
     assert [r["to"] for r in fake_twilio.requests].count(phone_for(1)) == 1
     assert Customer.get_by_id(ids[2]).sms_subscribed is False
-    analytics = campaigns.analytics_dict(campaign_id)
-    assert analytics["failed_by_reason"] == {"21211": 1, "21610": 1} and analytics["sent"] == 2
+    figures = analytics.analytics_dict(campaign_id)
+    assert figures["failed_by_reason"] == {"21211": 1, "21610": 1} and figures["sent"] == 2
 
     # And the next campaign skips the customer who replied STOP, without asking Twilio
     requests_before = len(fake_twilio.requests)
@@ -223,7 +224,7 @@ def test_metrics_updates_are_coalesced(sqlite_db, stub_broker, stub_worker, twil
     assert counter.counts["send_sms"] == 300
     assert 1 <= counter.counts["update_metrics"] <= elapsed_ms / delay_ms + 5  # + the last, and a retry or two
     assert counter.counts["update_metrics"] < 300 / 3
-    assert campaigns.analytics_dict(campaign_id)["sent"] == 300
+    assert analytics.analytics_dict(campaign_id)["sent"] == 300
 
 
 def test_dispatcher_keeps_about_three_windows_in_flight_and_carries_the_campaign_limit(sqlite_db, stub_broker):
@@ -231,7 +232,7 @@ def test_dispatcher_keeps_about_three_windows_in_flight_and_carries_the_campaign
     make_customers(100)
     campaign_id = make_campaign()
     Campaign.update(rate_limit="5/minute").where(Campaign.id == campaign_id).execute()
-    result = campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    result = fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
 
     # When the dispatcher runs (no worker: we look at what it put on the broker)
     actors.dispatch_campaign.fn(campaign_id, result.dispatch_token)

@@ -20,7 +20,9 @@ from twilio.request_validator import RequestValidator
 from werkzeug.serving import make_server
 
 import actors
-import campaigns
+import analytics
+import fanout
+import message_state
 import delivery
 import models
 import sending
@@ -136,9 +138,9 @@ def test_delivery_callbacks_of_a_real_run_end_in_the_analytics(web, stub_broker,
     assert [(reload(r).delivery_status, reload(r).delivery_error_code) for r in rows] == outcomes
     assert all(reload(r).delivered_at is not None for r in rows[:3])
     assert all(reload(r).delivered_at is None for r in rows[3:])
-    analytics = campaigns.analytics_dict(campaign_id)
-    assert (analytics["sent"], analytics["delivered"], analytics["undelivered"]) == (6, 3, 3)
-    assert analytics["carrier_errors"] == {"30003": 2, "30005": 1}
+    figures = analytics.analytics_dict(campaign_id)
+    assert (figures["sent"], figures["delivered"], figures["undelivered"]) == (6, 3, 3)
+    assert figures["carrier_errors"] == {"30003": 2, "30005": 1}
 
 
 def test_forged_unsigned_and_misaddressed_requests_are_refused_and_change_nothing(web):
@@ -255,7 +257,7 @@ def test_stop_while_a_campaign_is_sending_stops_later_messages(web, stub_broker,
     # Given a campaign whose rows are recorded but not yet sent
     ids = make_customers(5)
     campaign_id = make_campaign()
-    fanned = campaigns.fan_out(campaign_id, short_url_base=PUBLIC + "/q")
+    fanned = fanout.fan_out(campaign_id, short_url_base=PUBLIC + "/q")
     assert Message.select().where(Message.status == MessageStatus.PENDING).count() == 5
 
     # When customer 2 replies STOP before its message goes out
@@ -269,7 +271,7 @@ def test_stop_while_a_campaign_is_sending_stops_later_messages(web, stub_broker,
     assert sorted(m["to"] for m in fake_twilio.messages) == sorted(phone_for(i) for i in (0, 1, 3, 4))
     row = Message.get(Message.customer == ids[2])
     assert (row.status, row.error_code) == (MessageStatus.SKIPPED, "unsubscribed")
-    assert campaigns.database_counts(campaign_id) == {"sent": 4, "skipped": 1}
+    assert analytics.database_counts(campaign_id) == {"sent": 4, "skipped": 1}
 
 
 def test_short_links_count_people_not_preview_bots(web, stub_broker, stub_worker):
@@ -311,7 +313,7 @@ def test_a_report_that_overtakes_its_sid_is_applied_once_the_sid_is_recorded(web
     # Given a message Twilio accepted whose "sent" record is still being written (row sending)
     make_customers(1)
     campaign_id = make_campaign()
-    campaigns.fan_out(campaign_id, short_url_base="https://x.test/q")
+    fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
     row = Message.get(Message.campaign == campaign_id)
     Message.update(status=MessageStatus.SENDING).where(Message.id == row.id).execute()
     sid = new_sid()
@@ -323,7 +325,7 @@ def test_a_report_that_overtakes_its_sid_is_applied_once_the_sid_is_recorded(web
     assert sorted(e.status for e in EarlyStatus.select()) == ["delivered", "sent"]
 
     # And then the record is written and the campaign's metrics update runs
-    sending.write_sent([sending.SentRecord(row.id, sid, 1, campaign_id)])
+    sending.write_sent([message_state.SentRecord(row.id, sid, 1, campaign_id)])
     actors.update_metrics(campaign_id)
 
     # Then the delivery is recorded as if it had come in order, counted, and no longer kept
@@ -380,7 +382,7 @@ def test_a_message_link_credits_its_own_campaign_and_leads_to_the_customers_qr_p
     (customer,) = make_customers(1)
     first, second = make_campaign(name="first"), make_campaign(name="second")
     for campaign_id in (first, second):
-        campaigns.fan_out(campaign_id, short_url_base=PUBLIC + "/q")
+        fanout.fan_out(campaign_id, short_url_base=PUBLIC + "/q")
     first_row, second_row = (Message.get(Message.campaign == c) for c in (first, second))
     Message.update(status=MessageStatus.SENT, sent_at=utcnow()).where(Message.id == second_row.id).execute()
     Message.update(status=MessageStatus.SENT, sent_at=utcnow() - dt.timedelta(days=1)).where(Message.id == first_row.id).execute()

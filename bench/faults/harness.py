@@ -143,7 +143,7 @@ class Scenario:
 
     # ------------------------------------------------------------- verdict
     def verify(self, case: str) -> Verdict:
-        import campaigns
+        import analytics as analytics_module
         from models import Message, MessageStatus, database
 
         seconds = time.monotonic() - self.started
