@@ -152,8 +152,8 @@ class Scenario:
         with database.connection_context():
             rows = list(Message.select(Message.to_phone, Message.status, Message.twilio_sid, Message.error_code)
                         .where(Message.campaign == self.campaign_id))
-            analytics = campaigns.analytics_dict(self.campaign_id)
-            counts = campaigns.database_counts(self.campaign_id)
+            analytics = analytics_module.analytics_dict(self.campaign_id)
+            counts = analytics_module.database_counts(self.campaign_id)
         by_phone = {r.to_phone: r for r in rows if r.to_phone}
         to_send = self.eligible - set(self.expected_failures)
         lost = sum(1 for p in to_send if accepted[p] == 0 or by_phone.get(p) is None or by_phone[p].status != MessageStatus.SENT)
