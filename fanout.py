@@ -16,7 +16,7 @@ from campaigns import fail_campaign
 from errors import MessageTooLong, PermanentError, TemplateError
 from events import record_event
 from links import new_link_code
-from models import Campaign, CampaignStatus, Customer, MessageStatus, QRCode, database, db_datetime, utcnow
+from models import Campaign, CampaignStatus, Customer, Message, MessageStatus, QRCode, db_datetime, is_postgres, utcnow, write_transaction
 from quiet import recipient_zone
 from rendering import check_campaign, eligibility, template_values
 from sms import compose
@@ -118,36 +118,58 @@ def _record_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]
         return 0
     for attempt in range(_LINK_CODE_TRIES):
         rows = _render_outcomes(campaign, batch, default_region, short_url_base, default_time_zone)
-        new_zones = {row[-1] for row in rows if row[-1]} - zones
+        batch_zones = {row[-1] for row in rows if row[-1]}
         try:
-            with database.atomic():
-                if new_zones:
-                    # With the rows, so that no row's zone is missing from the campaign's list.
-                    zones |= new_zones
+            with write_transaction():
+                if batch_zones - zones:
+                    # With the rows, so that no row's zone is missing from the campaign's list;
+                    # read again under the lock, so that two fan-outs add to it, not overwrite.
+                    current = Campaign.select(Campaign.zones).where(Campaign.id == campaign.id)
+                    current = (current.for_update() if is_postgres() else current).get()  # SQLite: IMMEDIATE locks
+                    zones |= set(current.recipient_zones()) | batch_zones
                     Campaign.update(zones=json.dumps(sorted(zones))).where(Campaign.id == campaign.id).execute()
                 message_state.insert_outcomes(rows)
             return len(rows)
         except IntegrityError:
-            # Only a link code can collide (the conflict target covers the rest): new codes.
-            zones -= new_zones
+            # A link code drawn by a fan-out running at the same time (the codes in use were
+            # avoided), or a customer deleted meanwhile: render the batch again.
             if attempt == _LINK_CODE_TRIES - 1:
                 raise
     return 0
+
+
+def _link_codes(count: int) -> list[str]:
+    """``count`` new link codes that no message and no customer's QR code has: the short
+    link path serves both, so a code must mean one thing."""
+    codes = [new_link_code() for _ in range(count)]
+    while True:
+        taken = _codes_in_use(codes) | {code for code in codes if codes.count(code) > 1}
+        if not taken:
+            return codes
+        codes = [new_link_code() if code in taken else code for code in codes]
+
+
+def _codes_in_use(codes: list[str]) -> set[str]:
+    if not codes:
+        return set()
+    used = {code for (code,) in Message.select(Message.link_code).where(Message.link_code.in_(codes)).tuples()}
+    return used | {code for (code,) in QRCode.select(QRCode.code).where(QRCode.code.in_(codes)).tuples()}
 
 
 def _render_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]], default_region: str,
                      short_url_base: str, default_time_zone: str) -> list[tuple]:
     now = db_datetime(utcnow())
     rows = []
-    for customer, qr_code in batch:
-        phone, skip_code, skip_reason = eligibility(customer, qr_code, default_region)
+    checked = [(customer, qr_code, eligibility(customer, qr_code, default_region)) for customer, qr_code in batch]
+    codes = iter(_link_codes(sum(1 for _c, _q, (_p, skip_code, _r) in checked if not skip_code)))
+    for customer, qr_code, (phone, skip_code, skip_reason) in checked:
         status, body, encoding, segments, link_code, zone_name = MessageStatus.PENDING, None, None, None, None, None
         if skip_code:
             status = MessageStatus.SKIPPED
         else:
             zone_name = recipient_zone(phone, customer_zone=customer.time_zone, campaign_zone=campaign.time_zone,
                                        default_zone=default_time_zone).key
-            link_code = new_link_code()
+            link_code = next(codes)
             try:
                 body, length = compose(campaign.template, template_values(customer, link_code, short_url_base))
                 encoding, segments = length.encoding, length.segments

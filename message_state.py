@@ -174,16 +174,32 @@ def claim_rendering(message_id: int, *, campaign_id: int, body: str, encoding: s
     )).rowcount)
 
 
-def take_for_reconcile(message_id: int, *, started: dt.datetime | None, first_attempt_at: dt.datetime) -> bool:
+def take_for_reconcile(message_id: int, *, started: dt.datetime | None, first_attempt_at: dt.datetime) -> dt.datetime | None:
     """Take a message left ``sending`` (claimed at ``started``) to look it up at Twilio: its
     ``sending_at`` moves (the in-flight guard of the next take), its first attempt's time
-    never does. False if another worker took it first."""
-    return bool(
-        Message.update(sending_at=utcnow(), attempts=Message.attempts + 1, updated_at=utcnow(), first_attempt_at=first_attempt_at)
+    never does. Returns the take's time, None if another worker took it first."""
+    taken_at = utcnow()
+    taken = (
+        Message.update(sending_at=taken_at, attempts=Message.attempts + 1, updated_at=taken_at, first_attempt_at=first_attempt_at)
         .where(Message.id == message_id, Message.status == MessageStatus.SENDING,
                Message.sending_at.is_null() if started is None else Message.sending_at == started)
         .execute()
     )
+    return taken_at if taken else None
+
+
+def undo_take(message_id: int, taken_at: dt.datetime) -> bool:
+    """A take whose lookup at Twilio failed costs no attempt: only requests count."""
+    return bool(
+        Message.update(attempts=Message.attempts - 1)
+        .where(Message.id == message_id, Message.status == MessageStatus.SENDING, Message.sending_at == taken_at)
+        .execute()
+    )
+
+
+def sid_recorded_elsewhere(sid: str, message_id: int) -> bool:
+    """Another message already holds this SID (so it cannot be this message's)."""
+    return Message.select(Message.id).where(Message.twilio_sid == sid, Message.id != message_id).exists()
 
 
 # ----------------------------------------------------------------------- sending -> pending

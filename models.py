@@ -369,6 +369,13 @@ def create_schema() -> None:
     """Create what is missing (the release phase): tables, columns added since, indexes."""
     with database.connection_context():
         _add_missing_columns()  # first: the indexes below may cover them
+        if is_postgres() and database.table_exists("message"):
+            # On a table that already holds rows, build it without blocking the workers'
+            # writes (create_tables would not); create_tables then finds it there.
+            database.execute_sql(
+                'CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "message_by_link_code" ON "message" ("link_code") '
+                'WHERE ("link_code" IS NOT NULL)'
+            )
         database.create_tables(MODELS, safe=True)
         for name in OBSOLETE_INDEXES:
             database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')

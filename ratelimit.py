@@ -44,8 +44,9 @@ DEFERRED_MARK = "_deferred_by_rate_limit"
 # windows, the epoch key, then the watched key if any. ARGV: the number of stop keys, whether
 # a key is watched, the number of windows, (limit, window_ms) per window, then each cost.
 # The epoch key holds the time this Redis first served the limiter: a Redis that restarted
-# empty (or failed over to a replica that had not seen the last entries) has none, and then
-# grants nothing until one window has passed, because the entries it lost might have filled it.
+# empty has none, and then grants nothing until one window has passed, because the entries
+# it lost might have filled it. (A replica promoted after missing the last writes still has
+# the epoch key: the entries it missed are not made up for.)
 # Returns, per request, -1 if a stop key exists, 0 when its cost was taken from every window,
 # else the ms until the last blocking entry leaves (a request behind a blocked one is not
 # served before it); then the watched key's PTTL.
@@ -141,9 +142,11 @@ class RedisWindows:
     """Moving windows and reservation lines in Redis, shared by every process.
 
     After Redis comes back without the limiter's keys (a restart without persistence, a
-    failover to a replica that missed the last writes) nothing is granted until one window
-    has passed, since the entries it lost could have filled the window: the ``epoch`` key
-    records when this Redis first served the limiter. A new Redis waits one window too.
+    flush) nothing is granted until one window has passed, since the entries it lost could
+    have filled the window: the ``epoch`` key records when this Redis first served the
+    limiter. A new Redis waits one window too, and so does a campaign's own limit (a
+    ``/day`` limit waits a day). A replica promoted after missing the last writes keeps the
+    epoch key, so the entries it missed are not made up for: that bound is not kept.
 
     Parameters:
       client: A redis-py client.

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from limits import parse as parse_limit
 
-from errors import InvalidPhone, MessageTooLong, PermanentError
+from errors import InvalidPhone, MessageTooLong, PermanentError, TemplateError
 from links import SAMPLE_LINK_CODE, short_url
 from message_state import SkipReason
 from models import Campaign, Customer
-from sms import compose, normalize_phone, validate_template
+from sms import compose, normalize_phone, template_fields, validate_template
 
 
 def template_values(customer: Customer, link_code: str | None, short_url_base: str) -> dict[str, str]:
@@ -47,6 +47,11 @@ def check_campaign(campaign: Campaign, short_url_base: str) -> None:
         if item is None or item.amount < 1:
             raise PermanentError(f"campaign rate limit {campaign.rate_limit!r} is not a limit such as '5/minute'", code="bad_rate_limit")
     validate_template(campaign.template)
+    if "short_url" not in template_fields(campaign.template):
+        # The link is what leads to the QR-code page, and what makes each message's text its
+        # own (reconciliation at Twilio tells two messages to one number apart by it).
+        raise TemplateError("the template must contain {short_url}, the link to the customer's QR-code page",
+                            code="invalid_template")
     empty = {"first_name": "", "last_name": "", "name": "", "short_url": short_url(short_url_base, SAMPLE_LINK_CODE)}
     try:
         compose(campaign.template, empty)

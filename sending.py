@@ -256,30 +256,38 @@ def _reconcile(message, outcome: SendOutcome, how: _How) -> SendOutcome:
     # attempt's time, where the window at Twilio starts: a take whose lookup fails, or a
     # crash, cannot push a message Twilio accepted out of the window.
     first_attempt_at = message.first_attempt_at or started or utcnow()
-    if not message_state.take_for_reconcile(message.id, started=started, first_attempt_at=first_attempt_at):
+    taken_at = message_state.take_for_reconcile(message.id, started=started, first_attempt_at=first_attempt_at)
+    if taken_at is None:
         outcome.detail = "reconciled by another worker"
         return outcome
     since = first_attempt_at - dt.timedelta(minutes=1)
     try:
         found = how.backend.find_sent(to=message.to_phone, body=message.body, since=since)
     except TransientError as exc:
+        message_state.undo_take(message.id, taken_at)
         # The next take must wait for the guard this one set.
         exc.retry_after_ms = max(exc.retry_after_ms or 0, int(how.reconcile_after_s * 1000) + 1000)
         raise
+    if found is not None and message_state.sid_recorded_elsewhere(found.sid, message.id):
+        logger.warning("message %s: Twilio's match %s is another message's; not this one", message.id, found.sid[:8])
+        found = None
     if found is not None:
         message_state.record_found(message.id, sid=found.sid, segments=found.segments or message.segments or 1,
                                    reason="found at Twilio after an unanswered request")
         outcome.status, outcome.detail = MessageStatus.SENT, "reconciled"
         return outcome
-    if message.attempts >= how.max_attempts:
-        reason = f"no answer from Twilio after {message.attempts} attempts, and Twilio lists no such message"
+    # Not sent: read the customer and the campaign again (a STOP may have come during the
+    # lookup) before anything is sent.
+    message = load_for_send(message.id) or message
+    skipped = _skip_if_ineligible(message, outcome, MessageStatus.SENDING)
+    if skipped is not None:
+        return skipped
+    if message.attempts - 1 >= how.max_attempts:  # less this take: requests made so far
+        reason = f"no answer from Twilio after {message.attempts - 1} attempts, and Twilio lists no such message"
         if message_state.fail(message.id, MessageStatus.SENDING, code="unknown_outcome", reason=reason):
             record_event(message.campaign.id, "unknown_outcome", f"message {message.id}: {reason}", level="warning")
             outcome.status, outcome.detail = MessageStatus.FAILED, reason
         return outcome
-    skipped = _skip_if_ineligible(message, outcome, MessageStatus.SENDING)
-    if skipped is not None:
-        return skipped
     if message.campaign.status != CampaignStatus.SENDING:
         message_state.put_back(message.id, queued_at=None, undo_attempt=False)
         cancelled = message_state.settle_cancelled(message.id)

@@ -372,3 +372,68 @@ def test_defect_9_rows_inside_quiet_hours_are_not_claimed_and_wake_at_the_dispat
 
     # Then New York wakes at the dispatcher's pace, not all at once
     assert len(woken) == 4
+
+
+def test_failed_lookups_at_twilio_do_not_use_up_the_attempt_budget(db, fake_twilio, twilio_backend):
+    # Given a message whose request got a 500 before Twilio created anything
+    row = _one_pending_message()
+    fake_twilio.set_error_rates(rate_500=1.0)
+    with pytest.raises(TransientError):
+        _send(row.id, twilio_backend, max_attempts=3)
+    fake_twilio.set_error_rates()
+
+    # When Twilio's message list fails five times in a row (more than the budget of 3)
+    fake_twilio.fail_lists(5, "500")
+    for _ in range(5):
+        _age_world(fake_twilio, 5)
+        with pytest.raises(TransientError):
+            _send(row.id, twilio_backend, max_attempts=3)
+    _age_world(fake_twilio, 5)
+    outcome = _send(row.id, twilio_backend, max_attempts=3)
+
+    # Then, once the list answers and has nothing, the message is sent, not given up
+    assert outcome.status == MessageStatus.SENT and len(fake_twilio.messages) == 1
+
+
+def test_a_customer_who_unsubscribed_is_skipped_even_when_the_attempt_budget_is_spent(db, fake_twilio, twilio_backend):
+    # Given a message that has used its budget of requests (Twilio answering 500, creating nothing)
+    row = _one_pending_message()
+    fake_twilio.set_error_rates(rate_500=1.0)
+    for _ in range(2):
+        with pytest.raises(TransientError):
+            _send(row.id, twilio_backend, max_attempts=2)
+        _age_world(fake_twilio, 5)
+
+    # When the customer unsubscribes before the next reconciliation
+    Customer.update(sms_subscribed=False).where(Customer.id == row.customer_id).execute()
+    _send(row.id, twilio_backend, max_attempts=2)
+
+    # Then the row says what is true of it: skipped, unsubscribed
+    stored = Message.get_by_id(row.id)
+    assert (stored.status, stored.error_code) == (MessageStatus.SKIPPED, "unsubscribed")
+
+
+def test_defect_5_a_template_without_its_link_is_refused_before_anyone_is_targeted(db):
+    # Given a campaign whose template has no {short_url} (every message would read the same)
+    make_customers(2)
+    campaign_id = make_campaign("Sale today!")
+
+    # When it is started
+    result = fanout.fan_out(campaign_id, short_url_base=BASE)
+
+    # Then it fails with the reason, and nobody is targeted
+    campaign = Campaign.get_by_id(campaign_id)
+    assert result.status == CampaignStatus.FAILED and "{short_url}" in campaign.status_reason
+    assert Message.select().count() == 0
+
+
+def test_link_codes_in_use_by_a_message_or_a_qr_code_are_not_drawn_again(db):
+    # Given a customer's QR code and a message's link code
+    (customer,) = make_customers(1)
+    qr_code = QRCode.get(QRCode.customer == customer).code
+    campaign_id = make_campaign()
+    fanout.fan_out(campaign_id, short_url_base=BASE)
+    link_code = Message.get(Message.campaign == campaign_id).link_code
+
+    # Then the fan-out's check finds both among candidate codes, and only those
+    assert fanout._codes_in_use([qr_code, link_code, "ZZZZZZZZ"]) == {qr_code, link_code}
