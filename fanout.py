@@ -152,7 +152,8 @@ def _link_codes(count: int) -> list[str]:
 def _codes_in_use(codes: list[str]) -> set[str]:
     if not codes:
         return set()
-    used = {code for (code,) in Message.select(Message.link_code).where(Message.link_code.in_(codes)).tuples()}
+    used = {code for (code,) in Message.select(Message.link_code)
+            .where(Message.link_code.is_null(False), Message.link_code.in_(codes)).tuples()}  # the partial index
     return used | {code for (code,) in QRCode.select(QRCode.code).where(QRCode.code.in_(codes)).tuples()}
 
 

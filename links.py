@@ -7,6 +7,7 @@ which campaign a click belongs to. It leads to the customer's QR-code page.
 
 from __future__ import annotations
 
+import base64
 import secrets
 
 #: Crockford's base-32 alphabet: no I, L, O or U, so a code read aloud or retyped survives.
@@ -17,9 +18,13 @@ LINK_CODE_LENGTH = 8
 SAMPLE_LINK_CODE = "X" * LINK_CODE_LENGTH
 
 
+#: RFC 4648 base 32 onto Crockford's alphabet: 5 random bytes are exactly 8 characters.
+_TO_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", ALPHABET)
+
+
 def new_link_code() -> str:
     """A random code for one message's short link (unique by the database's index)."""
-    return "".join(secrets.choice(ALPHABET) for _ in range(LINK_CODE_LENGTH))
+    return base64.b32encode(secrets.token_bytes(5)).decode("ascii").translate(_TO_CROCKFORD)
 
 
 def short_url(short_url_base: str, code: str) -> str:

@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 from phonenumbers import timezone as phone_timezones
 
+from sms import parsed_phone
+
 
 @dataclass(frozen=True)
 class QuietHours:
@@ -64,7 +66,7 @@ def zone(name: str | None) -> ZoneInfo | None:
 def zone_of_number(phone_e164: str) -> ZoneInfo | None:
     """The number's time zone when its prefix maps to exactly one zone, else None."""
     try:
-        zones = phone_timezones.time_zones_for_number(phonenumbers.parse(phone_e164))
+        zones = phone_timezones.time_zones_for_number(parsed_phone(phone_e164))
     except phonenumbers.NumberParseException:
         return None
     return zone(zones[0]) if len(zones) == 1 else None

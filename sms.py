@@ -9,6 +9,7 @@ cost and a split message may arrive out of order on some handsets.
 from __future__ import annotations
 
 import functools
+import threading
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -290,4 +291,21 @@ def normalize_phone(raw: str | None, default_region: str = "US") -> str:
     if not phonenumbers.is_valid_number(number):
         raise InvalidPhone(f"invalid phone number {masked}: not a valid number (default region {default_region})",
                            code="invalid_phone")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    with _recently_parsed_lock:
+        _recently_parsed[e164] = number
+        if len(_recently_parsed) > 4096:
+            del _recently_parsed[next(iter(_recently_parsed))]
+    return e164
+
+
+#: The numbers ``normalize_phone`` parsed last, by E.164 form: the fan-out looks up the time
+#: zone of each number it has just validated, and parsing costs more than the lookup.
+_recently_parsed: dict[str, phonenumbers.PhoneNumber] = {}
+_recently_parsed_lock = threading.Lock()
+
+
+def parsed_phone(e164: str) -> phonenumbers.PhoneNumber:
+    """``phonenumbers.parse`` of an E.164 number, without parsing again one just validated."""
+    number = _recently_parsed.get(e164)
+    return number if number is not None else phonenumbers.parse(e164)
