@@ -1,4 +1,5 @@
-"""Run the fault-injection suite: ``python -m bench.faults [CASE_NUMBER ...]``.
+"""Run the fault-injection suite: ``python -m bench.faults [CASE_NUMBER ...]``, or the soak:
+``python -m bench.faults --soak MINUTES``.
 
 Every case runs on loopback (Redis, PostgreSQL, worker processes, the fake Twilio), is
 bounded in time, restores any service it restarted, and prints lost and duplicated counts.
@@ -6,6 +7,7 @@ bounded in time, restores any service it restarted, and prints lost and duplicat
 
 from __future__ import annotations
 
+import functools
 import sys
 import tempfile
 
@@ -14,7 +16,17 @@ from tests.fake_twilio import FakeTwilio
 
 
 def main(argv: list[str]) -> int:
-    chosen = [ALL[int(n) - 1] for n in argv] if argv else ALL
+    if argv[:1] == ["--soak"]:
+        if len(argv) != 2:
+            print("usage: python -m bench.faults --soak MINUTES", file=sys.stderr)
+            return 2
+        from bench.faults.soak import soak
+
+        minutes = float(argv[1])
+        chosen = [functools.partial(soak, minutes=minutes)]
+        chosen[0].__doc__ = soak.__doc__
+    else:
+        chosen = [ALL[int(n) - 1] for n in argv] if argv else ALL
     verdicts = []
     for case in chosen:
         with FakeTwilio() as fake, tempfile.TemporaryDirectory() as tmp:

@@ -1,23 +1,16 @@
-"""The seven fault cases. Each takes a running fake Twilio and a temporary folder, runs a
-campaign through its fault, and returns the harness's Verdict."""
+"""The fault cases: 1-7 here, 8-12 in ``cases_more``, 13-16 in ``cases_time``. Each takes a
+running fake Twilio and a temporary folder, runs a campaign through its fault, and returns
+the harness's Verdict. ``ALL[n - 1]`` is case n."""
 
 from __future__ import annotations
 
 import random
 
+from bench.faults import cases_more, cases_time
 from bench.faults.harness import (
-    Scenario, Verdict, restart_postgres_immediately, restart_redis_losing_everything, start_postgres, start_redis,
+    Scenario, restart_postgres_immediately, restart_redis_losing_everything, start_postgres, start_redis,
 )
-
-
-def _finish(scenario: Scenario, case: str, timeout_s: float = 180) -> Verdict:
-    finished = scenario.wait_finished(timeout_s)
-    verdict = scenario.verify(case)
-    if not finished:
-        verdict.notes.append("campaign did not finish in time")
-    if not verdict.ok:
-        verdict.notes.append(scenario.logs()[-3000:])
-    return verdict
+from bench.faults.harness import finish as _finish
 
 
 def kill_one_of_two_workers(fake, tmp, customers=1000):
@@ -152,3 +145,4 @@ ALL = [
     accepted_then_lost_answers,
     permanent_errors_for_some_numbers,
 ]
+ALL += cases_more.CASES + cases_time.CASES

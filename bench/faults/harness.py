@@ -77,6 +77,7 @@ class Scenario:
         with database.connection_context():
             make_customers(customers, unsubscribed=unsubscribed, bad_phones=bad)
             self.campaign_id = make_campaign()
+        self.campaign_ids = [self.campaign_id]
         ineligible = unsubscribed | set(bad)
         self.eligible = {phone_for(i) for i in range(customers) if i not in ineligible}
         self.ineligible = {phone_for(i) for i in ineligible}
@@ -90,9 +91,10 @@ class Scenario:
         self.started = time.monotonic()
 
     # ------------------------------------------------------------- control
-    def start_workers(self) -> Workers:
-        group = Workers("actors", self.env, f"{self.tmp}/workers-{len(self.groups)}.log",
-                        processes=self.processes, threads=self.threads)
+    def start_workers(self, *, extra_args=(), processes: int | None = None, **env: str) -> Workers:
+        """A worker group; ``env`` adds to (or overrides) the scenario's environment for it."""
+        group = Workers("actors", {**self.env, **env}, f"{self.tmp}/workers-{len(self.groups)}.log",
+                        processes=processes or self.processes, threads=self.threads, extra_args=extra_args)
         self.groups.append(group)
         return group
 
@@ -101,11 +103,22 @@ class Scenario:
         os.killpg(group.proc.pid, signal.SIGKILL)
         group.proc.wait(10)
 
-    def launch(self) -> None:
+    def add_campaign(self, **fields) -> int:
+        """Another campaign over the same customers (``verify(campaign_id=)`` checks it)."""
+        from models import database
+        from tests.factories import make_campaign
+
+        with database.connection_context():
+            campaign_id = make_campaign(**fields)
+        self.campaign_ids.append(campaign_id)
+        return campaign_id
+
+    def launch(self, campaign_id: int | None = None, *, delay_ms: int | None = None) -> None:
+        """Enqueue the campaign's fan-out (``delay_ms``: as a delayed message)."""
         broker = RedisBroker(url=REDIS_URL, namespace=self.ns)
         try:
             broker.enqueue(BrokerMessage(queue_name="campaigns", actor_name="send_campaign",
-                                         args=(self.campaign_id,), kwargs={}, options={}))
+                                         args=(campaign_id or self.campaign_id,), kwargs={}, options={}), delay=delay_ms)
         finally:
             broker.close()
         self.started = time.monotonic()
@@ -125,13 +138,21 @@ class Scenario:
         return False
 
     def finished(self) -> bool:
+        """Every campaign of the scenario is finished."""
         from models import Campaign, CampaignStatus, database
 
         with database.connection_context():
-            return Campaign.get_by_id(self.campaign_id).status in CampaignStatus.FINISHED
+            return all(Campaign.get_by_id(c).status in CampaignStatus.FINISHED for c in self.campaign_ids)
 
     def wait_finished(self, timeout_s: float = 180) -> bool:
         return self.wait_until(self.finished, timeout_s)
+
+    def events(self, code: str) -> int:
+        """Event rows with ``code`` for the scenario's campaigns."""
+        from models import Event, database
+
+        with database.connection_context():
+            return Event.select().where(Event.campaign_id.in_(self.campaign_ids), Event.code == code).count()
 
     def stop(self) -> None:
         for group in self.groups:
@@ -141,19 +162,32 @@ class Scenario:
     def logs(self) -> str:
         return "\n".join(group.tail(1500) for group in self.groups)
 
+    def log_text(self) -> str:
+        """Every group's whole log."""
+        return "\n".join(group.tail(10**9) for group in self.groups)
+
     # ------------------------------------------------------------- verdict
-    def verify(self, case: str) -> Verdict:
+    def verify(self, case: str, campaign_id: int | None = None) -> Verdict:
+        """The ledger of one campaign (the first by default). With several campaigns over the
+        same customers, the fake's messages are told apart by their bodies (each carries
+        its own short link) and a row's SID must be that of a message with its own body."""
         import analytics as analytics_module
         from models import Message, MessageStatus, database
 
         seconds = time.monotonic() - self.started
-        accepted = Counter(m["to"] for m in self.fake.messages)
-        sids = {m["sid"]: m["to"] for m in self.fake.messages}
+        campaign_id = campaign_id or self.campaign_id
         with database.connection_context():
-            rows = list(Message.select(Message.to_phone, Message.status, Message.twilio_sid, Message.error_code)
-                        .where(Message.campaign == self.campaign_id))
-            analytics = analytics_module.analytics_dict(self.campaign_id)
-            counts = analytics_module.database_counts(self.campaign_id)
+            rows = list(Message.select(Message.to_phone, Message.status, Message.twilio_sid, Message.error_code, Message.body)
+                        .where(Message.campaign == campaign_id))
+            analytics = analytics_module.analytics_dict(campaign_id)
+            counts = analytics_module.database_counts(campaign_id)
+        messages = self.fake.messages
+        if len(self.campaign_ids) > 1:
+            bodies = {r.body for r in rows if r.body}
+            messages = [m for m in messages if m["body"] in bodies]
+            body_of = {m["sid"]: m["body"] for m in messages}
+        accepted = Counter(m["to"] for m in messages)
+        sids = {m["sid"]: m["to"] for m in messages}
         by_phone = {r.to_phone: r for r in rows if r.to_phone}
         to_send = self.eligible - set(self.expected_failures)
         lost = sum(1 for p in to_send if accepted[p] == 0 or by_phone.get(p) is None or by_phone[p].status != MessageStatus.SENT)
@@ -162,6 +196,8 @@ class Scenario:
         sid_mismatch = sum(1 for p in to_send if p in by_phone and by_phone[p].twilio_sid
                            and sids.get(by_phone[p].twilio_sid) != p)
         sid_mismatch += sum(1 for r in rows if r.status == MessageStatus.SENT and r.twilio_sid not in sids)
+        if len(self.campaign_ids) > 1:
+            sid_mismatch += sum(1 for r in rows if r.twilio_sid in body_of and body_of[r.twilio_sid] != r.body)
         expected_ok = all(
             by_phone.get(p) is not None and by_phone[p].status == MessageStatus.FAILED and by_phone[p].error_code == code
             for p, code in self.expected_failures.items()
@@ -174,6 +210,25 @@ class Scenario:
         )
         return Verdict(case, len(self.eligible), lost, duplicated, ineligible_sent, sid_mismatch,
                        analytics_match, expected_ok, seconds)
+
+    def unattributed(self) -> list[dict]:
+        """The fake's messages whose body is no row's (several campaigns: a stray send)."""
+        from models import Message, database
+
+        with database.connection_context():
+            bodies = {body for (body,) in Message.select(Message.body).where(Message.campaign.in_(self.campaign_ids)).tuples()}
+        return [m for m in self.fake.messages if m["body"] not in bodies]
+
+
+def finish(scenario: Scenario, case: str, timeout_s: float = 180) -> Verdict:
+    """Wait for the campaign(s) to finish, then the ledger; logs go into the notes on a failure."""
+    finished = scenario.wait_finished(timeout_s)
+    verdict = scenario.verify(case)
+    if not finished:
+        verdict.notes.append("campaign did not finish in time")
+    if not verdict.ok:
+        verdict.notes.append(scenario.logs()[-3000:])
+    return verdict
 
 
 def restart_redis_losing_everything() -> None:
