@@ -15,6 +15,8 @@ from typing import Callable
 
 import message_state
 from events import record_event
+from peewee import fn
+
 from models import Campaign, CampaignStatus, Message, MessageStatus, utcnow
 
 def fail_campaign(campaign_id: int, reason: str) -> None:
@@ -76,19 +78,23 @@ def schedule_campaign(campaign_id: int, send_at_utc: dt.datetime) -> bool:
     )
 
 
-def start_due_campaigns(now: dt.datetime | None = None) -> list[int]:
+def start_due_campaigns(now: dt.datetime | None = None) -> list[tuple[int, str]]:
     """Move due scheduled campaigns to ``sending`` (each once, whatever the number of
-    sweepers) and return them; the caller enqueues their fan-out. If that message is lost,
-    the campaign's heartbeat goes stale and a later sweep restarts the fan-out."""
+    sweepers) and return them with their dispatch token; the caller enqueues their fan-out
+    with that token, the only one that fans the campaign out (the delayed message of the
+    schedule itself finds it started). If that message is lost, the campaign's heartbeat
+    goes stale and a later sweep restarts the fan-out."""
     now = now or utcnow()
     started = []
     for campaign in Campaign.select(Campaign.id).where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.send_at <= now):
+        token = uuid.uuid4().hex
         # The heartbeat says the fan-out was just asked for: the sweep that started it must
         # not take it for a stalled campaign and start a second one.
-        if Campaign.update(status=CampaignStatus.SENDING, heartbeat_at=now).where(
+        if Campaign.update(status=CampaignStatus.SENDING, heartbeat_at=now, dispatch_token=token,
+                           started_at=fn.COALESCE(Campaign.started_at, now)).where(
             Campaign.id == campaign.id, Campaign.status == CampaignStatus.SCHEDULED
         ).execute():
-            started.append(campaign.id)
+            started.append((campaign.id, token))
     return started
 
 
@@ -103,7 +109,7 @@ class SweepResult:
 def sweep(
     *,
     stale_after_s: Callable[[Campaign], float],
-    restart_fan_out: Callable[[int], None],
+    restart_fan_out: Callable[[int, str], None],
     restart_dispatch: Callable[[int, str], None],
     request_metrics: Callable[[int], None],
     reconcile: Callable[[Campaign, list[int]], None] = lambda campaign, message_ids: None,
@@ -156,7 +162,7 @@ def sweep(
         record_event(campaign.id, "campaign_restarted", "no progress from the fan-out or the dispatcher; restarted", level="warning")
         result.restarted.append(campaign.id)
         if campaign.fanout_done_at is None:
-            restart_fan_out(campaign.id)
+            restart_fan_out(campaign.id, token)
         else:
             restart_dispatch(campaign.id, token)
     return result

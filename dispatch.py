@@ -4,6 +4,7 @@ broker, enqueues again what the broker lost, and holds back rows inside quiet ho
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -78,7 +79,11 @@ def dispatch(
     ids += message_state.mark_queued(requeue, (Message.status == MessageStatus.PENDING) & (Message.queued_at < stale_before))
     ids += message_state.mark_queued(fresh, (Message.status == MessageStatus.PENDING) & Message.queued_at.is_null())
     if ids:
+        began = time.monotonic()
         enqueue(campaign, ids)
+        if time.monotonic() - began > 1.0:
+            # A long enqueue (thousands of sends on a busy machine) is progress too.
+            Campaign.update(heartbeat_at=utcnow()).where(Campaign.id == campaign_id).execute()
     inflight += len(ids)
     open_rows = inflight > 0 or Message.select(Message.id).where(
         Message.campaign == campaign_id, Message.status.in_(MessageStatus.OPEN)).exists()

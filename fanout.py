@@ -39,9 +39,14 @@ def fan_out(
     default_time_zone: str = "America/New_York",
     batch_size: int = 500,
     on_started: Callable[[str], None] = lambda token: None,
+    token: str | None = None,
 ) -> FanOutResult:
     """Check the campaign, then record every customer's outcome row.
 
+    A draft (or a due scheduled campaign) is started by the first fan-out that moves it to
+    ``sending``; any other copy finds it started and does nothing. A campaign already
+    ``sending`` is fanned out again only by the holder of its current dispatch ``token``
+    (the start of a due scheduled campaign, or a sweeper restarting a stalled fan-out).
     ``on_started(token)`` is called once the campaign is sending and before any row is
     written, so that the dispatcher (which enqueues the sends, paced) starts at once.
     Customers stream in keyset-paginated batches, so memory does not grow with the
@@ -61,6 +66,10 @@ def fan_out(
     if campaign.status == CampaignStatus.SCHEDULED and campaign.send_at is not None and campaign.send_at > utcnow():
         result.status = CampaignStatus.SCHEDULED
         return result
+    if campaign.status == CampaignStatus.SENDING and (token is None or token != campaign.dispatch_token):
+        logger.info("campaign %s is already started: this copy of its fan-out does nothing", campaign_id)
+        result.status = "already_started"
+        return result
     try:
         check_campaign(campaign, short_url_base)
     except PermanentError as exc:
@@ -68,15 +77,22 @@ def fan_out(
         result.status = CampaignStatus.FAILED
         return result
 
-    token = uuid.uuid4().hex
-    (
-        Campaign.update(
-            status=CampaignStatus.SENDING, started_at=fn.COALESCE(Campaign.started_at, utcnow()),
-            dispatch_token=token, heartbeat_at=utcnow(),
+    if campaign.status == CampaignStatus.SENDING:
+        started = Campaign.update(heartbeat_at=utcnow()).where(
+            Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING, Campaign.dispatch_token == token).execute()
+    else:
+        token = uuid.uuid4().hex
+        started = (
+            Campaign.update(
+                status=CampaignStatus.SENDING, started_at=fn.COALESCE(Campaign.started_at, utcnow()),
+                dispatch_token=token, heartbeat_at=utcnow(),
+            )
+            .where(Campaign.id == campaign_id, Campaign.status.in_([CampaignStatus.DRAFT, CampaignStatus.SCHEDULED]))
+            .execute()
         )
-        .where(Campaign.id == campaign_id, Campaign.status.in_([CampaignStatus.DRAFT, CampaignStatus.SCHEDULED, CampaignStatus.SENDING]))
-        .execute()
-    )
+    if not started:
+        result.status = "already_started"
+        return result
     result.dispatch_token = token
     on_started(token)
     zones = set(campaign.recipient_zones())

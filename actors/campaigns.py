@@ -19,14 +19,15 @@ from ratelimit import pacing, slower
 
 logger = logging.getLogger(__name__)
 
-#: While every row left waits for quiet hours, the dispatcher looks again this often (well
-#: within the sweeper's stale cut-off, so it is not taken for a stalled chain).
+#: While every row left waits for quiet hours, the dispatcher looks again this often at most
+#: (and at least three times per sweeper's stale cut-off, so it is not taken for stalled).
 QUIET_RECHECK_MS = 30_000
 
 
 @dramatiq.actor(queue_name="campaigns", max_retries=5, min_backoff=5_000, time_limit=6 * 3_600_000)
-def send_campaign(campaign_id: int) -> None:
-    """Check the campaign, start its dispatcher, and record every customer's outcome row."""
+def send_campaign(campaign_id: int, token: str | None = None) -> None:
+    """Check the campaign, start its dispatcher, and record every customer's outcome row.
+    ``token``: the dispatch token of a start or restart that the sweeper made."""
     services = get_services()
     fanout.fan_out(
         campaign_id,
@@ -34,7 +35,8 @@ def send_campaign(campaign_id: int) -> None:
         default_region=services.default_region,
         default_time_zone=services.default_time_zone,
         batch_size=services.fanout_batch_size,
-        on_started=lambda token: dispatch_campaign.send(campaign_id, token),
+        on_started=lambda started: dispatch_campaign.send(campaign_id, started),
+        token=token,
     )
     request_metrics_update(campaign_id)
 
@@ -61,7 +63,8 @@ def dispatch_campaign(campaign_id: int, token: str) -> None:
         # Everything left waits for quiet hours to end: look again then, but often enough
         # that the heartbeat stays fresh for the sweeper.
         until_ms = (result.quiet_until - (quiet.clock() if quiet else utcnow())).total_seconds() * 1000
-        delay_ms = int(max(again_ms, min(QUIET_RECHECK_MS, until_ms)))
+        recheck_ms = min(QUIET_RECHECK_MS, services.sweep_stale_after_s * 1000 / 3)
+        delay_ms = int(max(again_ms, min(recheck_ms, until_ms)))
     dispatch_campaign.send_with_options(args=(campaign_id, token), delay=delay_ms)
 
 
@@ -91,11 +94,11 @@ def sweep() -> campaigns.SweepResult:
         _inflight, again_ms = pacing(slower(services.sms_rate_limit, campaign.rate_limit))
         return max(services.sweep_stale_after_s, 3 * again_ms / 1000)
 
-    for campaign_id in campaigns.start_due_campaigns():
-        send_campaign.send(campaign_id)
+    for campaign_id, token in campaigns.start_due_campaigns():
+        send_campaign.send(campaign_id, token)
     return campaigns.sweep(
         stale_after_s=stale_after_s,
-        restart_fan_out=lambda campaign_id: send_campaign.send(campaign_id),
+        restart_fan_out=lambda campaign_id, token: send_campaign.send(campaign_id, token),
         restart_dispatch=lambda campaign_id, token: dispatch_campaign.send(campaign_id, token),
         request_metrics=request_metrics_update,
         reconcile=enqueue_sends,

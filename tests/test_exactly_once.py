@@ -437,3 +437,20 @@ def test_link_codes_in_use_by_a_message_or_a_qr_code_are_not_drawn_again(db):
 
     # Then the fan-out's check finds both among candidate codes, and only those
     assert fanout._codes_in_use([qr_code, link_code, "ZZZZZZZZ"]) == {qr_code, link_code}
+
+
+def test_defect_6_the_schedules_own_delayed_fan_out_finds_the_campaign_started(db, stub_broker):
+    # Given a scheduled campaign that a sweep has just started (with its dispatch token)
+    make_customers(3)
+    campaign_id = make_campaign()
+    campaigns.schedule_campaign(campaign_id, utcnow() - dt.timedelta(seconds=1))
+    ((started_id, token),) = campaigns.start_due_campaigns()
+
+    # When the schedule's own delayed send_campaign arrives too (it carries no token)
+    late = fanout.fan_out(campaign_id, short_url_base=BASE)
+
+    # Then it does nothing; the sweep's fan-out, with the token, is the one that runs
+    assert late.status == "already_started" and Message.select().count() == 0
+    assert Campaign.get_by_id(campaign_id).dispatch_token == token
+    assert fanout.fan_out(campaign_id, short_url_base=BASE, token=token).recorded == 3
+    assert fanout.fan_out(campaign_id, short_url_base=BASE).status == "already_started"
