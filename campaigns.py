@@ -90,7 +90,7 @@ def start_due_campaigns(now: dt.datetime | None = None) -> list[tuple[int, str]]
         token = uuid.uuid4().hex
         # The heartbeat says the fan-out was just asked for: the sweep that started it must
         # not take it for a stalled campaign and start a second one.
-        if Campaign.update(status=CampaignStatus.SENDING, heartbeat_at=now, dispatch_token=token,
+        if Campaign.update(status=CampaignStatus.SENDING, heartbeat_at=now, fanout_beat_at=now, dispatch_token=token,
                            started_at=fn.COALESCE(Campaign.started_at, now)).where(
             Campaign.id == campaign.id, Campaign.status == CampaignStatus.SCHEDULED
         ).execute():
@@ -148,20 +148,28 @@ def sweep(
         result.checked += 1
         request_metrics(campaign.id)
         cutoff = now - dt.timedelta(seconds=stale_after_s(campaign))
-        if campaign.heartbeat_at is not None and campaign.heartbeat_at >= cutoff:
+        fan_out_silent = campaign.fanout_done_at is None and (campaign.fanout_beat_at is None or campaign.fanout_beat_at < cutoff)
+        if not fan_out_silent and campaign.heartbeat_at is not None and campaign.heartbeat_at >= cutoff:
             continue
+        # The takeover is conditional on the sign of life it found stale, and gives the
+        # campaign a new token: the old chain stops at its next run.
+        field, seen = (Campaign.fanout_beat_at, campaign.fanout_beat_at) if fan_out_silent else (Campaign.heartbeat_at, campaign.heartbeat_at)
         token = uuid.uuid4().hex
-        beat = Campaign.heartbeat_at.is_null() if campaign.heartbeat_at is None else Campaign.heartbeat_at == campaign.heartbeat_at
+        changes = {"dispatch_token": token, "heartbeat_at": now}
+        if fan_out_silent:
+            changes["fanout_beat_at"] = now
         taken = (
-            Campaign.update(dispatch_token=token, heartbeat_at=now)
-            .where(Campaign.id == campaign.id, Campaign.status == CampaignStatus.SENDING, beat)
+            Campaign.update(**changes)
+            .where(Campaign.id == campaign.id, Campaign.status == CampaignStatus.SENDING,
+                   field.is_null() if seen is None else field == seen)
             .execute()
         )
         if not taken:
             continue
-        record_event(campaign.id, "campaign_restarted", "no progress from the fan-out or the dispatcher; restarted", level="warning")
+        silent = "the fan-out" if fan_out_silent else "the dispatcher"
+        record_event(campaign.id, "campaign_restarted", f"no progress from {silent}; restarted", level="warning")
         result.restarted.append(campaign.id)
-        if campaign.fanout_done_at is None:
+        if fan_out_silent:
             restart_fan_out(campaign.id, token)
         else:
             restart_dispatch(campaign.id, token)

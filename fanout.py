@@ -78,14 +78,14 @@ def fan_out(
         return result
 
     if campaign.status == CampaignStatus.SENDING:
-        started = Campaign.update(heartbeat_at=utcnow()).where(
+        started = Campaign.update(heartbeat_at=utcnow(), fanout_beat_at=utcnow()).where(
             Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING, Campaign.dispatch_token == token).execute()
     else:
         token = uuid.uuid4().hex
         started = (
             Campaign.update(
                 status=CampaignStatus.SENDING, started_at=fn.COALESCE(Campaign.started_at, utcnow()),
-                dispatch_token=token, heartbeat_at=utcnow(),
+                dispatch_token=token, heartbeat_at=utcnow(), fanout_beat_at=utcnow(),
             )
             .where(Campaign.id == campaign_id, Campaign.status.in_([CampaignStatus.DRAFT, CampaignStatus.SCHEDULED]))
             .execute()
@@ -98,7 +98,7 @@ def fan_out(
     zones = set(campaign.recipient_zones())
     for batch in customer_batches(batch_size):
         result.recorded += _record_outcomes(campaign, batch, default_region, short_url_base, default_time_zone, zones)
-        Campaign.update(heartbeat_at=utcnow()).where(Campaign.id == campaign_id).execute()
+        Campaign.update(fanout_beat_at=utcnow()).where(Campaign.id == campaign_id, Campaign.dispatch_token == token).execute()
     Campaign.update(fanout_done_at=utcnow()).where(Campaign.id == campaign_id, Campaign.fanout_done_at.is_null()).execute()
     result.status = CampaignStatus.SENDING
     return result

@@ -121,6 +121,9 @@ class Campaign(BaseModel):
     dispatch_token = CharField(max_length=32, null=True)
     heartbeat_at = DateTimeField(null=True)
     fanout_done_at = DateTimeField(null=True)
+    #: The fan-out's own sign of life (the dispatcher's is ``heartbeat_at``): a fan-out that
+    #: died is restarted even while its dispatcher goes on.
+    fanout_beat_at = DateTimeField(null=True)
     #: The recipients' time zones (a JSON list), gathered by the fan-out.
     zones = TextField(null=True)
 
@@ -362,6 +365,7 @@ ADDED_COLUMNS = (
     ("message", "link_code", lambda: CharField(max_length=16, null=True)),
     ("message", "time_zone", lambda: CharField(max_length=64, null=True)),
     ("campaign", "zones", lambda: TextField(null=True)),
+    ("campaign", "fanout_beat_at", lambda: DateTimeField(null=True)),
 )
 
 

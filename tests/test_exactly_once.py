@@ -454,3 +454,25 @@ def test_defect_6_the_schedules_own_delayed_fan_out_finds_the_campaign_started(d
     assert Campaign.get_by_id(campaign_id).dispatch_token == token
     assert fanout.fan_out(campaign_id, short_url_base=BASE, token=token).recorded == 3
     assert fanout.fan_out(campaign_id, short_url_base=BASE).status == "already_started"
+
+
+def test_a_fan_out_that_died_is_restarted_even_while_its_dispatcher_goes_on(db):
+    # Given a campaign whose fan-out died a while ago (a kill -9 during the fan-out), while
+    # its dispatcher chain still runs and keeps the campaign's heartbeat fresh
+    make_customers(3)
+    campaign_id = make_campaign()
+    long_ago = utcnow() - dt.timedelta(minutes=10)
+    Campaign.update(status=CampaignStatus.SENDING, dispatch_token="old", fanout_beat_at=long_ago,
+                    heartbeat_at=utcnow()).where(Campaign.id == campaign_id).execute()
+    restarted = []
+
+    # When a sweep runs
+    result = campaigns.sweep(
+        stale_after_s=lambda campaign: 60, restart_fan_out=lambda cid, token: restarted.append((cid, token)),
+        restart_dispatch=lambda cid, token: pytest.fail("the dispatcher is alive"), request_metrics=lambda cid: None,
+    )
+
+    # Then the fan-out is restarted with the campaign's new token, which the old chain lacks
+    assert result.restarted == [campaign_id] and restarted == [(campaign_id, Campaign.get_by_id(campaign_id).dispatch_token)]
+    assert restarted[0][1] != "old"
+    assert fanout.fan_out(campaign_id, short_url_base=BASE, token=restarted[0][1]).recorded == 3

@@ -1,12 +1,13 @@
 """The fast fault cases of the fault-injection suite (bench/faults), in CI: real worker
 processes, the Redis broker, PostgreSQL and the fake Twilio. The slower cases (killed
-workers, Redis and PostgreSQL restarts) run with ``python -m bench.faults``."""
+workers, Redis and PostgreSQL restarts, a skewed clock, quiet hours) run with
+``python -m bench.faults``."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.faults import cases
+from bench.faults import cases, cases_more, cases_time
 
 
 @pytest.mark.parametrize(
@@ -23,4 +24,17 @@ def test_fault_case_loses_and_duplicates_nothing(case, fake_twilio, tmp_path):
 
 def test_worst_moment_crash_is_reconciled_not_resent(fake_twilio, tmp_path):
     verdict = cases.kill_after_accept_before_commit(fake_twilio, str(tmp_path), customers=100)
+    assert verdict.ok, verdict.notes
+
+
+@pytest.mark.parametrize(
+    "case",
+    [cases_more.lists_fail_while_reconciling, cases_more.two_campaigns_at_once, cases_more.scheduled_campaign,
+     cases_time.number_answers_500_forever],
+    ids=["lists-fail-while-reconciling", "two-campaigns-same-template", "scheduled-once", "500-forever-settles"],
+)
+def test_exactly_once_fault_case(case, fake_twilio, tmp_path):
+    # The cases of the "exactly once" issue that need no service restart: each checks the
+    # ledger and its own expectations (found not resent, own SIDs, one fan-out, settled)
+    verdict = case(fake_twilio, str(tmp_path), customers=200)
     assert verdict.ok, verdict.notes
