@@ -45,7 +45,7 @@ def demo() -> None:
 def init_db() -> None:
     """Create the tables (safe to run again)."""
     _bootstrap()
-    from models import create_schema
+    from schema import create_schema
 
     create_schema()
     click.echo("schema ready")
@@ -56,7 +56,8 @@ def seed_demo_command() -> None:
     """Add the demo customers and a draft campaign; prints the campaign id."""
     _bootstrap()
     from demo import seed_demo
-    from models import connection, create_schema
+    from models import connection
+    from schema import create_schema
 
     create_schema()
     with connection():

@@ -82,7 +82,8 @@ def run_demo(*, database_path: str = "demo.db", timeout_s: float = 120.0) -> dic
 
     import actors
     import analytics
-    from models import Campaign, CampaignStatus, connection, create_schema
+    from models import Campaign, CampaignStatus, connection
+    from schema import create_schema
 
     create_schema()
     with connection():

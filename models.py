@@ -30,7 +30,6 @@ from peewee import (
 )
 from playhouse.db_url import connect as connect_url
 from playhouse.db_url import parse as parse_url
-from playhouse.migrate import SchemaMigrator, migrate
 from playhouse.pool import PooledPostgresqlDatabase
 
 database = DatabaseProxy()
@@ -70,10 +69,11 @@ def sync_clock(conn=None) -> None:
         return
 
     def read() -> dt.datetime:
+        query = "SELECT clock_timestamp() AT TIME ZONE 'UTC'"
         if conn is None:
-            return db.execute_sql("SELECT clock_timestamp() AT TIME ZONE 'UTC'").fetchone()[0]
+            return db.execute_sql(query).fetchone()[0]
         with conn.cursor() as cursor:
-            cursor.execute("SELECT clock_timestamp() AT TIME ZONE 'UTC'")
+            cursor.execute(query)
             return cursor.fetchone()[0]
 
     _clock.measure(read)
@@ -205,8 +205,6 @@ def db_datetime(value: dt.datetime):
     return Message.sent_at.db_value(value)
 
 
-#: Indexes of earlier versions that the ones above replace.
-OBSOLETE_INDEXES = ("message_campaign_id", "message_campaign_id_status_queued_at", "message_to_phone", "message_twilio_sid")
 
 
 class CampaignAnalytics(BaseModel):
@@ -359,44 +357,6 @@ def configure_database(url: str):
     return db
 
 
-#: Columns added after a table was first created: ``create_schema`` adds those missing.
-ADDED_COLUMNS = (
-    ("message", "first_attempt_at", lambda: DateTimeField(null=True)),
-    ("message", "link_code", lambda: CharField(max_length=16, null=True)),
-    ("message", "time_zone", lambda: CharField(max_length=64, null=True)),
-    ("campaign", "zones", lambda: TextField(null=True)),
-    ("campaign", "fanout_beat_at", lambda: DateTimeField(null=True)),
-)
-
-
-def create_schema() -> None:
-    """Create what is missing (the release phase): tables, columns added since, indexes."""
-    with database.connection_context():
-        _add_missing_columns()  # first: the indexes below may cover them
-        if is_postgres() and database.table_exists("message"):
-            # On a table that already holds rows, build it without blocking the workers'
-            # writes (create_tables would not); create_tables then finds it there.
-            database.execute_sql(
-                'CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "message_by_link_code" ON "message" ("link_code") '
-                'WHERE ("link_code" IS NOT NULL)'
-            )
-        database.create_tables(MODELS, safe=True)
-        for name in OBSOLETE_INDEXES:
-            database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
-
-
-def _add_missing_columns() -> None:
-    migrator = SchemaMigrator.from_database(database.obj)
-    operations = []
-    for table, column, field in ADDED_COLUMNS:
-        if not database.table_exists(table):
-            continue
-        if column not in {c.name for c in database.get_columns(table)}:
-            operations.append(migrator.add_column(table, column, field()))
-    if operations:
-        migrate(*operations)
-
-
 def is_postgres() -> bool:
     return isinstance(database.obj, PooledPostgres)
 
@@ -433,7 +393,6 @@ __all__ = [
     "QRCode",
     "configure_database",
     "connection",
-    "create_schema",
     "database",
     "utcnow",
     "write_transaction",

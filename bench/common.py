@@ -66,7 +66,8 @@ class Workers:
 
 def reset_database(url: str = POSTGRES_URL):
     """Point the models at ``url`` with every table dropped and created anew."""
-    from models import MODELS, configure_database, create_schema, database
+    from models import MODELS, configure_database, database
+    from schema import create_schema
 
     db = configure_database(url)
     if not db.is_closed():

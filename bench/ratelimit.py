@@ -30,7 +30,8 @@ from tests.fake_twilio import FakeTwilio
 
 
 def run_project(fake: FakeTwilio, args, tmp: str) -> dict:
-    from models import Campaign, CampaignStatus, Message as Row, MessageStatus, configure_database, create_schema, database
+    from models import Campaign, CampaignStatus, Message as Row, MessageStatus, configure_database, database
+    from schema import create_schema
     from tests.factories import make_campaign, make_customers
 
     database_url = f"sqlite:///{tmp}/bench-ratelimit.db"

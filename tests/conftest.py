@@ -38,8 +38,9 @@ from dramatiq import Worker  # noqa: E402
 
 import actors  # noqa: E402
 from actors.services import configure_services, get_services, reset_services  # noqa: E402
-from models import MODELS, configure_database, create_schema, database  # noqa: E402
+from models import MODELS, configure_database, database  # noqa: E402
 from ratelimit import MemoryWindows, RateLimit  # noqa: E402
+from schema import create_schema  # noqa: E402
 from settings import Settings  # noqa: E402
 from smsservice import make_backend  # noqa: E402
 from tests.fake_twilio import FakeTwilio  # noqa: E402

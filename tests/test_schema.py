@@ -3,7 +3,8 @@ to date: the columns added since, then the indexes that cover them."""
 
 from __future__ import annotations
 
-from models import ADDED_COLUMNS, create_schema, database
+from models import database
+from schema import ADDED_COLUMNS, create_schema
 
 
 def test_a_database_of_the_previous_version_gets_the_new_columns_and_indexes(db):

@@ -1,0 +1,49 @@
+"""The release phase (``python -m cli init-db``): create what is missing, and bring a
+database of an earlier version up to date (columns added since, obsolete indexes dropped)."""
+
+from __future__ import annotations
+
+from peewee import CharField, DateTimeField, TextField
+from playhouse.migrate import SchemaMigrator, migrate
+
+from models import MODELS, database, is_postgres
+
+#: Indexes of earlier versions that the models' indexes replace.
+OBSOLETE_INDEXES = ("message_campaign_id", "message_campaign_id_status_queued_at", "message_to_phone", "message_twilio_sid")
+
+#: Columns added after a table was first created: ``create_schema`` adds those missing.
+ADDED_COLUMNS = (
+    ("message", "first_attempt_at", lambda: DateTimeField(null=True)),
+    ("message", "link_code", lambda: CharField(max_length=16, null=True)),
+    ("message", "time_zone", lambda: CharField(max_length=64, null=True)),
+    ("campaign", "zones", lambda: TextField(null=True)),
+    ("campaign", "fanout_beat_at", lambda: DateTimeField(null=True)),
+)
+
+
+def create_schema() -> None:
+    """Create what is missing (the release phase): tables, columns added since, indexes."""
+    with database.connection_context():
+        _add_missing_columns()  # first: the indexes below may cover them
+        if is_postgres() and database.table_exists("message"):
+            # On a table that already holds rows, build it without blocking the workers'
+            # writes (create_tables would not); create_tables then finds it there.
+            database.execute_sql(
+                'CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "message_by_link_code" ON "message" ("link_code") '
+                'WHERE ("link_code" IS NOT NULL)'
+            )
+        database.create_tables(MODELS, safe=True)
+        for name in OBSOLETE_INDEXES:
+            database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
+
+
+def _add_missing_columns() -> None:
+    migrator = SchemaMigrator.from_database(database.obj)
+    operations = []
+    for table, column, field in ADDED_COLUMNS:
+        if not database.table_exists(table):
+            continue
+        if column not in {c.name for c in database.get_columns(table)}:
+            operations.append(migrator.add_column(table, column, field()))
+    if operations:
+        migrate(*operations)
