@@ -476,3 +476,61 @@ def test_a_fan_out_that_died_is_restarted_even_while_its_dispatcher_goes_on(db):
     assert result.restarted == [campaign_id] and restarted == [(campaign_id, Campaign.get_by_id(campaign_id).dispatch_token)]
     assert restarted[0][1] != "old"
     assert fanout.fan_out(campaign_id, short_url_base=BASE, token=restarted[0][1]).recorded == 3
+
+
+def test_defect_6_two_dispatchers_that_read_the_same_rows_at_once_enqueue_each_row_once(postgres_db):
+    # Given a campaign's fresh rows, and another transaction holding their row locks, so that
+    # two dispatcher chains (a restarted one beside a late one) both read the rows and then
+    # wait, each at its mark, as a race between select and mark would have them
+    import threading
+
+    import psycopg2
+
+    from tests.conftest import POSTGRES_URL
+
+    make_customers(6)
+    campaign_id = make_campaign()
+    token = fanout.fan_out(campaign_id, short_url_base=BASE).dispatch_token
+    blocker = psycopg2.connect(POSTGRES_URL)
+    blocker.autocommit = False
+    with blocker.cursor() as cursor:
+        cursor.execute("SELECT id FROM message WHERE campaign_id = %s FOR UPDATE", (campaign_id,))
+    enqueued: list[int] = []
+    lock = threading.Lock()
+
+    def chain():
+        def enqueue(campaign, ids):
+            with lock:
+                enqueued.extend(ids)
+
+        with postgres_db.connection_context():
+            dispatch.dispatch(campaign_id, token, enqueue=enqueue, max_inflight=100, requeue_after_s=600)
+
+    chains = [threading.Thread(target=chain) for _ in range(2)]
+    for thread in chains:
+        thread.start()
+    try:
+        def waiting_at_their_marks() -> int:
+            # (asked on a connection of its own: a transaction keeps one snapshot of the view)
+            with psycopg2.connect(POSTGRES_URL) as watcher, watcher.cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                               " AND query LIKE 'UPDATE \"message\"%%'")
+                count = cursor.fetchone()[0]
+            watcher.close()
+            return count
+
+        deadline = dt.datetime.now() + dt.timedelta(seconds=10)
+        while waiting_at_their_marks() < 2 and dt.datetime.now() < deadline:
+            threading.Event().wait(0.02)
+        assert waiting_at_their_marks() == 2
+
+        # When the lock is released and both marks go ahead
+        blocker.rollback()
+    finally:
+        blocker.close()
+        for thread in chains:
+            thread.join(10)
+
+    # Then every row was enqueued once, by one of the two
+    rows = [m.id for m in Message.select(Message.id).where(Message.campaign == campaign_id)]
+    assert sorted(enqueued) == sorted(rows)
