@@ -271,6 +271,7 @@ class FakeTwilio:
             self._pending: collections.deque[str] = collections.deque()
             self._hang: dict[str, float] = {}
             self._list_faults: collections.deque[tuple[str, float]] = collections.deque()
+            self._list_lag_s = 0.0
             self._rng = random.Random(self._seed)
             self.latency_s = self._default_latency
 
@@ -332,6 +333,12 @@ class FakeTwilio:
             raise ValueError("mode must be '500', '429' or 'slow'")
         with self._lock:
             self._list_faults.extend([(mode, seconds)] * count)
+
+    def list_lag(self, seconds: float) -> None:
+        """A message becomes listable only ``seconds`` after it was accepted, as when
+        Twilio's own index lags behind its creates (the create answers at once)."""
+        with self._lock:
+            self._list_lag_s = seconds
 
     def age(self, seconds: float) -> None:
         """Make every recorded message ``seconds`` older, as if that much time had passed
@@ -484,10 +491,13 @@ class FakeTwilio:
             return _Reply(400, _error(400, 20001, "Invalid paging or DateSent parameter"))
         filters = {k: one[k] for k in ("To", "From", "DateSent", "DateSent<", "DateSent>") if one.get(k)}
 
+        listable_before = time.time() - self._list_lag_s
+
         def keep(m: dict) -> bool:
             d = datetime.fromtimestamp(m["accepted_at"], timezone.utc).date()
             return (
-                ("To" not in filters or m["to"] == filters["To"])
+                m["accepted_at"] <= listable_before
+                and ("To" not in filters or m["to"] == filters["To"])
                 and ("From" not in filters or m["from"] == filters["From"])
                 and ("DateSent" not in days or d == days["DateSent"])
                 and ("DateSent>" not in days or d >= days["DateSent>"])

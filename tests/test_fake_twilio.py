@@ -166,6 +166,18 @@ def test_accept_then_drop_is_listable(fake, client):
     assert fake.bodies_to("+15551230042") == ["maybe sent", "again"]
 
 
+def test_a_listing_lag_hides_a_message_until_it_is_old_enough(fake, client):
+    # Given a Twilio whose list lags its creates by 5 s
+    since = datetime.now(timezone.utc)
+    fake.list_lag(5)
+    client.messages.create(to="+15551230043", from_=FROM, body="accepted")
+
+    # Then the message is not listed at once, and is once it is 5 s old
+    assert client.messages.list(to="+15551230043", date_sent_after=since) == []
+    fake.age(5)
+    assert [m.body for m in client.messages.list(to="+15551230043", date_sent_after=since)] == ["accepted"]
+
+
 def test_accept_then_500(fake, client):
     fake.accept_then_fail(1, "500")
     with pytest.raises(TwilioRestException) as ei:

@@ -30,8 +30,9 @@ def test_worst_moment_crash_is_reconciled_not_resent(fake_twilio, tmp_path):
 @pytest.mark.parametrize(
     "case",
     [cases_more.lists_fail_while_reconciling, cases_more.two_campaigns_at_once, cases_more.scheduled_campaign,
-     cases_time.number_answers_500_forever],
-    ids=["lists-fail-while-reconciling", "two-campaigns-same-template", "scheduled-once", "500-forever-settles"],
+     cases_time.number_answers_500_forever, cases_time.listing_lags_behind_creates],
+    ids=["lists-fail-while-reconciling", "two-campaigns-same-template", "scheduled-once", "500-forever-settles",
+         "listing-lag"],
 )
 def test_exactly_once_fault_case(case, fake_twilio, tmp_path):
     # The cases of the "exactly once" issue that need no service restart: each checks the

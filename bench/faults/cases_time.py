@@ -1,5 +1,6 @@
-"""Fault cases 13-16: Redis frozen (SIGSTOP), a worker group's clock 90 s ahead (libfaketime),
-a number Twilio answers 500 forever, a backlog across the start and end of quiet hours."""
+"""Fault cases 13-17: Redis frozen (SIGSTOP), a worker group's clock 90 s ahead (libfaketime),
+a number Twilio answers 500 forever, a backlog across the start and end of quiet hours, and
+Twilio's list lagging behind its creates."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from collections import Counter
 import redis
 
 from bench.common import REDIS_URL, sliding_window_max
-from bench.faults.harness import Scenario, Verdict, finish
+from bench.faults.harness import FAST_RECOVERY, Scenario, Verdict, finish
 
 FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 #: libfaketime 0.9.10 breaks Python 3.11's time.sleep (clock_nanosleep with TIMER_ABSTIME on
@@ -216,4 +217,43 @@ def quiet_hours_cross_a_backlog(fake, tmp, customers=300, rate=5, start_after_s=
         s.stop()
 
 
-CASES = [redis_frozen, one_group_clock_ahead, number_answers_500_forever, quiet_hours_cross_a_backlog]
+def _lagging_run(fake, tmp, *, customers: int, count: int, lag_s: float, seed: int) -> tuple[Verdict, int]:
+    """A campaign whose first ``count`` creates are accepted, then dropped or answered 500,
+    while Twilio lists a message only ``lag_s`` after accepting it; returns the verdict and
+    how many of the maybe-sent customers Twilio accepted twice."""
+    s = Scenario(fake, tmp, customers=customers)
+    try:
+        fake.list_lag(lag_s)
+        for mode in random.Random(seed).choices(["drop", "500"], k=count):
+            fake.accept_then_fail(1, mode)
+        s.start_workers()
+        s.launch()
+        verdict = finish(s, f"17. Twilio lists a message {lag_s:g} s after accepting it ({count} maybe sent)")
+        accepted = Counter(m["to"] for m in fake.messages)
+        maybe = {r["to"] for r in fake.requests if r["outcome"].startswith("accepted_then")}
+        return verdict, sum(1 for to in maybe if accepted[to] > 1)
+    finally:
+        fake.list_lag(0)
+        s.stop()
+
+
+def listing_lags_behind_creates(fake, tmp, customers=300, count=20):
+    """17. Twilio's list lags its creates: 0 doubles under RECONCILE_AFTER_S, the stated window above it."""
+    reconcile_s = float(FAST_RECOVERY["RECONCILE_AFTER_S"])
+    verdict, doubled = _lagging_run(fake, tmp, customers=customers, count=count, lag_s=reconcile_s / 2, seed=17)
+    if doubled:
+        _fail(verdict, f"{doubled} maybe-sent customers texted twice with a lag under RECONCILE_AFTER_S")
+    # Above the bound the window is real: measured, on a small campaign of its own.
+    fake.reset()
+    over, doubled_over = _lagging_run(fake, tmp, customers=100, count=5, lag_s=reconcile_s * 3, seed=71)
+    verdict.notes.append(f"lag {reconcile_s / 2:g} s < RECONCILE_AFTER_S {reconcile_s:g} s: {doubled} of {count} "
+                         f"maybe-sent customers texted twice; lag {reconcile_s * 3:g} s > RECONCILE_AFTER_S: "
+                         f"{doubled_over} of 5 texted twice (the window the README states), lost {over.lost}")
+    if doubled_over != 5 or over.lost:
+        _fail(verdict, "above RECONCILE_AFTER_S every maybe-sent customer should be texted twice (and none lost): "
+                       "the case no longer measures the window")
+    return verdict
+
+
+CASES = [redis_frozen, one_group_clock_ahead, number_answers_500_forever, quiet_hours_cross_a_backlog,
+         listing_lags_behind_creates]
