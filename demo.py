@@ -2,6 +2,8 @@
 
 SQLite in ``demo.db``, the console SMS backend, and the real Redis broker when a Redis
 answers at ``REDIS_URL`` (an in-process stub broker otherwise), with an in-process worker.
+The backend and the namespace are the demo's own whatever the environment says, so a shell
+set up for production neither texts anyone nor touches a production queue.
 """
 
 from __future__ import annotations
@@ -67,13 +69,16 @@ def run_demo(*, database_path: str = "demo.db", timeout_s: float = 120.0) -> dic
     """Seed a fresh demo database, run one campaign to completion, return its analytics."""
     from settings import DEFAULT_REDIS_URL
 
-    os.environ.setdefault("SMS_BACKEND", "console")
+    # Whatever the shell says (a production namespace, SMS_BACKEND=twilio), the demo texts
+    # nobody and touches only a namespace of its own, deleted when it ends.
+    namespace = f"campaign-sms-demo-{secrets.token_hex(4)}"
+    os.environ["SMS_BACKEND"] = "console"
+    os.environ["DRAMATIQ_NAMESPACE"] = namespace
     os.environ.setdefault("SMS_RATE_LIMIT", "10/second")
     os.environ.setdefault("QUIET_HOURS", "off")  # the demo runs at any hour
     os.environ["DATABASE_URL"] = f"sqlite:///{database_path}"
     if "BROKER" not in os.environ:
         os.environ["BROKER"] = "redis" if redis_answers(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)) else "stub"
-    os.environ.setdefault("DRAMATIQ_NAMESPACE", "campaign-sms-demo")
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(database_path + suffix):
             os.remove(database_path + suffix)
@@ -91,7 +96,6 @@ def run_demo(*, database_path: str = "demo.db", timeout_s: float = 120.0) -> dic
     settings = actors.settings
     print(f"Demo: {len(DEMO_CUSTOMERS)} customers, broker={settings.broker}, database={settings.database_url}, "
           f"SMS backend={settings.sms_backend}, SMS rate limit={settings.sms_rate_limit}")
-    actors.broker.flush_all()
     worker = Worker(actors.broker, worker_threads=4, worker_timeout=100)
     worker.start()
     try:
@@ -105,6 +109,16 @@ def run_demo(*, database_path: str = "demo.db", timeout_s: float = 120.0) -> dic
             return analytics.analytics_dict(campaign_id)
     finally:
         worker.stop()
+        delete_keys(actors.broker.redis_client, namespace)
+
+
+def delete_keys(client, namespace: str) -> None:
+    """Remove the demo's own keys (its queues, rate-limit windows, stop keys) from Redis."""
+    if client is None:  # the stub broker keeps nothing outside this process
+        return
+    keys = list(client.scan_iter(f"{namespace}*", count=1000))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start:start + 500])
 
 
 def format_analytics(data: dict) -> str:

@@ -14,8 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+from tests.endpoints import POSTGRES_URL, REDIS_URL  # noqa: E402  (TEST_POSTGRES_URL, TEST_REDIS_URL)
 FROM_NUMBER = "+12125550100"
 
 
