@@ -12,6 +12,7 @@ import time
 
 import click
 
+from cli_customers import customers
 from errors import ConfigurationError
 
 
@@ -246,6 +247,8 @@ def sweep() -> None:
         result = actors.sweep()
     click.echo(f"checked {result.checked} sending campaign(s); restarted {result.restarted or 'none'}")
 
+
+main.add_command(customers)
 
 if __name__ == "__main__":
     main()

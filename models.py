@@ -92,6 +92,34 @@ class Customer(BaseModel):
     time_zone = CharField(max_length=64, null=True)
     sms_subscribed = BooleanField(default=True)
     created_at = DateTimeField(default=utcnow)
+    #: The customer's id in the team's own system: the import's upsert key.
+    external_ref = CharField(max_length=100, null=True, unique=True)
+    #: The country (ISO 3166 alpha-2) the phone number was read in.
+    region = CharField(max_length=2, null=True)
+    #: When and where consent was given, as the import said.
+    consent_at = DateTimeField(null=True)
+    consent_source = CharField(max_length=200, null=True)
+    #: Custom attributes from the import's other columns (a JSON object of strings).
+    attributes = TextField(null=True)
+    updated_at = DateTimeField(null=True)
+
+    def attribute_values(self) -> dict[str, str]:
+        return json.loads(self.attributes) if self.attributes else {}
+
+
+class CustomerTag(BaseModel):
+    customer = ForeignKeyField(Customer, backref="tags", on_delete="CASCADE")
+    tag = CharField(max_length=64, index=True)
+
+    class Meta:
+        indexes = ((("customer", "tag"), True),)
+
+
+class CustomAttribute(BaseModel):
+    """A custom attribute some import brought in: templates may use it as a placeholder."""
+
+    name = CharField(max_length=64, unique=True)
+    created_at = DateTimeField(default=utcnow)
 
 
 class QRCode(BaseModel):
@@ -270,7 +298,8 @@ class Click(BaseModel):
     created_at = DateTimeField(default=utcnow)
 
 
-MODELS = [Customer, QRCode, Campaign, Message, CampaignAnalytics, Event, OptOutEvent, Click, EarlyStatus]
+MODELS = [Customer, CustomerTag, CustomAttribute, QRCode, Campaign, Message, CampaignAnalytics, Event, OptOutEvent, Click,
+          EarlyStatus]
 
 
 def make_database(url: str):

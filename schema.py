@@ -18,6 +18,12 @@ ADDED_COLUMNS = (
     ("message", "time_zone", lambda: CharField(max_length=64, null=True)),
     ("campaign", "zones", lambda: TextField(null=True)),
     ("campaign", "fanout_beat_at", lambda: DateTimeField(null=True)),
+    ("customer", "external_ref", lambda: CharField(max_length=100, null=True)),
+    ("customer", "region", lambda: CharField(max_length=2, null=True)),
+    ("customer", "consent_at", lambda: DateTimeField(null=True)),
+    ("customer", "consent_source", lambda: CharField(max_length=200, null=True)),
+    ("customer", "attributes", lambda: TextField(null=True)),
+    ("customer", "updated_at", lambda: DateTimeField(null=True)),
 )
 
 
