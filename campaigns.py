@@ -1,7 +1,9 @@
 """The campaign lifecycle: fail, pause, resume, cancel, schedule, start when due, and the
-sweep that restarts a stalled campaign's work. The fan-out is ``fanout.py``, the paced
-dispatcher ``dispatch.py``, analytics ``analytics.py``, reports ``reports.py``; every change
-of a message's state is ``message_state.py``.
+sweep that restarts a stalled campaign's work; and what an operator may ask of a campaign
+in its state (``check_action``, ``check_send_at``), which the CLI says in one line when it
+is refused. The fan-out is ``fanout.py``, the paced dispatcher ``dispatch.py``, analytics
+``analytics.py``, reports ``reports.py``; every change of a message's state is
+``message_state.py``.
 
 Actors call these with IDs; nothing here knows about Dramatiq.
 """
@@ -14,10 +16,97 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import message_state
+from errors import CampaignError
 from events import record_event
 from peewee import fn
 
 from models import Campaign, CampaignStatus, Message, MessageStatus, utcnow
+
+#: The largest id a campaign can have: ``campaign.id`` is a PostgreSQL ``integer`` (SQLite's
+#: would go further, but an id is given the same answer on both).
+MAX_ID = 2**31 - 1
+
+#: A start time this far in the past is taken for "now" (the time it took to type it); one
+#: further back is refused (``check_send_at``).
+NOW_TOLERANCE_S = 60
+
+
+class Refused(CampaignError, ValueError):
+    """An operator's action that the campaign's state does not allow; the reason says what
+    is true (``campaign 3 is completed: nothing to send``)."""
+
+
+def is_campaign_id(value) -> bool:
+    """Whether ``value`` can be a campaign's id at all (an int from 1 to ``MAX_ID``)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID
+
+
+def describe(campaign: Campaign) -> str:
+    """The campaign's state as the rest of a sentence: ``is a draft``, ``has failed (...)``."""
+    reason = " ".join((campaign.status_reason or "").split())
+    reason = f" ({reason[:200]})" if reason else ""
+    if campaign.status == CampaignStatus.DRAFT:
+        return "is a draft"
+    if campaign.status == CampaignStatus.SCHEDULED:
+        return f"is scheduled for {campaign.send_at:%Y-%m-%d %H:%M} UTC" if campaign.send_at else "is scheduled"
+    if campaign.status == CampaignStatus.FAILED:
+        return "has failed" + reason
+    if campaign.status == CampaignStatus.PAUSED:
+        return "is paused" + reason
+    return f"is {campaign.status}"
+
+
+#: What each operator action needs (the states it is allowed in) and what it does not do.
+_ALLOWED = {
+    "send": ((CampaignStatus.DRAFT, CampaignStatus.SCHEDULED), "nothing to send"),
+    "pause": ((CampaignStatus.SENDING,), "nothing to pause"),
+    "resume": ((CampaignStatus.PAUSED,), "nothing to resume"),
+    "cancel": ((CampaignStatus.DRAFT, CampaignStatus.SCHEDULED, CampaignStatus.SENDING, CampaignStatus.PAUSED),
+               "nothing to cancel"),
+    "status": (None, ""),  # any state
+    "preview": (None, ""),
+}
+
+
+def check_action(campaign_id: int, action: str) -> Campaign:
+    """The campaign, if the operator's ``action`` (send, pause, resume, cancel, status,
+    preview) is allowed in its state; else ``Refused`` saying what is true."""
+    allowed, nothing = _ALLOWED[action]
+    campaign = Campaign.get_or_none(Campaign.id == campaign_id) if is_campaign_id(campaign_id) else None
+    if campaign is None:
+        raise Refused(f"campaign {campaign_id} does not exist", code="campaign_not_found")
+    if allowed is None or campaign.status in allowed:
+        return campaign
+    if (action, campaign.status) in (("send", CampaignStatus.SENDING), ("resume", CampaignStatus.SENDING),
+                                     ("pause", CampaignStatus.PAUSED)):
+        raise Refused(f"campaign {campaign_id} is already {campaign.status}", code="campaign_state")
+    if action == "send" and campaign.status == CampaignStatus.PAUSED:
+        raise Refused(f"campaign {campaign_id} {describe(campaign)}: resume it to send the rest", code="campaign_state")
+    raise Refused(f"campaign {campaign_id} {describe(campaign)}: {nothing}", code="campaign_state")
+
+
+def check_send_at(send_at_utc: dt.datetime, now: dt.datetime | None = None) -> dt.datetime | None:
+    """``send_at_utc`` (naive UTC) as a start time: None for "now" (up to ``NOW_TOLERANCE_S``
+    ago), itself if it is later; ``Refused`` if it is further in the past, which is a typo
+    (a year, a day), never a wish to send at once: that is asked by giving no time."""
+    now = now or utcnow()
+    if send_at_utc > now:
+        return send_at_utc
+    if send_at_utc >= now - dt.timedelta(seconds=NOW_TOLERANCE_S):
+        return None
+    raise Refused(f"{send_at_utc:%Y-%m-%d %H:%M:%S} UTC is in the past (it is {now:%Y-%m-%d %H:%M:%S} UTC): "
+                  "give a later time, or no time to send now", code="send_at_in_past")
+
+
+def make_due(campaign_id: int) -> bool:
+    """A scheduled campaign's time becomes now (sent at once, as asked): the next fan-out
+    starts it, like the sweeper does a due one."""
+    return bool(
+        Campaign.update(send_at=utcnow())
+        .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SCHEDULED)
+        .execute()
+    )
+
 
 def fail_campaign(campaign_id: int, reason: str) -> None:
     (

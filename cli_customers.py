@@ -13,7 +13,7 @@ from errors import ConfigurationError
 
 @click.group()
 def customers() -> None:
-    """Import customers from a CSV file."""
+    """Import customers from a CSV file, export them with their consent."""
 
 
 def _parse_map(text: str | None) -> dict[str, str]:
@@ -72,6 +72,7 @@ def customers_import(path: str, region: str | None, mapping: str | None, dry_run
         raise click.ClickException(f"{path}: {exc}") from None
     finally:
         if bar is not None:
+            bar.update(max(0, bar.length - bar.pos))  # rows, counted by lines: a quoted field may span two
             bar.__exit__(None, None, None)
     if rejected:
         _write_rejects(rejects_path, rejected)
@@ -88,3 +89,23 @@ def _write_rejects(path: str, rejects) -> None:
         writer.writerow(["line", "column", "reason", "detail", *names])
         for r in sorted(rejects, key=lambda r: r.line):
             writer.writerow([r.line, r.column, r.reason, r.detail, *(r.raw.get(name, "") for name in names)])
+
+
+@customers.command("export")
+@click.option("--output", "-o", "output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Where to write the CSV (default: standard output).")
+def customers_export(output: str) -> None:
+    """Every customer with consent state and suppression, in the import's columns."""
+    from customer_export import export_customers
+    from models import configure_database, connection
+    from settings import get_settings
+
+    try:
+        settings = get_settings()
+    except ConfigurationError as exc:
+        raise click.ClickException(f"configuration error: {exc.reason}") from None
+    configure_database(settings.database_url)
+    with click.open_file(output, "w", encoding="utf-8", newline="") as out, connection():
+        count = export_customers(out)
+    if output != "-":
+        click.echo(f"{count} customers written to {output}")

@@ -20,7 +20,9 @@ from quiet import zone
 from sms import normalize_phone
 
 COLUMNS = ("external_ref", "first_name", "last_name", "phone", "region", "time_zone", "sms_opt_in",
-           "opt_in_at", "opt_in_source", "tags", "qr_code")
+           "opt_in_at", "opt_in_source", "tags", "qr_code", "landline")
+#: Columns an export adds (what the database derived): an import reads past them.
+IGNORED = frozenset({"phone_e164", "suppressed", "suppression_source"})
 TRUE = frozenset({"1", "y", "yes", "true", "t", "on", "opted in", "opt-in", "opt in", "subscribed", "x",
                   "oui", "si", "sí", "ja"})
 FALSE = frozenset({"0", "n", "no", "false", "f", "off", "opted out", "opt-out", "opt out", "unsubscribed",
@@ -57,6 +59,8 @@ class CleanRow:
     consent_source: str | None = None
     tags: set[str] = field(default_factory=set)
     qr_code: str | None = None
+    #: The file says the number does not take SMS.
+    landline: bool = False
     attributes: dict[str, str] = field(default_factory=dict)
     #: The fields this file carries (an absent column leaves a customer's value alone).
     present: frozenset[str] = frozenset()
@@ -86,7 +90,9 @@ def header_map(header: list[str], renames: dict[str, str]) -> dict[int, str]:
     for position, name in enumerate(header):
         key = attribute_name(name.lstrip("\ufeff"))  # "External Ref" is external_ref
         canonical = lowered.get(key, key)
-        if canonical not in COLUMNS:
+        if canonical in IGNORED:
+            canonical = f"ignored:{canonical}"
+        elif canonical not in COLUMNS:
             attribute = key
             if not _ATTRIBUTE.match(attribute):
                 raise FileError(f"column {position + 1} ({name.strip()[:40]!r}) cannot be an attribute name: "
@@ -152,7 +158,12 @@ class RowCleaner:
         if code and not _QR_CODE.match(code):
             raise RowRejected("qr_code", "invalid_qr_code", "4 to 32 letters, digits, - or _")
         row.qr_code = code or None
-        row.attributes = {name[5:]: self._clean(value, name[5:], 200) for name, value in cell.items() if name.startswith("attr:")}
+        flag = " ".join((cell.get("landline") or "").split()).lower()
+        if flag and flag not in TRUE | FALSE:
+            raise RowRejected("landline", "invalid_landline", f"{flag[:20]!r} is neither yes nor no")
+        row.landline = flag in TRUE
+        row.attributes = {name[5:]: cleaned for name, value in cell.items() if name.startswith("attr:")
+                          for cleaned in [self._clean(value, name[5:], 200)] if cleaned}  # an empty cell sets nothing
         return row
 
     def _consent(self, cell: dict) -> bool:

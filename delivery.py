@@ -13,6 +13,7 @@ import datetime as dt
 
 from peewee import IntegrityError
 
+import landlines
 from events import record_event
 from models import EarlyStatus, Message, utcnow
 
@@ -58,6 +59,7 @@ def report_delivery(message_sid: str, status: str, error_code: str | None) -> tu
     otherwise leave the report waiting for an update that does not come."""
     changed, campaign_id = record_delivery_status(message_sid, status, error_code)
     if campaign_id is not None:
+        landlines.mark_from_report(message_sid, error_code)
         return changed, campaign_id
     try:
         EarlyStatus.create(sid=message_sid, status=status, error_code=error_code or None)
@@ -65,6 +67,7 @@ def report_delivery(message_sid: str, status: str, error_code: str | None) -> tu
         pass  # a replay of a report already kept
     changed, campaign_id = record_delivery_status(message_sid, status, error_code)
     if campaign_id is not None:
+        landlines.mark_from_report(message_sid, error_code)
         EarlyStatus.delete().where(EarlyStatus.sid == message_sid, EarlyStatus.status == status).execute()
     return changed, campaign_id
 
@@ -88,6 +91,7 @@ def apply_early_statuses(*, now: dt.datetime | None = None, max_age_s: float = E
     for report in known:
         changed, campaign_id = record_delivery_status(report.sid, report.status, report.error_code,
                                                       received_at=report.received_at)
+        landlines.mark_from_report(report.sid, report.error_code)
         if changed and campaign_id is not None:
             changed_campaigns.add(campaign_id)
     if known:

@@ -11,12 +11,17 @@ from typing import Callable, Iterable
 
 from peewee import JOIN, IntegrityError, fn
 
+import consent
+import landlines
+from audience import Audience, recently_texted
 import message_state
+from message_state import SkipReason
 from campaigns import fail_campaign
 from errors import MessageTooLong, PermanentError, TemplateError
 from events import record_event
 from links import new_link_code
-from models import Campaign, CampaignStatus, Customer, Message, MessageStatus, QRCode, db_datetime, is_postgres, utcnow, write_transaction
+from models import (Campaign, CampaignStatus, Customer, Message, MessageStatus, QRCode, database, db_datetime, is_postgres,
+                    utcnow, write_transaction)
 from quiet import recipient_zone
 from rendering import check_campaign, eligibility, template_values
 from sms import compose
@@ -40,6 +45,7 @@ def fan_out(
     batch_size: int = 500,
     on_started: Callable[[str], None] = lambda token: None,
     token: str | None = None,
+    frequency_cap_h: int | None = None,
 ) -> FanOutResult:
     """Check the campaign, then record every customer's outcome row.
 
@@ -51,7 +57,8 @@ def fan_out(
     written, so that the dispatcher (which enqueues the sends, paced) starts at once.
     Customers stream in keyset-paginated batches, so memory does not grow with the
     campaign, and rows are inserted with ON CONFLICT DO NOTHING, so running this again
-    creates nothing twice.
+    creates nothing twice. Only the campaign's audience (``audience.py``) is targeted;
+    ``frequency_cap_h`` (the campaign's own, if it has one) skips numbers texted lately.
     """
     result = FanOutResult(campaign_id)
     campaign = Campaign.get_or_none(Campaign.id == campaign_id)
@@ -96,21 +103,35 @@ def fan_out(
     result.dispatch_token = token
     on_started(token)
     zones = set(campaign.recipient_zones())
-    for batch in customer_batches(batch_size):
-        result.recorded += _record_outcomes(campaign, batch, default_region, short_url_base, default_time_zone, zones)
+    rules = Rules.of(campaign, frequency_cap_h)
+    for batch in customer_batches(batch_size, Audience.of(campaign).condition()):
+        result.recorded += _record_outcomes(campaign, batch, default_region, short_url_base, default_time_zone, zones, rules)
         Campaign.update(fanout_beat_at=utcnow()).where(Campaign.id == campaign_id, Campaign.dispatch_token == token).execute()
     Campaign.update(fanout_done_at=utcnow()).where(Campaign.id == campaign_id, Campaign.fanout_done_at.is_null()).execute()
     result.status = CampaignStatus.SENDING
     return result
 
 
-def customer_batches(batch_size: int) -> Iterable[list[tuple[Customer, str | None]]]:
+@dataclass(frozen=True)
+class Rules:
+    """The exclusions a campaign applies beyond a customer's own eligibility."""
+
+    frequency_cap_h: int = 0
+
+    @classmethod
+    def of(cls, campaign: Campaign, default_frequency_cap_h: int | None) -> "Rules":
+        cap = campaign.frequency_cap_h if campaign.frequency_cap_h is not None else default_frequency_cap_h
+        return cls(cap or 0)
+
+
+def customer_batches(batch_size: int, condition=True) -> Iterable[list[tuple[Customer, str | None]]]:
+    """The customers who meet ``condition`` (an audience's), in batches by id."""
     last_id = 0
     while True:
         rows = list(
             Customer.select(Customer, QRCode.code)
             .join(QRCode, JOIN.LEFT_OUTER, on=(QRCode.customer == Customer.id))
-            .where(Customer.id > last_id)
+            .where(Customer.id > last_id, condition)
             .order_by(Customer.id)
             .limit(batch_size)
             .objects()
@@ -126,14 +147,14 @@ _LINK_CODE_TRIES = 5
 
 
 def _record_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]], default_region: str,
-                     short_url_base: str, default_time_zone: str, zones: set[str]) -> int:
+                     short_url_base: str, default_time_zone: str, zones: set[str], rules: Rules = Rules()) -> int:
     """Insert the batch's rows; an eligible customer's message is rendered here, once, with a
     short link of its own, so the send path only claims it, and a message too long for one
     segment fails at once. A row that exists (an earlier run) is kept as it is."""
     if not batch:
         return 0
     for attempt in range(_LINK_CODE_TRIES):
-        rows = _render_outcomes(campaign, batch, default_region, short_url_base, default_time_zone)
+        rows = _render_outcomes(campaign, batch, default_region, short_url_base, default_time_zone, rules)
         batch_zones = {row[-1] for row in rows if row[-1]}
         try:
             with write_transaction():
@@ -145,6 +166,7 @@ def _record_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]
                     zones |= set(current.recipient_zones()) | batch_zones
                     Campaign.update(zones=json.dumps(sorted(zones))).where(Campaign.id == campaign.id).execute()
                 message_state.insert_outcomes(rows)
+                _store_e164(batch, rows)
             return len(rows)
         except IntegrityError:
             # A link code drawn by a fan-out running at the same time (the codes in use were
@@ -152,6 +174,21 @@ def _record_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]
             if attempt == _LINK_CODE_TRIES - 1:
                 raise
     return 0
+
+
+def _store_e164(batch: list[tuple[Customer, str | None]], rows: list[tuple]) -> None:
+    """A customer's number in E.164, where it was not stored yet (rows from before imports
+    wrote it), in one statement: a STOP from that number then finds the customer by it."""
+    stored = {customer.id: customer.phone_e164 for customer, _ in batch}
+    stale = [(row[1], row[3]) for row in rows if row[3] and stored.get(row[1]) != row[3]]
+    if not stale:
+        return
+    p = database.param
+    cases = " ".join([f"WHEN {p} THEN {p}"] * len(stale))
+    database.execute_sql(
+        f'UPDATE "customer" SET "phone_e164" = CASE "id" {cases} END WHERE "id" IN ({", ".join([p] * len(stale))})',
+        [value for pair in stale for value in pair] + [customer_id for customer_id, _ in stale],
+    )
 
 
 def _link_codes(count: int) -> list[str]:
@@ -173,11 +210,47 @@ def _codes_in_use(codes: list[str]) -> set[str]:
     return used | {code for (code,) in QRCode.select(QRCode.code).where(QRCode.code.in_(codes)).tuples()}
 
 
+def exclusions(campaign_id: int, checked: list[tuple], rules: Rules, owner: dict[str, int] | None = None) -> list[tuple]:
+    """Skip the customers whose number is suppressed (it opted out, whichever row it was on),
+    whose number another customer of the campaign already has a message for (the first by
+    id keeps it: one person, one message), or whose number a campaign texted within the
+    frequency cap. ``owner`` (number -> customer id) carries the numbers taken by earlier
+    batches that wrote nothing (a preview); the fan-out finds them among its rows."""
+    phones = sorted({phone for _c, _q, (phone, skip_code, _r) in checked if phone and not skip_code})
+    stopped = consent.suppressed(phones)
+    fixed = landlines.known(phones)
+    capped = recently_texted(phones, hours=rules.frequency_cap_h, now=utcnow(), other_than=campaign_id)
+    owner = {} if owner is None else owner
+    if phones:
+        ids = [customer.id for customer, _q, _e in checked]
+        for phone, customer_id in (Message.select(Message.to_phone, Message.customer)
+                                   .where(Message.campaign == campaign_id, Message.to_phone.in_(phones),
+                                          Message.customer.not_in(ids), Message.status != MessageStatus.SKIPPED)
+                                   .tuples()):
+            owner.setdefault(phone, customer_id)
+    result = []
+    for customer, qr_code, (phone, skip_code, skip_reason) in checked:
+        if phone and not skip_code:
+            if phone in stopped:
+                skip_code, skip_reason = SkipReason.SUPPRESSED, "the number opted out (suppression list)"
+            elif phone in fixed:
+                skip_code, skip_reason = SkipReason.LANDLINE, "the number does not take SMS (a landline, or unreachable)"
+            elif phone in capped:
+                skip_code = SkipReason.FREQUENCY_CAP
+                skip_reason = f"the number was texted in the last {rules.frequency_cap_h} h (frequency cap)"
+            elif owner.setdefault(phone, customer.id) != customer.id:
+                skip_code = SkipReason.DUPLICATE_PHONE
+                skip_reason = f"customer {owner[phone]} of this campaign has the same number"
+        result.append((customer, qr_code, (phone, skip_code, skip_reason)))
+    return result
+
+
 def _render_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]], default_region: str,
-                     short_url_base: str, default_time_zone: str) -> list[tuple]:
+                     short_url_base: str, default_time_zone: str, rules: Rules) -> list[tuple]:
     now = db_datetime(utcnow())
     rows = []
-    checked = [(customer, qr_code, eligibility(customer, qr_code, default_region)) for customer, qr_code in batch]
+    checked = exclusions(campaign.id, [(customer, qr_code, eligibility(customer, qr_code, default_region))
+                                        for customer, qr_code in batch], rules)
     codes = iter(_link_codes(sum(1 for _c, _q, (_p, skip_code, _r) in checked if not skip_code)))
     for customer, qr_code, (phone, skip_code, skip_reason) in checked:
         status, body, encoding, segments, link_code, zone_name = MessageStatus.PENDING, None, None, None, None, None

@@ -2,26 +2,27 @@
 
 Each row is cleaned (``customer_rows.py``) and then created or updated by its upsert key:
 ``external_ref`` when the file has one, else the E.164 number. One transaction per batch,
-so a large file streams in constant memory and a failure leaves whole batches behind.
-Consent only ever moves towards "not subscribed" on import: a row saying opted in never
-re-subscribes a customer who opted out (only a START from the number does), and a new
-customer whose number has opted out before is created unsubscribed.
+a few statements per batch rather than per row, so a large file streams in constant memory
+(its duplicate keys are found in a temporary table: ``import_keys.py``) and a failure
+leaves whole batches behind. Consent only ever moves towards "not subscribed" on import:
+a row saying opted in never re-subscribes a customer whose number opted out (only a START
+from the number does: ``consent.py``), and a new customer with such a number is created
+unsubscribed.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, TextIO
 
+import consent
+import landlines
 from customer_rows import COLUMNS, CleanRow, FileError, RowCleaner, RowRejected, header_map
-from links import new_link_code
-from models import CustomAttribute, Customer, CustomerTag, Message, OptOutEvent, QRCode, utcnow, write_transaction
-
-#: The fields an import compares and writes.
-FIELDS = ("first_name", "last_name", "phone", "phone_e164", "region", "time_zone", "consent_at", "consent_source")
+from customer_writes import Batch
+from import_keys import FirstSeen
+from models import CustomAttribute
 
 
 @dataclass
@@ -80,30 +81,78 @@ def import_customers(
         raise FileError("the file has no sms_opt_in column: add one, or pass --assume-opt-in if every row consented")
     cleaner = RowCleaner(columns, default_region=region or default_region, assume_opt_in=assume_opt_in)
     summary = ImportSummary(dry_run=dry_run)
-    seen: dict[str, int] = {}
-    codes: set[str] = set()  # QR codes given by earlier rows (a dry run writes none)
-    for batch in _batches(_rows(reader, header), batch_size):
-        clean: list[CleanRow] = []
-        for line, values in batch:
-            summary.read += 1
-            try:
-                row = cleaner.clean(values, line)
+
+    def reject(line: int, exc: RowRejected, raw: dict) -> None:
+        summary.rejected[exc.reason] += 1
+        on_reject(Reject(line, exc.column, exc.reason, exc.detail, raw))
+
+    with FirstSeen() as seen:
+        for batch in _batches(_rows(reader, header), batch_size):
+            clean: list[CleanRow] = []
+            for line, values in batch:
+                summary.read += 1
+                try:
+                    row = cleaner.clean(values, line)
+                except RowRejected as exc:
+                    reject(line, exc, dict(zip(header, values)))
+                    continue
                 row.raw = dict(zip(header, values))
-                if row.key in seen:
-                    raise RowRejected("external_ref" if row.external_ref else "phone", "duplicate_in_file",
-                                      f"same customer as line {seen[row.key]}")
-                seen[row.key] = line
                 clean.append(row)
-            except RowRejected as exc:
-                summary.rejected[exc.reason] += 1
-                on_reject(Reject(line, exc.column, exc.reason, exc.detail, dict(zip(header, values))))
-        for reject in _write_batch(clean, summary, codes, dry_run=dry_run):
-            summary.rejected[reject.reason] += 1
-            on_reject(reject)
-        on_progress(len(batch))
+            clean = _first_occurrences(clean, seen, reject)
+            _write(clean, summary, seen, reject, dry_run=dry_run)
+            on_progress(len(batch))
     if not dry_run and cleaner.attribute_names:
-        _declare_attributes(cleaner.attribute_names)
+        known = {a.name for a in CustomAttribute.select(CustomAttribute.name)}
+        for name in sorted(cleaner.attribute_names - known):
+            CustomAttribute.get_or_create(name=name)
     return summary
+
+
+def _first_occurrences(rows: list[CleanRow], seen: FirstSeen, reject) -> list[CleanRow]:
+    """The rows whose customer no earlier line of the file named."""
+    first = seen.claim([(row.key, row.line) for row in rows])
+    kept = []
+    for row in rows:
+        if first[row.key] != row.line:
+            column = "external_ref" if row.external_ref else "phone"
+            reject(row.line, RowRejected(column, "duplicate_in_file", f"same customer as line {first[row.key]}"), row.raw)
+        else:
+            kept.append(row)
+    return kept
+
+
+def _write(rows: list[CleanRow], summary: ImportSummary, seen: FirstSeen, reject, *, dry_run: bool) -> None:
+    """Create or update one batch in one transaction (rolled back in a dry run)."""
+    if not rows:
+        return
+    with Batch(rows, dry_run=dry_run) as batch:
+        codes = seen.claim([(f"qr:{row.qr_code}", row.line) for row in rows if row.qr_code])
+        opted_out: list[str] = []
+        for row in rows:
+            existing = batch.existing(row)
+            if row.qr_code and (codes[f"qr:{row.qr_code}"] != row.line or batch.code_taken(row.qr_code, existing)):
+                reject(row.line, RowRejected("qr_code", "qr_code_taken", "this code is already in use"), row.raw)
+                continue
+            if existing is None:
+                summary.created += 1
+                if row.subscribed and batch.suppressed(row.phone_e164):
+                    summary.kept_opted_out += 1
+                    row.subscribed = False
+                batch.create(row)
+            else:
+                if "subscribed" in row.present and row.subscribed and not existing.sms_subscribed:
+                    summary.kept_opted_out += 1
+                if batch.update(existing, row):
+                    summary.updated += 1
+                else:
+                    summary.unchanged += 1
+            if "subscribed" in row.present and not row.subscribed and not batch.suppressed(row.phone_e164):
+                opted_out.append(row.phone_e164)
+            if row.landline and not dry_run:
+                landlines.mark(row.phone_e164, code="import", source="import")
+        batch.flush()
+        if opted_out and not dry_run:
+            consent.opt_out_many(opted_out, source=consent.Source.IMPORT, reason="an import row said opted out")
 
 
 def _rows(reader, header: list[str]) -> Iterator[tuple[int, list[str]]]:
@@ -129,128 +178,6 @@ def _batches(rows: Iterable, size: int) -> Iterator[list]:
             batch = []
     if batch:
         yield batch
-
-
-def _write_batch(rows: list[CleanRow], summary: ImportSummary, codes: set[str], *, dry_run: bool) -> list[Reject]:
-    """Create or update one batch in one transaction; the rejects it found (a QR code
-    already someone else's)."""
-    if not rows:
-        return []
-    rejects: list[Reject] = []
-    with write_transaction() as txn:
-        by_ref = {c.external_ref: c for c in Customer.select().where(
-            Customer.external_ref.in_([r.external_ref for r in rows if r.external_ref]))}
-        by_phone: dict[str, Customer] = {}
-        keyed_by_phone = [r.phone_e164 for r in rows if not r.external_ref]
-        query = Customer.select().where(Customer.external_ref.is_null(), Customer.phone_e164.in_(keyed_by_phone))
-        for c in query.order_by(Customer.id.desc()):
-            by_phone[c.phone_e164] = c  # the oldest row wins
-        opted_out = _opted_out([r.phone_e164 for r in rows])
-        qr_of = {q.customer_id: q.code for q in QRCode.select().where(
-            QRCode.customer.in_([c.id for c in [*by_ref.values(), *by_phone.values()]]))}
-        for row in rows:
-            existing = by_ref.get(row.external_ref) if row.external_ref else by_phone.get(row.phone_e164)
-            if row.qr_code and row.qr_code != qr_of.get(existing.id if existing else None) and (
-                    row.qr_code in codes or _qr_taken(row.qr_code)):
-                rejects.append(Reject(row.line, "qr_code", "qr_code_taken", "this code is already in use", row.raw))
-                continue
-            if row.qr_code:
-                codes.add(row.qr_code)
-            if existing is None:
-                summary.created += 1
-                if row.subscribed and row.phone_e164 in opted_out:
-                    summary.kept_opted_out += 1
-                    row.subscribed = False
-                if not dry_run:
-                    _create(row)
-            elif _update(existing, row, qr_of.get(existing.id), summary, dry_run=dry_run):
-                summary.updated += 1
-            else:
-                summary.unchanged += 1
-        if dry_run:
-            txn.rollback()
-    return rejects
-
-
-def _opted_out(numbers: list[str]) -> set[str]:
-    """Numbers whose last consent change was an opt-out."""
-    latest: dict[str, str] = {}
-    for event in OptOutEvent.select(OptOutEvent.phone_e164, OptOutEvent.action).where(
-            OptOutEvent.phone_e164.in_(numbers)).order_by(OptOutEvent.id):
-        latest[event.phone_e164] = event.action
-    return {number for number, action in latest.items() if action == "stop"}
-
-
-def _qr_taken(code: str) -> bool:
-    return QRCode.select().where(QRCode.code == code).exists() or \
-        Message.select().where(Message.link_code == code).exists()
-
-
-def _new_qr_code() -> str:
-    while True:
-        code = new_link_code()
-        if not _qr_taken(code):
-            return code
-
-
-def _create(row: CleanRow) -> None:
-    now = utcnow()
-    customer = Customer.create(
-        **{name: getattr(row, name) for name in FIELDS}, external_ref=row.external_ref, sms_subscribed=row.subscribed,
-        attributes=json.dumps(row.attributes, sort_keys=True) if row.attributes else None, created_at=now, updated_at=now,
-    )
-    QRCode.create(customer=customer, code=row.qr_code or _new_qr_code())
-    if row.tags:
-        CustomerTag.insert_many([(customer.id, tag) for tag in sorted(row.tags)],
-                                fields=[CustomerTag.customer, CustomerTag.tag]).execute()
-    if not row.subscribed:
-        OptOutEvent.create(customer=customer, phone_e164=row.phone_e164, action="stop", keyword="import")
-
-
-def _update(customer: Customer, row: CleanRow, qr_code: str | None, summary: ImportSummary, *, dry_run: bool) -> bool:
-    """Bring ``customer`` to what the row says (consent only towards opted out); True if
-    anything changed."""
-    changes = {name: getattr(row, name) for name in FIELDS
-               if name in row.present and getattr(row, name) != getattr(customer, name)}
-    if row.attributes_present:
-        merged = {**customer.attribute_values(), **row.attributes}
-        if merged != customer.attribute_values():
-            changes["attributes"] = json.dumps(merged, sort_keys=True)
-    unsubscribe = "subscribed" in row.present and customer.sms_subscribed and not row.subscribed
-    if "subscribed" in row.present and row.subscribed and not customer.sms_subscribed:
-        summary.kept_opted_out += 1
-    tags_now = None
-    if row.tags_present:
-        tags_now = {t.tag for t in CustomerTag.select(CustomerTag.tag).where(CustomerTag.customer == customer.id)}
-    tags_change = tags_now is not None and tags_now != row.tags
-    qr_change = bool(row.qr_code) and row.qr_code != qr_code
-    if not (changes or unsubscribe or tags_change or qr_change):
-        return False
-    if dry_run:
-        return True
-    if unsubscribe:
-        changes["sms_subscribed"] = False
-        OptOutEvent.create(customer=customer, phone_e164=row.phone_e164, action="stop", keyword="import")
-    changes["updated_at"] = utcnow()
-    Customer.update(**changes).where(Customer.id == customer.id).execute()
-    if tags_change:
-        CustomerTag.delete().where(CustomerTag.customer == customer.id, CustomerTag.tag.not_in(sorted(row.tags))).execute()
-        missing = sorted(row.tags - tags_now)
-        if missing:
-            CustomerTag.insert_many([(customer.id, tag) for tag in missing],
-                                    fields=[CustomerTag.customer, CustomerTag.tag]).execute()
-    if qr_change:
-        if qr_code is None:
-            QRCode.create(customer=customer, code=row.qr_code)
-        else:
-            QRCode.update(code=row.qr_code).where(QRCode.customer == customer.id).execute()
-    return True
-
-
-def _declare_attributes(names: set[str]) -> None:
-    known = {a.name for a in CustomAttribute.select(CustomAttribute.name)}
-    for name in sorted(names - known):
-        CustomAttribute.get_or_create(name=name)
 
 
 __all__ = ["COLUMNS", "FileError", "ImportSummary", "Reject", "import_customers"]

@@ -27,6 +27,10 @@ class SkipReason:
     MISSING_PHONE = "missing_phone"
     INVALID_PHONE = "invalid_phone"
     NO_QR_CODE = "no_qr_code"
+    SUPPRESSED = "suppressed"
+    DUPLICATE_PHONE = "duplicate_phone"
+    FREQUENCY_CAP = "frequency_cap"
+    LANDLINE = "landline"
 
 
 class Claimed(NamedTuple):

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from analytics import database_counts
 from errors import MessageTooLong, PermanentError
-from fanout import customer_batches
+from audience import Audience
+from fanout import Rules, customer_batches, exclusions
 from links import new_link_code
 from models import Campaign, Message, MessageStatus, utcnow
 from rendering import check_campaign, eligibility, template_values
@@ -34,7 +35,7 @@ class Preview:
 
 def preview(
     campaign_id: int, *, short_url_base: str, default_region: str = "US", samples: int = 3,
-    price_per_segment: float = 0.0, batch_size: int = 1000,
+    price_per_segment: float = 0.0, batch_size: int = 1000, frequency_cap_h: int | None = None,
 ) -> Preview:
     """A dry run: render the campaign for its whole audience, sending nothing and writing
     nothing. Sample messages are exactly what would go out, with a link code made for the
@@ -45,10 +46,11 @@ def preview(
         check_campaign(campaign, short_url_base)
     except PermanentError as exc:
         result.template_error = exc.reason
-    for batch in customer_batches(batch_size):
-        for customer, qr_code in batch:
+    rules, owner = Rules.of(campaign, frequency_cap_h), {}
+    for batch in customer_batches(batch_size, Audience.of(campaign).condition()):
+        checked = exclusions(campaign_id, [(c, q, eligibility(c, q, default_region)) for c, q in batch], rules, owner)
+        for customer, qr_code, (phone, skip_code, _reason) in checked:
             result.audience += 1
-            phone, skip_code, _reason = eligibility(customer, qr_code, default_region)
             if skip_code:
                 result.skipped_by_reason[skip_code] = result.skipped_by_reason.get(skip_code, 0) + 1
                 continue

@@ -3,9 +3,10 @@ database of an earlier version up to date (columns added since, obsolete indexes
 
 from __future__ import annotations
 
-from peewee import CharField, DateTimeField, TextField
+from peewee import CharField, DateTimeField, IntegerField, TextField
 from playhouse.migrate import SchemaMigrator, migrate
 
+import consent
 from models import MODELS, database, is_postgres
 
 #: Indexes of earlier versions that the models' indexes replace.
@@ -18,6 +19,8 @@ ADDED_COLUMNS = (
     ("message", "time_zone", lambda: CharField(max_length=64, null=True)),
     ("campaign", "zones", lambda: TextField(null=True)),
     ("campaign", "fanout_beat_at", lambda: DateTimeField(null=True)),
+    ("campaign", "audience", lambda: TextField(null=True)),
+    ("campaign", "frequency_cap_h", lambda: IntegerField(null=True)),
     ("customer", "external_ref", lambda: CharField(max_length=100, null=True)),
     ("customer", "region", lambda: CharField(max_length=2, null=True)),
     ("customer", "consent_at", lambda: DateTimeField(null=True)),
@@ -27,8 +30,10 @@ ADDED_COLUMNS = (
 )
 
 
-def create_schema() -> None:
-    """Create what is missing (the release phase): tables, columns added since, indexes."""
+def create_schema(*, default_region: str | None = None) -> None:
+    """Create what is missing (the release phase): tables, columns added since, indexes.
+    With ``default_region``, also bring the data up: every customer's number in E.164, and
+    the opt-outs recorded before the suppression list on it (``consent.py``)."""
     with database.connection_context():
         _add_missing_columns()  # first: the indexes below may cover them
         if is_postgres() and database.table_exists("message"):
@@ -41,6 +46,9 @@ def create_schema() -> None:
         database.create_tables(MODELS, safe=True)
         for name in OBSOLETE_INDEXES:
             database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
+        if default_region is not None:
+            consent.backfill_phone_e164(default_region)
+            consent.backfill_suppressions()
 
 
 def _add_missing_columns() -> None:

@@ -14,6 +14,8 @@ from typing import Callable
 
 from peewee import DataError, IntegrityError
 
+import consent
+import landlines
 import message_state
 from batching import Combiner
 from claims import BatchSlots, LoadedMessage, QuietNow, QuietPolicy, claim_rendered, load_for_send
@@ -22,7 +24,7 @@ from events import record_event
 from fanout import template_values
 from links import new_link_code
 from message_state import SentRecord, SkipReason
-from models import CampaignStatus, Customer, Message, MessageStatus, database, utcnow
+from models import CampaignStatus, Message, MessageStatus, database, utcnow
 from sms import compose, mask_phone
 from smsservice import SmsBackend
 
@@ -213,11 +215,13 @@ def _send_claimed(message, body, segments, outcome: SendOutcome, how: _How, firs
         sent = how.backend.send(to=message.to_phone, body=body)
     except RecipientOptedOut as exc:
         message_state.fail(message_id, MessageStatus.SENDING, code=exc.code, reason=exc.reason)
-        Customer.update(sms_subscribed=False).where(Customer.id == message.customer.id).execute()
+        consent.opt_out(message.to_phone, source=consent.Source.TWILIO_21610, reason=exc.reason)
         outcome.status, outcome.detail = MessageStatus.FAILED, exc.reason
         return outcome
     except PermanentError as exc:
         message_state.fail(message_id, MessageStatus.SENDING, code=exc.code, reason=exc.reason)
+        if exc.code in landlines.CODES:
+            landlines.mark(message.to_phone, code=exc.code, source="send")
         outcome.status, outcome.detail = MessageStatus.FAILED, exc.reason
         return outcome
     except SenderError as exc:

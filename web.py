@@ -23,9 +23,10 @@ from flask import Flask, Response, abort, redirect, request
 from peewee import JOIN, IntegrityError
 from twilio.request_validator import RequestValidator
 
+import consent
 from delivery import DELIVERY_RANK, report_delivery
 from errors import InvalidPhone
-from models import Click, Customer, Message, MessageStatus, OptOutEvent, QRCode, configure_database, database, write_transaction
+from models import Click, Message, MessageStatus, OptOutEvent, QRCode, configure_database, database
 from settings import Settings, get_settings
 from sms import mask_phone, normalize_phone
 
@@ -78,32 +79,17 @@ def opt_out_action(body: str | None, opt_out_type: str | None) -> tuple[str | No
     return None, None
 
 
-def customers_for_phone(e164: str) -> list[int]:
-    """Customers with this number: by their normalised phone, their raw phone when it was
-    stored in E.164, or a message sent to it (the raw phone may be "(212) 555-0103")."""
-    sent_to = Message.select(Message.customer).where(Message.to_phone == e164, Message.twilio_sid.is_null(False))
-    query = Customer.select(Customer.id).where(
-        (Customer.phone_e164 == e164) | (Customer.phone == e164) | Customer.id.in_(sent_to)
-    )
-    return [row.id for row in query.order_by(Customer.id)]
-
-
-def apply_opt_out(e164: str, action: str, keyword: str | None, message_sid: str) -> tuple[bool, list[int]]:
-    """Record the opt-out (or opt-in) carried by one inbound message and flip the customers'
-    consent; (applied, customer ids). A replay of the same MessageSid applies nothing: the
-    event carrying the SID is inserted first, in the same transaction, and is unique.
-    """
+def apply_opt_out(e164: str, action: str, keyword: str | None, message_sid: str | None) -> tuple[bool, list[int]]:
+    """Record the opt-out (or opt-in) carried by one inbound message: the number's consent
+    changes (``consent.py``: the suppression list, every customer row holding the number);
+    (applied, customer ids). A replay of the same MessageSid applies nothing: the audit row
+    carrying the SID is unique. A STOP whose SID is unusable is recorded without one (and
+    so applied every time)."""
+    change = consent.opt_out if action == "stop" else consent.opt_in
     try:
-        with write_transaction():
-            customer_ids = customers_for_phone(e164)
-            first = customer_ids[0] if customer_ids else None
-            OptOutEvent.create(customer=first, phone_e164=e164, action=action, keyword=keyword, message_sid=message_sid)
-            for other in customer_ids[1:]:
-                OptOutEvent.create(customer=other, phone_e164=e164, action=action, keyword=keyword, message_sid=None)
-            if customer_ids:
-                Customer.update(sms_subscribed=(action == "start")).where(Customer.id.in_(customer_ids)).execute()
+        customer_ids = change(e164, source=consent.Source.INBOUND, keyword=keyword, message_sid=message_sid)
     except IntegrityError:
-        if OptOutEvent.select().where(OptOutEvent.message_sid == message_sid).exists():
+        if message_sid is not None and OptOutEvent.select().where(OptOutEvent.message_sid == message_sid).exists():
             return False, []
         raise
     return True, customer_ids

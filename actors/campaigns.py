@@ -14,6 +14,7 @@ import fanout
 from actors.services import get_services, request_metrics_update
 from actors.sms import send_sms
 from actors.stops import stop_campaign, stop_group
+from events import record_event
 from models import Campaign, utcnow
 from ratelimit import pacing, slower
 
@@ -27,9 +28,18 @@ QUIET_RECHECK_MS = 30_000
 @dramatiq.actor(queue_name="campaigns", max_retries=5, min_backoff=5_000, time_limit=6 * 3_600_000)
 def send_campaign(campaign_id: int, token: str | None = None) -> None:
     """Check the campaign, start its dispatcher, and record every customer's outcome row.
-    ``token``: the dispatch token of a start or restart that the sweeper made."""
+    ``token``: the dispatch token of a start or restart that the sweeper made.
+
+    An id that cannot be a campaign's (not an int, or beyond ``campaigns.MAX_ID``: no query
+    could take it on both databases) ends here, recorded once, never retried."""
+    if not campaigns.is_campaign_id(campaign_id):
+        shown = repr(campaign_id)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        record_event(None, "campaign_not_found",
+                     f"campaign id {shown} is not an id (an integer from 1 to {campaigns.MAX_ID}): nothing to send")
+        return
     services = get_services()
-    fanout.fan_out(
+    result = fanout.fan_out(
         campaign_id,
         short_url_base=services.short_url_base,
         default_region=services.default_region,
@@ -38,7 +48,8 @@ def send_campaign(campaign_id: int, token: str | None = None) -> None:
         on_started=lambda started: dispatch_campaign.send(campaign_id, started),
         token=token,
     )
-    request_metrics_update(campaign_id)
+    if result.status != "not_found":
+        request_metrics_update(campaign_id)
 
 
 @dramatiq.actor(queue_name="campaigns", max_retries=20, min_backoff=1_000, max_backoff=60_000)

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+import consent
 from importer import FileError, import_customers
 from models import CustomAttribute, Customer, CustomerTag, OptOutEvent, QRCode
 
@@ -76,8 +77,7 @@ def test_a_messy_file_imports_with_a_summary_and_its_rejects_and_again_changes_n
 def test_an_import_never_resubscribes_a_number_that_opted_out(db):
     # Given a customer imported as opted in, who then replied STOP
     _import("external_ref,phone,sms_opt_in\nC-1,+12125550101,yes\n")
-    Customer.update(sms_subscribed=False).execute()
-    OptOutEvent.create(phone_e164="+12125550101", action="stop", keyword="STOP")
+    consent.opt_out("+12125550101", source=consent.Source.INBOUND, keyword="STOP")
 
     # When the same number comes again as opted in, as the same customer and as a new one
     summary, _ = _import("external_ref,phone,sms_opt_in\nC-1,+12125550101,yes\nC-2,(212) 555-0101,yes\n")
@@ -159,3 +159,59 @@ def test_the_command_writes_the_rejects_file_and_prints_the_summary(tmp_path):
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip() == "Error: bad.csv: the file has no phone column (use --map HEADER=phone)"
+
+
+def test_an_export_imported_again_changes_nothing_and_shows_suppression(db):
+    # Given the messy file imported, and a STOP from one number
+    from customer_export import export_customers
+
+    _import()
+    consent.opt_out("+12125550102", source=consent.Source.INBOUND, keyword="STOP")
+    before = _world()
+
+    # When the customers are exported and the export is imported again
+    out = io.StringIO()
+    assert export_customers(out) == 7
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    summary, rejects = _import(out.getvalue())
+
+    # Then the export says who is suppressed, and importing it changes nothing
+    grace = next(r for r in rows if r["external_ref"] == "C-002")
+    assert (grace["sms_opt_in"], grace["suppressed"], grace["suppression_source"]) == ("no", "yes", "inbound")
+    assert (summary.created, summary.updated, summary.unchanged, rejects) == (0, 0, 7, [])
+    assert _world() == before
+
+
+def test_on_a_terminal_the_command_shows_a_progress_bar(tmp_path):
+    # Given the messy file and a terminal (a pseudo-terminal)
+    import pty
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(MESSY, tmp_path / "customers.csv")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": root, "DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}",
+           "BROKER": "stub", "TERM": "xterm"}
+    leader, follower = pty.openpty()
+
+    # When the import runs with its output on the terminal
+    proc = subprocess.run([sys.executable, "-m", "cli", "customers", "import", "customers.csv"], cwd=tmp_path,
+                          stdout=follower, stderr=subprocess.PIPE, env=env, timeout=120)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+
+    # Then a progress bar was drawn before the summary
+    assert proc.returncode == 0, proc.stderr
+    text = shown.decode()
+    assert "importing" in text and "100%" in text
+    assert text.index("importing") < text.index("read 16, created 7")

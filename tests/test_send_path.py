@@ -12,7 +12,7 @@ import dramatiq
 import actors
 import analytics
 import fanout
-from models import Campaign, CampaignAnalytics, CampaignStatus, Customer, Event, Message, MessageStatus
+from models import Campaign, CampaignAnalytics, CampaignStatus, Customer, Event, Message, MessageStatus, Suppression
 from sms import FOOTER, measure
 from tests.conftest import FROM_NUMBER, join_all
 from tests.factories import make_campaign, make_customers, phone_for
@@ -169,6 +169,7 @@ def test_permanent_twilio_errors_fail_the_record_once(db, stub_broker, stub_work
     assert codes == {ids[1]: "21211", ids[2]: "21610"}
     assert [r["to"] for r in fake_twilio.requests].count(phone_for(1)) == 1
     assert Customer.get_by_id(ids[2]).sms_subscribed is False
+    assert Suppression.get(Suppression.phone_e164 == phone_for(2)).source == "twilio_21610"  # the number, not the row
     figures = analytics.analytics_dict(campaign_id)
     assert figures["failed_by_reason"] == {"21211": 1, "21610": 1} and figures["sent"] == 2
 

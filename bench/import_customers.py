@@ -1,0 +1,115 @@
+"""Customer import bench: ``importer.import_customers`` against the work no import can skip.
+
+    python -m bench.import_customers [--sizes 10000 100000] [--repeat 3]
+
+For each size, a CSV of that many customers (US numbers in mixed formats, two tags, a store
+attribute) is written, then on PostgreSQL, in this process, each ``--repeat`` times:
+ (a) baseline: ``phonenumbers.parse`` of every number, plus PostgreSQL ``COPY`` of the same
+     rows into a bare table;
+ (b) the project's import into empty tables.
+Prints the medians, the ratio, and the import's peak traced memory (a separate run under
+tracemalloc, which slows it down); then the ratio of the peaks of the largest and smallest
+sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+
+import phonenumbers
+
+from bench.common import reset_database
+
+FORMATS = ("+1212{:07d}", "(212) {:03d}-{:04d}", "212.{:03d}.{:04d}", "212 {:03d} {:04d}")
+
+
+def write_file(path: str, size: int) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["external_ref", "first_name", "last_name", "phone", "sms_opt_in", "tags", "store"])
+        for i in range(size):
+            number = 2_000_000 + i
+            fmt = FORMATS[i % len(FORMATS)]
+            phone = fmt.format(number) if i % 4 == 0 else fmt.format(number // 10_000, number % 10_000)
+            writer.writerow([f"C-{i:07d}", f"Name{i}", "Doe", phone, "yes" if i % 10 else "no",
+                             "vip;nyc" if i % 10 == 0 else "nyc", f"Store {i % 4}"])
+
+
+def baseline(path: str) -> float:
+    from models import database
+
+    database.connect(reuse_if_open=True)
+    database.execute_sql("DROP TABLE IF EXISTS bench_import")
+    database.execute_sql("CREATE TABLE bench_import (external_ref text, first_name text, last_name text, phone text, "
+                         "sms_opt_in text, tags text, store text)")
+    started = time.perf_counter()
+    with open(path, newline="", encoding="utf-8") as source:
+        reader = csv.reader(source)
+        next(reader)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        for row in reader:
+            phonenumbers.parse(row[3], "US")
+            writer.writerow(row)
+    buffer.seek(0)
+    cursor = database.connection().cursor()
+    cursor.copy_expert("COPY bench_import FROM STDIN WITH (FORMAT csv)", buffer)
+    database.commit() if not database.connection().autocommit else None
+    elapsed = time.perf_counter() - started
+    database.execute_sql("DROP TABLE bench_import")
+    return elapsed
+
+
+def project(path: str, size: int, *, traced: bool) -> tuple[float, int]:
+    from importer import import_customers
+
+    reset_database()
+    if traced:
+        tracemalloc.start()
+    started = time.perf_counter()
+    with open(path, newline="", encoding="utf-8") as source:
+        summary = import_customers(source, default_region="US")
+    elapsed = time.perf_counter() - started
+    peak = 0
+    if traced:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert summary.created == size and not summary.rejected, summary
+    return elapsed, peak
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    peaks = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            path = os.path.join(tmp, f"customers-{size}.csv")
+            write_file(path, size)
+            reset_database()
+            bases, runs = [], []
+            for _ in range(args.repeat):
+                bases.append(baseline(path))
+                runs.append(project(path, size, traced=False)[0])
+            _, peaks[size] = project(path, size, traced=True)
+            base, run = statistics.median(bases), statistics.median(runs)
+            print(f"{size:>8,} rows: baseline (parse + COPY) {base:6.2f} s, import {run:6.2f} s, ratio {run / base:4.2f}x "
+                  f"(medians of {args.repeat}), import peak memory {peaks[size] / 1024:7.0f} KiB", flush=True)
+    if len(peaks) > 1:
+        small, large = min(peaks), max(peaks)
+        print(f"peak memory {large:,} / {small:,} rows: {peaks[large] / peaks[small]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

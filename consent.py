@@ -1,0 +1,153 @@
+"""Consent belongs to a phone number, not to a customer row: the one module that changes it.
+
+An opt-out (an inbound STOP, Twilio's 21610, an import row saying opted out, an operator)
+puts the E.164 number on the suppression list with its source, unsubscribes every customer
+row that holds the number, and leaves an audit row per customer. The suppression outlives
+customer rows (deleted, imported again); only a START from the number, or an operator with
+a reason, lifts it. The fan-out skips suppressed numbers whatever a row says.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from peewee import IntegrityError
+
+from errors import InvalidPhone
+from models import Customer, Message, OptOutEvent, Suppression, utcnow, write_transaction
+from sms import normalize_phone
+
+logger = logging.getLogger(__name__)
+
+
+class Source:
+    INBOUND = "inbound"
+    TWILIO_21610 = "twilio_21610"
+    IMPORT = "import"
+    OPERATOR = "operator"
+
+
+def customers_for_phone(e164: str) -> list[int]:
+    """Customers with this number: by their stored E.164 number, their raw phone when it was
+    stored in E.164, or a message sent to it."""
+    sent_to = Message.select(Message.customer).where(Message.to_phone == e164, Message.twilio_sid.is_null(False))
+    query = Customer.select(Customer.id).where(
+        (Customer.phone_e164 == e164) | (Customer.phone == e164) | Customer.id.in_(sent_to)
+    )
+    return [row.id for row in query.order_by(Customer.id)]
+
+
+def opt_out(e164: str, *, source: str, keyword: str | None = None, message_sid: str | None = None,
+            reason: str | None = None) -> list[int]:
+    """Suppress ``e164`` and unsubscribe its customers (in the caller's transaction, if any);
+    returns their ids. ``message_sid`` (an inbound message's) is unique: a replay raises
+    IntegrityError and changes nothing."""
+    return _change(e164, "stop", source=source, keyword=keyword, message_sid=message_sid, reason=reason)
+
+
+def opt_in(e164: str, *, source: str, keyword: str | None = None, message_sid: str | None = None,
+           reason: str | None = None) -> list[int]:
+    """Lift the suppression of ``e164`` (a START from the number, or an operator with a
+    reason) and resubscribe its customers; returns their ids."""
+    if source == Source.OPERATOR and not (reason or "").strip():
+        raise ValueError("an operator lifts a suppression only with a reason")
+    return _change(e164, "start", source=source, keyword=keyword, message_sid=message_sid, reason=reason)
+
+
+def _change(e164: str, action: str, *, source: str, keyword: str | None, message_sid: str | None,
+            reason: str | None) -> list[int]:
+    with write_transaction():
+        customer_ids = customers_for_phone(e164)
+        audit = [(cid, None) for cid in customer_ids] or [(None, None)]
+        audit[0] = (audit[0][0], message_sid)
+        for customer_id, sid in audit:
+            OptOutEvent.create(customer=customer_id, phone_e164=e164, action=action, keyword=keyword or source,
+                               message_sid=sid)
+        if action == "stop":
+            _suppress(e164, source, reason)
+        else:
+            Suppression.delete().where(Suppression.phone_e164 == e164).execute()
+        if customer_ids:
+            Customer.update(sms_subscribed=(action == "start"), updated_at=utcnow()).where(
+                Customer.id.in_(customer_ids)).execute()
+    return customer_ids
+
+
+def opt_out_many(numbers: list[str], *, source: str, reason: str | None = None) -> int:
+    """``opt_out`` for many numbers in a few statements (an import's opted-out rows): each
+    is suppressed, each customer row holding one is unsubscribed with an audit row; returns
+    how many customer rows were unsubscribed."""
+    numbers = sorted(set(numbers))
+    if not numbers:
+        return 0
+    with write_transaction():
+        holders: dict[int, str] = {}
+        for customer_id, e164, phone in Customer.select(Customer.id, Customer.phone_e164, Customer.phone).where(
+                Customer.phone_e164.in_(numbers) | Customer.phone.in_(numbers)).tuples():
+            holders[customer_id] = e164 if e164 in numbers else phone
+        for customer_id, phone in Message.select(Message.customer, Message.to_phone).where(
+                Message.to_phone.in_(numbers), Message.twilio_sid.is_null(False)).tuples():
+            holders.setdefault(customer_id, phone)
+        now = utcnow()
+        audit = [(cid, phone, "stop", source, now) for cid, phone in sorted(holders.items())]
+        audit += [(None, phone, "stop", source, now) for phone in sorted(set(numbers) - set(holders.values()))]
+        OptOutEvent.insert_many(audit, fields=[OptOutEvent.customer, OptOutEvent.phone_e164, OptOutEvent.action,
+                                               OptOutEvent.keyword, OptOutEvent.created_at]).execute()
+        Suppression.insert_many([(phone, source, (reason or "")[:200] or None, now) for phone in numbers],
+                                fields=[Suppression.phone_e164, Suppression.source, Suppression.reason,
+                                        Suppression.created_at]).on_conflict_ignore().execute()
+        if holders:
+            return Customer.update(sms_subscribed=False, updated_at=utcnow()).where(
+                Customer.id.in_(sorted(holders)), Customer.sms_subscribed == True).execute()  # noqa: E712
+    return 0
+
+
+def _suppress(e164: str, source: str, reason: str | None) -> None:
+    if Suppression.select().where(Suppression.phone_e164 == e164).exists():
+        return
+    try:
+        with write_transaction():  # a savepoint: a concurrent opt-out of the number may win
+            Suppression.create(phone_e164=e164, source=source, reason=(reason or "")[:200] or None)
+    except IntegrityError:
+        pass
+
+
+def suppressed(numbers: list[str]) -> set[str]:
+    """The numbers of ``numbers`` on the suppression list."""
+    if not numbers:
+        return set()
+    return {row.phone_e164 for row in Suppression.select(Suppression.phone_e164).where(Suppression.phone_e164.in_(numbers))}
+
+
+def backfill_phone_e164(default_region: str, *, batch_size: int = 1000) -> int:
+    """Store the E.164 form of every customer's number that has none yet (rows from before
+    the import, written by hand), so that a STOP from the number finds them before they were
+    ever texted; returns how many were written."""
+    written, last_id = 0, 0
+    while True:
+        rows = list(Customer.select(Customer.id, Customer.phone, Customer.region)
+                    .where(Customer.id > last_id, Customer.phone_e164.is_null(), Customer.phone.is_null(False))
+                    .order_by(Customer.id).limit(batch_size))
+        if not rows:
+            return written
+        with write_transaction():
+            for row in rows:
+                try:
+                    e164 = normalize_phone(row.phone, row.region or default_region)
+                except InvalidPhone:
+                    continue
+                written += Customer.update(phone_e164=e164).where(Customer.id == row.id).execute()
+        last_id = rows[-1].id
+
+
+def backfill_suppressions() -> int:
+    """Put on the suppression list every number whose last recorded consent change (from
+    before the list existed) was an opt-out; returns how many were added."""
+    latest: dict[str, str] = {}
+    for phone, action in OptOutEvent.select(OptOutEvent.phone_e164, OptOutEvent.action).order_by(OptOutEvent.id).tuples():
+        latest[phone] = action
+    stopped = sorted(phone for phone, action in latest.items() if action == "stop")
+    missing = [phone for phone in stopped if phone not in suppressed([phone])]
+    for phone in missing:
+        _suppress(phone, Source.INBOUND, "recorded before the suppression list")
+    return len(missing)
