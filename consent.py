@@ -14,6 +14,7 @@ import logging
 from peewee import IntegrityError
 
 from errors import InvalidPhone
+from connections import column_in
 from models import Customer, Message, OptOutEvent, Suppression, utcnow, write_transaction
 from sms import normalize_phone
 
@@ -114,9 +115,7 @@ def _suppress(e164: str, source: str, reason: str | None) -> None:
 
 def suppressed(numbers: list[str]) -> set[str]:
     """The numbers of ``numbers`` on the suppression list."""
-    if not numbers:
-        return set()
-    return {row.phone_e164 for row in Suppression.select(Suppression.phone_e164).where(Suppression.phone_e164.in_(numbers))}
+    return column_in("suppression", "phone_e164", list(numbers))
 
 
 def backfill_phone_e164(default_region: str, *, batch_size: int = 1000) -> int:

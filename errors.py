@@ -59,3 +59,8 @@ class SenderError(CampaignError):
 
 class ConfigurationError(CampaignError):
     """A setting is missing or malformed; the reason names the variable."""
+
+
+class ServiceUnreachable(ConfigurationError):
+    """A service a setting points at (``DATABASE_URL``, ``REDIS_URL``) does not answer at a
+    worker's start; the reason names the variable, with the URL's password masked."""

@@ -222,12 +222,14 @@ def exclusions(campaign_id: int, checked: list[tuple], rules: Rules, owner: dict
     capped = recently_texted(phones, hours=rules.frequency_cap_h, now=utcnow(), other_than=campaign_id)
     owner = {} if owner is None else owner
     if phones:
-        ids = [customer.id for customer, _q, _e in checked]
-        for phone, customer_id in (Message.select(Message.to_phone, Message.customer)
-                                   .where(Message.campaign == campaign_id, Message.to_phone.in_(phones),
-                                          Message.customer.not_in(ids), Message.status != MessageStatus.SKIPPED)
-                                   .tuples()):
-            owner.setdefault(phone, customer_id)
+        ids = {customer.id for customer, _q, _e in checked}
+        p = database.param
+        rows = database.execute_sql(
+            f'SELECT "to_phone", "customer_id" FROM "message" WHERE "campaign_id" = {p} AND "status" <> {p} '
+            f'AND "to_phone" IN ({", ".join([p] * len(phones))})', [campaign_id, MessageStatus.SKIPPED, *phones])
+        for phone, customer_id in rows.fetchall():
+            if customer_id not in ids:  # this batch's own rows, from an earlier run, keep theirs
+                owner.setdefault(phone, customer_id)
     result = []
     for customer, qr_code, (phone, skip_code, skip_reason) in checked:
         if phone and not skip_code:

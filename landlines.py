@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from peewee import IntegrityError
 
+from connections import column_in
 from models import Landline, Message, write_transaction
 
 #: The Twilio error codes that mean "this number does not take SMS".
@@ -39,6 +40,4 @@ def mark_from_report(message_sid: str, error_code: str | None) -> bool:
 
 def known(numbers: list[str]) -> set[str]:
     """The numbers of ``numbers`` marked as not taking SMS."""
-    if not numbers:
-        return set()
-    return {row.phone_e164 for row in Landline.select(Landline.phone_e164).where(Landline.phone_e164.in_(numbers))}
+    return column_in("landline", "phone_e164", list(numbers))

@@ -1,79 +1,138 @@
 """Twelve-factor settings: the environment is read once into one immutable object.
 
 Nothing here does I/O; ``get_settings()`` parses on first use and caches, so importing this
-module never fails. A missing or malformed variable raises ``ConfigurationError`` naming it,
-which the worker, the CLI and the demo show at start. Secrets never appear in reprs.
+module never fails. Every setting has a stated range (``settings_checks.Range``, in the
+field's metadata), checked by ``Settings.validate`` (``from_env`` calls it): a missing,
+malformed or out-of-range variable raises ``ConfigurationError`` naming it and its range,
+which the worker, the CLI and the demo show at start in one line. The auth token is a
+``Secret``, which prints as ``***`` wherever it goes.
 """
 
 from __future__ import annotations
 
 import functools
+import hmac
 import os
-import re
 from dataclasses import dataclass, field, fields
 from typing import Mapping
-from urllib.parse import urlsplit
-
-from limits import parse as parse_limit
 
 from errors import ConfigurationError
+from settings_checks import (
+    RATE_LIMIT, Range, check, choice, e164_ok, mask_url, namespace_ok, number, parse_number, quiet_hours_ok,
+    rate_limit_ok, region_ok, sid_ok, text, url, zone_ok,
+)
 
 DEFAULT_DATABASE_URL = "sqlite:///campaigns.db"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 BROKERS = ("redis", "stub")
 SMS_BACKENDS = ("twilio", "console", "null")
-_SID = re.compile(r"^(AC|MG)[0-9a-fA-F]{32}$")
-_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+DATABASE_SCHEMES = ("sqlite", "postgres", "postgresql", "postgres+pool", "postgresql+pool")
+__all__ = ["ConfigurationError", "Secret", "Settings", "get_settings", "mask_url", "ranges"]
 
 
-class Secret(str):
-    """A string that never shows itself in a repr, a log line or a traceback's locals."""
+class Secret:
+    """A credential that cannot be printed by accident.
+
+    Not a ``str``: ``str()``, ``repr()``, ``%s``, f-strings, ``format()`` and logging all give
+    ``***`` (a traceback's locals show ``Secret('***')``), ``json.dumps`` and string
+    concatenation refuse it, and the value is read only through ``reveal()`` (alias
+    ``get_secret_value()``, as in pydantic), at the one place that hands it to a client.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: "str | Secret" = "") -> None:
+        if isinstance(value, Secret):
+            value = value._value
+        if not isinstance(value, str):
+            raise TypeError(f"a Secret holds a str, not {type(value).__name__}")
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    get_secret_value = reveal
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __str__(self) -> str:
+        return "***" if self._value else ""
 
     def __repr__(self) -> str:
-        return "Secret('***')" if self else "Secret('')"
+        return "Secret('***')" if self._value else "Secret('')"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Secret):
+            other = other._value
+        if not isinstance(other, str):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other.encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+
+def setting(default, rng: Range, *, repr: bool = True):
+    """A field with its stated range (read by ``validate`` and by ``ranges()``)."""
+    return field(default=default, repr=repr, metadata={"range": rng})
+
+
+HTTP = ("http", "https")
+SECONDS = "s"
 
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = DEFAULT_DATABASE_URL
-    redis_url: str = DEFAULT_REDIS_URL
-    broker: str = "redis"
-    dramatiq_namespace: str = "dramatiq"
-    twilio_account_sid: str = ""
-    twilio_auth_token: Secret = field(default=Secret(""), repr=False)
-    twilio_from_number: str = ""
-    twilio_messaging_service_sid: str = ""
-    twilio_api_base_url: str = ""
-    twilio_status_callback_url: str = ""
-    twilio_timeout_s: float = 10.0
-    sms_backend: str = "console"
-    short_url_base: str = "http://localhost:8000/q"
-    public_base_url: str = ""
-    qr_display_url: str = "http://localhost:8000/qr/{code}"
-    default_region: str = "US"
-    quiet_hours: str = "21:00-08:00"
-    default_time_zone: str = "America/New_York"
-    sms_segment_price: float = 0.0079
-    sms_rate_limit: str = "10/minute"
-    email_rate_limit: str = "100/minute"
-    rate_limit_margin_ms: int = 50
-    rate_limit_hold_ms: int = 500
-    rate_limit_lead_ms: int = 300
-    worker_max_retries: int = 5
-    reconcile_after_s: float = 30.0
-    requeue_after_s: float = 1200.0
-    sweep_interval_s: float = 60.0
-    sweep_stale_after_s: float = 60.0
-    sms_max_retries: int = 10
-    sms_min_backoff_ms: int = 5_000
-    error_storm_window: int = 50
-    error_storm_min_attempts: int = 20
-    error_storm_ratio: float = 0.8
-    prometheus: str = "off"
-    dramatiq_heartbeat_timeout_ms: int = 60_000
-    dramatiq_maintenance_chance: int = 1000
-    metrics_delay_ms: int = 1000
-    fanout_batch_size: int = 500
+    database_url: str = setting(DEFAULT_DATABASE_URL, url(*DATABASE_SCHEMES, phrase="a `sqlite:///path` or `postgresql://` URL"))
+    redis_url: str = setting(DEFAULT_REDIS_URL, url("redis", "rediss", "unix", phrase="a `redis://`, `rediss://` or `unix://` URL"))
+    #: Check the certificate of a ``rediss://`` server (``off`` for a self-signed one, e.g. Heroku's).
+    redis_tls_verify: str = setting("on", choice("on", "off"))
+    broker: str = setting("redis", choice(*BROKERS))
+    dramatiq_namespace: str = setting("dramatiq", text("1 to 64 letters, digits, `.`, `_`, `:` or `-`", namespace_ok))
+    twilio_account_sid: str = setting("", text("`AC` and 32 hex digits", sid_ok("AC"), optional=True))
+    twilio_auth_token: Secret = setting(Secret(""), Range("any text (required with `SMS_BACKEND=twilio`)"), repr=False)
+    twilio_from_number: str = setting("", text("an E.164 number such as `+12125550100`", e164_ok, optional=True))
+    twilio_messaging_service_sid: str = setting("", text("`MG` and 32 hex digits", sid_ok("MG"), optional=True))
+    twilio_api_base_url: str = setting("", url(*HTTP, phrase="an http(s) URL", optional=True))
+    twilio_status_callback_url: str = setting("", url(*HTTP, phrase="an http(s) URL", optional=True))
+    twilio_timeout_s: float = setting(10.0, number(0.1, 30, SECONDS))
+    sms_backend: str = setting("console", choice(*SMS_BACKENDS))
+    short_url_base: str = setting("http://localhost:8000/q", url(*HTTP, phrase="an http(s) URL"))
+    public_base_url: str = setting("", url(*HTTP, phrase="an http(s) URL", optional=True))
+    #: ``{code}`` is checked in ``validate``.
+    qr_display_url: str = setting("http://localhost:8000/qr/{code}", url(*HTTP, phrase="an http(s) URL containing `{code}`"))
+    default_region: str = setting("US", text("a two-letter region code phonenumbers knows, such as `US` or `GB`", region_ok))
+    quiet_hours: str = setting("21:00-08:00", text("`HH:MM-HH:MM` (local time) or `off`", quiet_hours_ok))
+    default_time_zone: str = setting("America/New_York", text("an IANA time zone such as `America/New_York`", zone_ok))
+    sms_segment_price: float = setting(0.0079, number(0, 10))
+    sms_rate_limit: str = setting("10/minute", text(RATE_LIMIT, rate_limit_ok))
+    email_rate_limit: str = setting("100/minute", text(RATE_LIMIT, rate_limit_ok))
+    rate_limit_margin_ms: int = setting(50, number(0, 10_000, "ms"))
+    rate_limit_hold_ms: int = setting(500, number(0, 60_000, "ms"))
+    rate_limit_lead_ms: int = setting(300, Range("0 to 60000 ms (used up to `RATE_LIMIT_HOLD_MS`)", low=0, high=60_000))
+    worker_max_retries: int = setting(5, number(0, 100))
+    reconcile_after_s: float = setting(30.0, Range("2 × `TWILIO_TIMEOUT_S` to 86400 s", low=0.2, high=86_400))
+    requeue_after_s: float = setting(1200.0, number(1, 86_400, SECONDS))
+    sweep_interval_s: float = setting(60.0, number(1, 3_600, SECONDS))
+    sweep_stale_after_s: float = setting(60.0, number(1, 86_400, SECONDS))
+    sms_max_retries: int = setting(10, number(1, 100))
+    sms_min_backoff_ms: int = setting(5_000, number(100, 900_000, "ms"))
+    error_storm_window: int = setting(50, number(1, 10_000))
+    error_storm_min_attempts: int = setting(20, Range("1 to `ERROR_STORM_WINDOW`", low=1, high=10_000))
+    error_storm_ratio: float = setting(0.8, Range("above 0, up to 1", low=0, high=1))
+    prometheus: str = setting("off", choice("on", "off"))
+    dramatiq_heartbeat_timeout_ms: int = setting(60_000, number(1_000, 3_600_000, "ms"))
+    dramatiq_maintenance_chance: int = setting(1000, number(1, 1_000_000))
+    metrics_delay_ms: int = setting(1000, number(10, 600_000, "ms"))
+    fanout_batch_size: int = setting(500, number(1, 2_000))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.twilio_auth_token, Secret):
+            object.__setattr__(self, "twilio_auth_token", Secret(self.twilio_auth_token))
 
     @property
     def rate_limits(self) -> dict[str, str]:
@@ -94,92 +153,59 @@ class Settings:
             raw = env.get(f.name.upper())
             if raw is None or raw.strip() == "":
                 continue
-            values[f.name] = _convert(f.name.upper(), raw.strip(), f.type)
+            values[f.name] = _convert(f.name.upper(), raw.strip(), f)
         settings = cls(**values)
         settings.validate()
         return settings
 
     def validate(self) -> None:
-        _check_url("DATABASE_URL", self.database_url, ("sqlite", "postgres", "postgresql", "postgres+pool", "postgresql+pool"))
-        _check_url("REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
-        _check_choice("BROKER", self.broker, BROKERS)
-        _check_choice("SMS_BACKEND", self.sms_backend, SMS_BACKENDS)
-        _check_choice("PROMETHEUS", self.prometheus, ("on", "off"))
-        for name in ("SMS_RATE_LIMIT", "EMAIL_RATE_LIMIT"):
-            value = getattr(self, name.lower())
-            try:
-                parse_limit(value)
-            except ValueError:
-                raise ConfigurationError(f"{name}={value!r} is not a rate limit such as '10/minute' or '20 per 2 seconds'") from None
+        """Every setting within its range, then the rules that tie two settings together."""
+        for f in fields(self):
+            check(f.name.upper(), f.type, getattr(self, f.name), f.metadata["range"])
+        if "{code}" not in self.qr_display_url:
+            raise ConfigurationError("QR_DISPLAY_URL must contain {code}, e.g. https://example.com/qr/{code}")
+        if self.error_storm_ratio <= 0:
+            raise ConfigurationError(f"ERROR_STORM_RATIO={self.error_storm_ratio!r} is out of range: must be above 0, up to 1")
         if self.reconcile_after_s < 2 * self.twilio_timeout_s:
             raise ConfigurationError(
                 "RECONCILE_AFTER_S must be at least twice TWILIO_TIMEOUT_S (the timeout bounds the connect and each "
                 "read separately), or a request still in flight could be sent twice"
             )
-        if self.quiet_hours and self.quiet_hours.lower() != "off":
-            from quiet import QuietHours, zone
-
-            try:
-                QuietHours.parse(self.quiet_hours)
-            except ValueError:
-                raise ConfigurationError(f"QUIET_HOURS={self.quiet_hours!r} must look like '21:00-08:00' (or 'off')") from None
-            if zone(self.default_time_zone) is None:
-                raise ConfigurationError(f"DEFAULT_TIME_ZONE={self.default_time_zone!r} is not an IANA time zone such as 'America/New_York'")
-        if not 0 < self.error_storm_ratio <= 1:
-            raise ConfigurationError("ERROR_STORM_RATIO must be a fraction in (0, 1]")
-        if self.twilio_timeout_s <= 0:
-            raise ConfigurationError("TWILIO_TIMEOUT_S must be a positive number of seconds")
-        if self.twilio_api_base_url:
-            _check_url("TWILIO_API_BASE_URL", self.twilio_api_base_url, ("http", "https"))
-        if self.twilio_status_callback_url:
-            _check_url("TWILIO_STATUS_CALLBACK_URL", self.twilio_status_callback_url, ("http", "https"))
-        _check_url("SHORT_URL_BASE", self.short_url_base, ("http", "https"))
-        if self.public_base_url:
-            _check_url("PUBLIC_BASE_URL", self.public_base_url, ("http", "https"))
-        _check_url("QR_DISPLAY_URL", self.qr_display_url, ("http", "https"))
-        if "{code}" not in self.qr_display_url:
-            raise ConfigurationError("QR_DISPLAY_URL must contain {code}, e.g. https://example.com/qr/{code}")
+        if self.error_storm_min_attempts > self.error_storm_window:
+            raise ConfigurationError(
+                f"ERROR_STORM_MIN_ATTEMPTS={self.error_storm_min_attempts} is out of range: must be at most "
+                f"ERROR_STORM_WINDOW ({self.error_storm_window}), or the auto-pause could never trigger"
+            )
         if self.sms_backend == "twilio":
             self._validate_twilio()
 
     def _validate_twilio(self) -> None:
         if not self.twilio_account_sid:
             raise ConfigurationError("TWILIO_ACCOUNT_SID is required when SMS_BACKEND=twilio")
-        if not _SID.match(self.twilio_account_sid) or not self.twilio_account_sid.startswith("AC"):
+        if not sid_ok("AC")(self.twilio_account_sid):
             raise ConfigurationError("TWILIO_ACCOUNT_SID must look like 'AC' followed by 32 hex digits")
         if not self.twilio_auth_token:
             raise ConfigurationError("TWILIO_AUTH_TOKEN is required when SMS_BACKEND=twilio")
         if self.twilio_messaging_service_sid:
-            if not _SID.match(self.twilio_messaging_service_sid) or not self.twilio_messaging_service_sid.startswith("MG"):
+            if not sid_ok("MG")(self.twilio_messaging_service_sid):
                 raise ConfigurationError("TWILIO_MESSAGING_SERVICE_SID must look like 'MG' followed by 32 hex digits")
         elif not self.twilio_from_number:
             raise ConfigurationError("TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID is required when SMS_BACKEND=twilio")
-        elif not _E164.match(self.twilio_from_number):
+        elif not e164_ok(self.twilio_from_number):
             raise ConfigurationError("TWILIO_FROM_NUMBER must be an E.164 number such as +12125550100")
 
 
-def _convert(name: str, raw: str, type_name: str):
-    try:
-        if type_name == "int":
-            return int(raw)
-        if type_name == "float":
-            return float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a valid {type_name}") from None
-    if type_name == "Secret":
+def _convert(name: str, raw: str, f):
+    if f.type in ("int", "float"):
+        return parse_number(name, raw, f.type, f.metadata["range"])
+    if f.type == "Secret":
         return Secret(raw)
     return raw
 
 
-def _check_url(name: str, value: str, schemes: tuple[str, ...]) -> None:
-    scheme = urlsplit(value).scheme
-    if scheme not in schemes:
-        raise ConfigurationError(f"{name} must be a URL with one of the schemes {', '.join(schemes)} (got scheme {scheme!r})")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigurationError(f"{name}={value!r} must be one of {', '.join(choices)}")
+def ranges() -> dict[str, str]:
+    """Each variable's range in one phrase (the README's settings table)."""
+    return {f.name.upper(): f.metadata["range"].phrase for f in fields(Settings)}
 
 
 @functools.cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import threading
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -194,9 +195,20 @@ def template_fields(template: str) -> set[str]:
 
 
 def validate_template(template: str) -> None:
-    """Reject a template at campaign creation rather than failing every message later."""
+    """Reject a template at campaign creation rather than failing every message later: an
+    empty one, a placeholder not allowed, or an invisible character (a control character
+    other than a line break, a bidi override, a zero-width space or joiner), which would
+    make the text read otherwise than it was reviewed (the policy names follow too)."""
     if not isinstance(template, str) or not template.strip():
         raise TemplateError("template is empty", code="invalid_template")
+    for pos, ch in enumerate(template):
+        category = unicodedata.category(ch)
+        if ch == "\u200d" and 0 < pos < len(template) - 1 and {unicodedata.category(template[pos - 1]),
+                                                               unicodedata.category(template[pos + 1])} <= {"So", "Sk", "Mn"}:
+            continue  # the joiner inside an emoji sequence (a family, a profession) is visible
+        if (category == "Cc" and ch not in "\n\r\t") or category == "Cf" or ch in "\u2028\u2029":
+            raise TemplateError(f"template has an invisible character U+{ord(ch):04X} at position {pos}: remove it",
+                                code="invalid_template")
     template_fields(template)
 
 

@@ -200,7 +200,7 @@ class NullBackend:
 def make_twilio_client(settings: Settings) -> Client:
     """The one place a Twilio client is built: explicit timeout, optional local base URL."""
     http_client = TwilioHttpClient(timeout=settings.twilio_timeout_s)
-    client = Client(settings.twilio_account_sid, str(settings.twilio_auth_token), http_client=http_client)
+    client = Client(settings.twilio_account_sid, settings.twilio_auth_token.reveal(), http_client=http_client)
     if settings.twilio_api_base_url:
         client.api.base_url = settings.twilio_api_base_url.rstrip("/")
         # The client sizes its pool for https only; a local http fake needs the same.

@@ -150,7 +150,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         logger.warning("TWILIO_AUTH_TOKEN is not set: every Twilio webhook will be refused (403)")
     if not settings.public_base_url:
         logger.warning("PUBLIC_BASE_URL is not set: Twilio signatures are checked against the URL this process sees")
-    validator = RequestValidator(settings.twilio_auth_token) if settings.twilio_auth_token else None
+    validator = RequestValidator(settings.twilio_auth_token.reveal()) if settings.twilio_auth_token else None
     public_base = settings.public_base_url.rstrip("/")
 
     def ask_metrics(campaign_id: int | None) -> None:

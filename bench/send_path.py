@@ -82,7 +82,7 @@ def run_project(n: int, tmp: str, fake, *, backend: str, latency_s: float = 0.0)
     enqueue_all(ns, "sms", "send_sms", ((i,) for i in ids))
     fake.latency_s = latency_s
     env = worker_env(fake, ns=ns, database_url=POSTGRES_URL, SMS_BACKEND=backend, SMS_RATE_LIMIT="1000000/second",
-                     TWILIO_TIMEOUT_S="5", SWEEP_INTERVAL_S="0", METRICS_DELAY_MS=str(Settings().metrics_delay_ms))
+                     TWILIO_TIMEOUT_S="5", SWEEP_INTERVAL_S="3600", METRICS_DELAY_MS=str(Settings().metrics_delay_ms))
     env["dramatiq_worker_timeout"] = "100"
     workers = Workers("actors", env, f"{tmp}/project-{backend}.log")
     try:

@@ -52,7 +52,7 @@ def test_a_bad_setting_fails_naming_the_variable(env, variable):
 
 def test_secrets_never_appear_in_reprs():
     settings = Settings.from_env(TWILIO_ENV)
-    assert settings.twilio_auth_token == "s3cr3t-token"
+    assert settings.twilio_auth_token.reveal() == "s3cr3t-token"
     assert "s3cr3t" not in repr(settings) and "s3cr3t" not in str(settings)
     assert "s3cr3t" not in repr(settings.twilio_auth_token)
 
@@ -63,9 +63,10 @@ def test_messaging_service_wins_over_from_number():
     assert Settings.from_env(TWILIO_ENV).twilio_sender == {"from_": "+12125550100"}
 
 
-def test_heroku_rediss_url_accepts_a_self_signed_certificate():
-    pool = redis_pool("rediss://:pw@redis.example.com:6380/0")
-    assert pool.connection_kwargs["ssl_cert_reqs"] is None
+def test_a_rediss_url_checks_the_certificate_unless_told_not_to():
+    # (tests/test_settings_tls.py makes the handshakes with a self-signed server)
+    assert redis_pool("rediss://:pw@redis.example.com:6380/0").connection_kwargs["ssl_cert_reqs"] == "required"
+    assert redis_pool("rediss://:pw@redis.example.com:6380/0", verify=False).connection_kwargs["ssl_cert_reqs"] == "none"
     assert "ssl_cert_reqs" not in redis_pool("redis://127.0.0.1:6379/0").connection_kwargs
 
 
@@ -80,6 +81,7 @@ def test_twilio_client_honours_the_local_base_url_despite_edge_and_region(monkey
     assert client.get_hostname("http://127.0.0.1:9/2010-04-01/x") == "http://127.0.0.1:9/2010-04-01/x"
     assert client.api.base_url == "http://127.0.0.1:9"
     assert client.http_client.timeout == 2.5
+    assert client.password == "t"  # the token itself, not its '***'
     assert logging.getLogger("twilio.http_client").level >= logging.WARNING
 
 

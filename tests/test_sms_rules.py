@@ -353,3 +353,17 @@ def test_mask_phone(phone, expected):
     shown = re.findall(r"\d", masked)
     assert len(shown) <= (5 if len(digits) >= 10 else 4)
     assert not digits or len(digits) <= 4 or digits not in masked
+
+
+@pytest.mark.parametrize("template, code_point", [
+    ("Hi {first_name}\u202e, deals: {short_url}", "U+202E"),   # a bidi override
+    ("Hi\u200b {first_name}: {short_url}", "U+200B"),          # a zero-width space
+    ("Hi {first_name}\x07: {short_url}", "U+0007"),            # a control character
+])
+def test_a_template_with_an_invisible_character_is_refused(template, code_point):
+    with pytest.raises(TemplateError, match=re.escape(f"invisible character {code_point}")):
+        validate_template(template)
+
+
+def test_a_template_keeps_line_breaks_and_emoji_sequences():
+    validate_template("Hi {first_name}\n\U0001F469\u200d\U0001F4BB deals: {short_url}")
