@@ -119,7 +119,7 @@ def campaign_preview(campaign_id: int, samples: int) -> None:
         check_action(campaign_id, "preview")
         result = preview(
             campaign_id, short_url_base=settings.short_url_base, default_region=settings.default_region,
-            samples=samples, price_per_segment=settings.sms_segment_price,
+            samples=samples, price_per_segment=settings.sms_segment_price, frequency_cap_h=settings.frequency_cap_h,
         )
     click.echo(format_preview(result))
 

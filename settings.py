@@ -128,6 +128,9 @@ class Settings:
     dramatiq_heartbeat_timeout_ms: int = setting(60_000, number(1_000, 3_600_000, "ms"))
     dramatiq_maintenance_chance: int = setting(1000, number(1, 1_000_000))
     metrics_delay_ms: int = setting(1000, number(10, 600_000, "ms"))
+    #: Skip numbers any other campaign texted in the last this many hours (0: no cap); a
+    #: campaign's own ``--frequency-cap`` wins.
+    frequency_cap_h: int = setting(0, number(0, 8_760, "h"))
     fanout_batch_size: int = setting(500, number(1, 2_000))
 
     def __post_init__(self) -> None:

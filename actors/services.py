@@ -33,6 +33,8 @@ class Services:
     quiet: QuietPolicy | None
     #: The send path's "sent" records, written by a thread of their own (see ``send_sms``).
     sent_records: WriteBehind[SentRecord]
+    #: FREQUENCY_CAP_H: numbers texted by another campaign this recently are skipped.
+    frequency_cap_h: int = 0
 
 
 _services: Services | None = None
@@ -53,6 +55,7 @@ def get_services() -> Services:
             default_region=settings.default_region,
             default_time_zone=settings.default_time_zone,
             fanout_batch_size=settings.fanout_batch_size,
+            frequency_cap_h=settings.frequency_cap_h,
             sms_rate_limit=settings.sms_rate_limit,
             reconcile_after_s=settings.reconcile_after_s,
             requeue_after_s=settings.requeue_after_s,

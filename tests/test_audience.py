@@ -81,3 +81,25 @@ def test_campaign_create_keeps_its_audience_and_refuses_a_contradiction(db, stub
     refused = CliRunner().invoke(cli.main, ["campaign", "create", "--name", "X", "--template", "Hi {short_url}",
                                             "--tag", "vip", "--exclude-tag", "VIP"])
     assert refused.exit_code == 1 and refused.output.strip() == "Error: tag 'vip' is both targeted and excluded"
+
+
+def test_the_global_frequency_cap_applies_to_a_campaign_without_its_own(db):
+    # Given FREQUENCY_CAP_H=24, and a customer texted an hour ago by another campaign
+    from errors import ConfigurationError
+    from settings import Settings
+
+    assert Settings.from_env({"FREQUENCY_CAP_H": "24"}).frequency_cap_h == 24
+    with pytest.raises(ConfigurationError, match="FREQUENCY_CAP_H=-1 is out of range"):
+        Settings.from_env({"FREQUENCY_CAP_H": "-1"})
+    ids = make_customers(2)
+    earlier = make_campaign(name="earlier")
+    Message.create(campaign=earlier, customer=ids[0], status=MessageStatus.SENT, to_phone=phone_for(0),
+                   sent_at=utcnow() - dt.timedelta(hours=1), twilio_sid="SM" + "4" * 32)
+    campaign_id = make_campaign()
+
+    # When the campaign (no cap of its own) is fanned out under the global cap
+    fanout.fan_out(campaign_id, short_url_base=BASE, frequency_cap_h=24)
+
+    # Then the recently texted number is skipped with its reason
+    rows = {m.customer_id: m.error_code for m in Message.select().where(Message.campaign == campaign_id)}
+    assert rows == {ids[0]: SkipReason.FREQUENCY_CAP, ids[1]: None}
