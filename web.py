@@ -1,11 +1,15 @@
 """The web process: Twilio's webhooks (delivery status, inbound replies and opt-outs) and
 the customers' short links.
 
-Run by gunicorn as the Procfile's ``web`` process (``gunicorn 'web:create_app()'``). Flask
-is enough here: three small endpoints, and twilio's ``RequestValidator`` works directly on
-Flask's form dict. Every Twilio request is verified against ``PUBLIC_BASE_URL`` (behind
-Heroku's router the scheme and host the app sees are not the ones Twilio called) before
-anything is read; a bad or missing signature answers 403 and changes nothing.
+Run by gunicorn as the Procfile's ``web`` process (``gunicorn 'web:create_app()'``, its
+settings in ``gunicorn.conf.py``: gevent workers). Flask is enough here: three small
+endpoints, and twilio's ``RequestValidator`` works directly on Flask's form dict. Every
+request first passes ``webguard`` (body size, field count, repeated fields, a deadline for
+the body), before any database work; every Twilio request is then verified against
+``PUBLIC_BASE_URL`` (behind Heroku's router the scheme and host the app sees are not the
+ones Twilio called) before a field is read; a bad or missing signature answers 403 and
+changes nothing. A field that does not fit its column is 400, except in a STOP from a
+valid number, which is binding and always recorded.
 
 The database stays the source of truth: a status callback is one conditional UPDATE that
 only moves a message's delivery status forward, an opt-out is recorded once per inbound
@@ -17,9 +21,10 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from urllib.parse import quote, urlsplit
 
-from flask import Flask, Response, abort, redirect, request
+from flask import Flask, Response, abort, g, redirect, request
 from peewee import JOIN, IntegrityError
 from twilio.request_validator import RequestValidator
 
@@ -29,6 +34,7 @@ from errors import InvalidPhone
 from models import Click, Message, MessageStatus, OptOutEvent, QRCode, configure_database, database
 from settings import Settings, get_settings
 from sms import mask_phone, normalize_phone
+from webguard import ERROR_CODE, SHORT_CODE, TWILIO_SID, WebFlask, install, printable
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,11 @@ BOT_USER_AGENTS = (
 )
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+
+#: Requests of one process doing database work at once (the others wait for a slot): the
+#: gevent worker serves hundreds of connections, but holds no more database connections
+#: than the 4 threads it replaced.
+DB_SLOTS = 4
 
 _EDGE_PUNCTUATION = re.compile(r"^[\W_]+|[\W_]+$")
 
@@ -144,8 +155,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     if not logging.getLogger().handlers:  # under gunicorn: our lines on stderr, like the workers'
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [PID %(process)d] [%(name)s] [%(levelname)s] %(message)s")
     configure_database(settings.database_url)
-    app = Flask(__name__)
+    app = WebFlask(__name__)
     app.config["PROJECT_SETTINGS"] = settings
+    install(app)  # limits and checks of the body first: no database slot is taken before
+    db_slots = threading.BoundedSemaphore(DB_SLOTS)  # built here: gevent's when gevent runs
     if not settings.twilio_auth_token:
         logger.warning("TWILIO_AUTH_TOKEN is not set: every Twilio webhook will be refused (403)")
     if not settings.public_base_url:
@@ -174,12 +187,16 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.before_request
     def open_connection() -> None:
+        db_slots.acquire()
+        g.db_slot = True
         database.connect(reuse_if_open=True)
 
     @app.teardown_request
     def close_connection(exc) -> None:
         if not database.is_closed():
             database.close()
+        if g.pop("db_slot", False):
+            db_slots.release()
 
     @app.post(STATUS_PATH)
     def status_callback():
@@ -188,13 +205,17 @@ def create_app(settings: Settings | None = None) -> Flask:
             abort(403)
         sid = (request.form.get("MessageSid") or "").strip()
         status = (request.form.get("MessageStatus") or "").strip().lower()
-        error_code = (request.form.get("ErrorCode") or "").strip()[:16] or None
+        error_code = (request.form.get("ErrorCode") or "").strip() or None
         if not sid or not status:
             abort(400, "MessageSid and MessageStatus are required")
+        if not TWILIO_SID.fullmatch(sid):
+            refuse("status callback", f"MessageSid {printable(sid)} is not a Twilio SID")
         if status in IGNORED_STATUSES:
             return Response("", 200)
         if status not in DELIVERY_RANK:
-            abort(400, "unknown MessageStatus")
+            refuse("status callback", f"unknown MessageStatus {printable(status, 20)}")
+        if error_code is not None and not ERROR_CODE.fullmatch(error_code):
+            refuse("status callback", f"ErrorCode {printable(error_code, 20)} is not a Twilio error code")
         changed, campaign_id = report_delivery(sid, status, error_code)
         if campaign_id is None:
             # Usually a report that overtook the SID's record (still being written): kept
@@ -211,9 +232,17 @@ def create_app(settings: Settings | None = None) -> Flask:
             abort(403)
         sid = (request.form.get("MessageSid") or "").strip()
         sender = request.form.get("From") or ""
-        if not sid or not sender.strip():
-            abort(400, "MessageSid and From are required")
+        if not sender.strip():
+            abort(400, "From is required")
         action, keyword = opt_out_action(request.form.get("Body"), request.form.get("OptOutType"))
+        if not TWILIO_SID.fullmatch(sid):
+            # A STOP is binding whatever its SID: recorded without it. Anything else needs
+            # the SID that makes a replay harmless (a replayed START would resubscribe).
+            problem = f"MessageSid {printable(sid)} is not a Twilio SID" if sid else "MessageSid is required"
+            if action != "stop":
+                refuse("inbound message", problem)
+            logger.warning("inbound %s from %s: %s; recorded without it", keyword, mask_phone(sender), problem)
+            sid = None
         if action is not None:
             try:
                 e164 = normalize_phone(sender, settings.default_region)
@@ -234,16 +263,25 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get(f"{short_prefix}/<code>")
     def short_link(code: str):
+        if not SHORT_CODE.fullmatch(code):
+            abort(404)
         customer_id, campaign_id, qr_code = link_target(code)
         if qr_code is None:
             abort(404)
         user_agent = request.headers.get("User-Agent")
         if request.method == "GET" and not is_bot(user_agent):
-            Click.create(customer=customer_id, campaign=campaign_id, code=code, user_agent=(user_agent or "")[:300])
+            kept = "".join(ch for ch in user_agent if ch.isprintable())[:300]
+            Click.create(customer=customer_id, campaign=campaign_id, code=code, user_agent=kept)
             ask_metrics(campaign_id)
         return redirect(settings.qr_display_url.replace("{code}", quote(qr_code, safe="")), code=302)
 
     return app
+
+
+def refuse(what: str, problem: str):
+    """400 with ``problem`` (already log-safe), logged."""
+    logger.warning("%s refused: %s", what, problem)
+    abort(400, problem)
 
 
 def twiml() -> Response:
