@@ -265,52 +265,49 @@ def test_a_batch_of_requests_is_served_in_order_in_one_call():
             client.delete(key)
 
 
-def test_a_promoted_replica_that_missed_the_last_writes_lets_up_to_twice_the_limit_through_once():
-    # Given a limit of 3 per second, fully used, and a replica that has the limiter's epoch
-    # key but missed the window's last writes (replication is asynchronous)
+@pytest.fixture
+def served_windows():
+    """A limit of 3 per second, fully used, in a Redis that has served the limiter for long:
+    (client, windows, limit, the keys' prefix)."""
     client = redis.Redis.from_url(REDIS_URL)
     prefix = f"test-rl-{uuid.uuid4().hex[:8]}"
     windows = RedisWindows(client, prefix=prefix)
     client.set(windows.epoch_key, 0)
     limit = [("sms", 3, 1_000)]
-    try:
-        assert windows.acquire_many(limit, [1, 1, 1])[0] == [0, 0, 0]
+    assert windows.acquire_many(limit, [1, 1, 1])[0] == [0, 0, 0]
+    yield client, windows, limit, prefix
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
 
-        # When it is promoted (every key but the epoch is gone)
-        for key in client.scan_iter(f"{prefix}*"):
-            if key.decode() != windows.epoch_key:
-                client.delete(key)
 
-        # Then the window grants its full limit again at once: up to twice the limit in that
-        # window, the bound the README states for a failover (and only that window)
-        assert windows.acquire_many(limit, [1, 1, 1])[0] == [0, 0, 0]
-        (wait_ms,), _ = windows.acquire_many(limit, [1])
-        assert wait_ms > 0
-    finally:
-        for key in client.scan_iter(f"{prefix}*"):
+def test_a_promoted_replica_that_missed_the_last_writes_lets_up_to_twice_the_limit_through_once(served_windows):
+    # Given a full window, and a replica that has the limiter's epoch key but missed the
+    # window's last writes (replication is asynchronous)
+    client, windows, limit, prefix = served_windows
+
+    # When it is promoted (every key but the epoch is gone)
+    for key in client.scan_iter(f"{prefix}*"):
+        if key.decode() != windows.epoch_key:
             client.delete(key)
 
+    # Then the window grants its full limit again at once: up to twice the limit in that
+    # window, the bound the README states for a failover (and only that window)
+    assert windows.acquire_many(limit, [1, 1, 1])[0] == [0, 0, 0]
+    (wait_ms,), _ = windows.acquire_many(limit, [1])
+    assert wait_ms > 0
 
-def test_a_redis_that_lost_the_windows_grants_nothing_until_one_window_has_passed():
-    # Given a limit of 3 per second, fully used, in a Redis that has served it for long
-    client = redis.Redis.from_url(REDIS_URL)
-    prefix = f"test-rl-{uuid.uuid4().hex[:8]}"
-    windows = RedisWindows(client, prefix=prefix)
-    client.set(windows.epoch_key, 0)
-    limit = [("sms", 3, 1_000)]
-    try:
-        assert windows.acquire_many(limit, [1, 1, 1])[0] == [0, 0, 0]
 
-        # When Redis restarts without its data (every key of the limiter is gone)
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
+def test_a_redis_that_lost_the_windows_grants_nothing_until_one_window_has_passed(served_windows):
+    # Given a full window
+    client, windows, limit, prefix = served_windows
 
-        # Then the next request is not granted at once (that would be 4 in one window), but
-        # told to wait about a window; once it has passed, slots are granted again
-        (wait_ms,), _ = windows.acquire_many(limit, [1])
-        assert 900 < wait_ms <= 1_000
-        time.sleep(wait_ms / 1000 + 0.01)
-        assert windows.acquire_many(limit, [1, 1, 1])[0] == [0, 0, 0]
-    finally:
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
+    # When Redis restarts without its data (every key of the limiter is gone)
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+
+    # Then the next request is not granted at once (that would be 4 in one window), but
+    # told to wait about a window; once it has passed, slots are granted again
+    (wait_ms,), _ = windows.acquire_many(limit, [1])
+    assert 900 < wait_ms <= 1_000
+    time.sleep(wait_ms / 1000 + 0.01)
+    assert windows.acquire_many(limit, [1, 1, 1])[0] == [0, 0, 0]
