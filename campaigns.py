@@ -245,7 +245,10 @@ def sweep(
         field, seen = (Campaign.fanout_beat_at, campaign.fanout_beat_at) if fan_out_silent else (Campaign.heartbeat_at, campaign.heartbeat_at)
         token = uuid.uuid4().hex
         changes = {"dispatch_token": token, "heartbeat_at": now}
-        if fan_out_silent:
+        # A fan-out not done is restarted with the dispatcher (the new token stops the old
+        # one at its next batch, and its restart starts the dispatcher), never left behind.
+        restart_fan = fan_out_silent or campaign.fanout_done_at is None
+        if restart_fan:
             changes["fanout_beat_at"] = now
         taken = (
             Campaign.update(**changes)
@@ -258,7 +261,7 @@ def sweep(
         silent = "the fan-out" if fan_out_silent else "the dispatcher"
         record_event(campaign.id, "campaign_restarted", f"no progress from {silent}; restarted", level="warning")
         result.restarted.append(campaign.id)
-        if fan_out_silent:
+        if restart_fan:
             restart_fan_out(campaign.id, token)
         else:
             restart_dispatch(campaign.id, token)

@@ -15,7 +15,7 @@ from peewee import IntegrityError
 
 from errors import InvalidPhone
 from connections import column_in
-from models import Customer, Message, OptOutEvent, Suppression, utcnow, write_transaction
+from models import Customer, Message, MessageStatus, OptOutEvent, Suppression, utcnow, write_transaction
 from sms import normalize_phone
 
 logger = logging.getLogger(__name__)
@@ -30,8 +30,10 @@ class Source:
 
 def customers_for_phone(e164: str) -> list[int]:
     """Customers with this number: by their stored E.164 number, their raw phone when it was
-    stored in E.164, or a message sent to it."""
-    sent_to = Message.select(Message.customer).where(Message.to_phone == e164, Message.twilio_sid.is_null(False))
+    stored in E.164, or a message sent (or about to be sent) to it."""
+    sent_to = Message.select(Message.customer).where(
+        Message.to_phone == e164,
+        Message.twilio_sid.is_null(False) | Message.status.in_(MessageStatus.OPEN))  # texted, or about to be
     query = Customer.select(Customer.id).where(
         (Customer.phone_e164 == e164) | (Customer.phone == e164) | Customer.id.in_(sent_to)
     )
@@ -76,30 +78,36 @@ def _change(e164: str, action: str, *, source: str, keyword: str | None, message
 
 def opt_out_many(numbers: list[str], *, source: str, reason: str | None = None) -> int:
     """``opt_out`` for many numbers in a few statements (an import's opted-out rows): each
-    is suppressed, each customer row holding one is unsubscribed with an audit row; returns
-    how many customer rows were unsubscribed."""
+    number not yet suppressed is, and each customer row holding one that is still
+    subscribed is unsubscribed, with an audit row; a number already in that state changes
+    nothing (an import run twice writes nothing twice). Returns the rows unsubscribed."""
     numbers = sorted(set(numbers))
     if not numbers:
         return 0
     with write_transaction():
+        already = suppressed(numbers)
         holders: dict[int, str] = {}
         for customer_id, e164, phone in Customer.select(Customer.id, Customer.phone_e164, Customer.phone).where(
-                Customer.phone_e164.in_(numbers) | Customer.phone.in_(numbers)).tuples():
+                (Customer.phone_e164.in_(numbers) | Customer.phone.in_(numbers)) & Customer.sms_subscribed).tuples():
             holders[customer_id] = e164 if e164 in numbers else phone
-        for customer_id, phone in Message.select(Message.customer, Message.to_phone).where(
-                Message.to_phone.in_(numbers), Message.twilio_sid.is_null(False)).tuples():
+        for customer_id, phone in (Message.select(Message.customer, Message.to_phone).join(Customer)
+                                   .where(Message.to_phone.in_(numbers), Customer.sms_subscribed,
+                                          Message.twilio_sid.is_null(False) | Message.status.in_(MessageStatus.OPEN))
+                                   .tuples()):
             holders.setdefault(customer_id, phone)
         now = utcnow()
+        fresh = [phone for phone in numbers if phone not in already]
         audit = [(cid, phone, "stop", source, now) for cid, phone in sorted(holders.items())]
-        audit += [(None, phone, "stop", source, now) for phone in sorted(set(numbers) - set(holders.values()))]
-        OptOutEvent.insert_many(audit, fields=[OptOutEvent.customer, OptOutEvent.phone_e164, OptOutEvent.action,
-                                               OptOutEvent.keyword, OptOutEvent.created_at]).execute()
-        Suppression.insert_many([(phone, source, (reason or "")[:200] or None, now) for phone in numbers],
-                                fields=[Suppression.phone_e164, Suppression.source, Suppression.reason,
-                                        Suppression.created_at]).on_conflict_ignore().execute()
+        audit += [(None, phone, "stop", source, now) for phone in fresh if phone not in set(holders.values())]
+        if audit:
+            OptOutEvent.insert_many(audit, fields=[OptOutEvent.customer, OptOutEvent.phone_e164, OptOutEvent.action,
+                                                   OptOutEvent.keyword, OptOutEvent.created_at]).execute()
+        if fresh:
+            Suppression.insert_many([(phone, source, (reason or "")[:200] or None, now) for phone in fresh],
+                                    fields=[Suppression.phone_e164, Suppression.source, Suppression.reason,
+                                            Suppression.created_at]).on_conflict_ignore().execute()
         if holders:
-            return Customer.update(sms_subscribed=False, updated_at=utcnow()).where(
-                Customer.id.in_(sorted(holders)), Customer.sms_subscribed == True).execute()  # noqa: E712
+            return Customer.update(sms_subscribed=False, updated_at=now).where(Customer.id.in_(sorted(holders))).execute()
     return 0
 
 
@@ -141,12 +149,19 @@ def backfill_phone_e164(default_region: str, *, batch_size: int = 1000) -> int:
 
 def backfill_suppressions() -> int:
     """Put on the suppression list every number whose last recorded consent change (from
-    before the list existed) was an opt-out; returns how many were added."""
+    before the list existed) was an opt-out, and every number Twilio refused with 21610;
+    returns how many were added."""
     latest: dict[str, str] = {}
     for phone, action in OptOutEvent.select(OptOutEvent.phone_e164, OptOutEvent.action).order_by(OptOutEvent.id).tuples():
         latest[phone] = action
-    stopped = sorted(phone for phone, action in latest.items() if action == "stop")
-    missing = [phone for phone in stopped if phone not in suppressed([phone])]
+    stopped = {phone for phone, action in latest.items() if action == "stop"}
+    missing = sorted(phone for phone in stopped if phone not in suppressed([phone]))
     for phone in missing:
         _suppress(phone, Source.INBOUND, "recorded before the suppression list")
-    return len(missing)
+    # Twilio's 21610 (the number replied STOP to the sender) was recorded on one row only.
+    answered = {phone for (phone,) in Message.select(Message.to_phone).where(
+        Message.error_code == "21610", Message.to_phone.is_null(False)).distinct().tuples()}
+    refused = sorted(phone for phone in answered - set(latest) if phone not in suppressed([phone]))  # no later START
+    for phone in refused:
+        _suppress(phone, Source.TWILIO_21610, "Twilio answered 21610 before the suppression list")
+    return len(missing) + len(refused)

@@ -5,6 +5,7 @@ numbers, codes in use), new customers are inserted together, changed ones update
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 
 import consent
@@ -31,6 +32,14 @@ class Batch:
     def __enter__(self) -> "Batch":
         self._txn = write_transaction()
         self._transaction = self._txn.__enter__()
+        try:
+            self._read()
+        except BaseException:
+            self._txn.__exit__(*sys.exc_info())  # no transaction left open on a failed read
+            raise
+        return self
+
+    def _read(self) -> None:
         refs = [r.external_ref for r in self.rows if r.external_ref]
         phones = [r.phone_e164 for r in self.rows if not r.external_ref]
         self._by_ref = {c.external_ref: c for c in Customer.select().where(Customer.external_ref.in_(refs))} if refs else {}
@@ -48,7 +57,6 @@ class Batch:
         given = sorted({r.qr_code for r in self.rows if r.qr_code})
         self._code_owner = {q.code: q.customer_id for q in QRCode.select().where(QRCode.code.in_(given))} if given else {}
         self._link_codes = _link_codes_in_use(given)
-        return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.dry_run and exc_type is None:

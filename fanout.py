@@ -106,7 +106,13 @@ def fan_out(
     rules = Rules.of(campaign, frequency_cap_h)
     for batch in customer_batches(batch_size, Audience.of(campaign).condition()):
         result.recorded += _record_outcomes(campaign, batch, default_region, short_url_base, default_time_zone, zones, rules)
-        Campaign.update(fanout_beat_at=utcnow()).where(Campaign.id == campaign_id, Campaign.dispatch_token == token).execute()
+        beat = Campaign.update(fanout_beat_at=utcnow()).where(Campaign.id == campaign_id, Campaign.dispatch_token == token)
+        if not beat.execute():
+            # A restart gave the campaign a new token (and a fan-out of its own): this one
+            # stops here, so that two fan-outs of one campaign never run on side by side.
+            logger.info("campaign %s: fan-out superseded by a restart; stopping", campaign_id)
+            result.status = "superseded"
+            return result
     Campaign.update(fanout_done_at=utcnow()).where(Campaign.id == campaign_id, Campaign.fanout_done_at.is_null()).execute()
     result.status = CampaignStatus.SENDING
     return result
@@ -142,6 +148,9 @@ def customer_batches(batch_size: int, condition=True) -> Iterable[list[tuple[Cus
         last_id = rows[-1].id
 
 
+#: The first key of the fan-out's PostgreSQL advisory lock (the second is the campaign id).
+_FANOUT_LOCK = 7_300_001
+
 #: A batch whose fresh link codes collide with existing ones is rendered again this often.
 _LINK_CODE_TRIES = 5
 
@@ -154,10 +163,15 @@ def _record_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]
     if not batch:
         return 0
     for attempt in range(_LINK_CODE_TRIES):
-        rows = _render_outcomes(campaign, batch, default_region, short_url_base, default_time_zone, rules)
-        batch_zones = {row[-1] for row in rows if row[-1]}
         try:
             with write_transaction():
+                # The exclusions (suppressed, one per number, ...) are read under the lock the
+                # rows are written under: on SQLite the write lock (IMMEDIATE), on PostgreSQL a
+                # lock per campaign, so two fan-outs' batches cannot both give one number a row.
+                if is_postgres():
+                    database.execute_sql("SELECT pg_advisory_xact_lock(%s, %s)", (_FANOUT_LOCK, campaign.id))
+                rows = _render_outcomes(campaign, batch, default_region, short_url_base, default_time_zone, rules)
+                batch_zones = {row[-1] for row in rows if row[-1]}
                 if batch_zones - zones:
                     # With the rows, so that no row's zone is missing from the campaign's list;
                     # read again under the lock, so that two fan-outs add to it, not overwrite.
@@ -222,14 +236,12 @@ def exclusions(campaign_id: int, checked: list[tuple], rules: Rules, owner: dict
     capped = recently_texted(phones, hours=rules.frequency_cap_h, now=utcnow(), other_than=campaign_id)
     owner = {} if owner is None else owner
     if phones:
-        ids = {customer.id for customer, _q, _e in checked}
         p = database.param
         rows = database.execute_sql(
             f'SELECT "to_phone", "customer_id" FROM "message" WHERE "campaign_id" = {p} AND "status" <> {p} '
             f'AND "to_phone" IN ({", ".join([p] * len(phones))})', [campaign_id, MessageStatus.SKIPPED, *phones])
         for phone, customer_id in rows.fetchall():
-            if customer_id not in ids:  # this batch's own rows, from an earlier run, keep theirs
-                owner.setdefault(phone, customer_id)
+            owner.setdefault(phone, customer_id)  # a row of an earlier run owns its number
     result = []
     for customer, qr_code, (phone, skip_code, skip_reason) in checked:
         if phone and not skip_code:

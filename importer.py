@@ -125,8 +125,10 @@ def _write(rows: list[CleanRow], summary: ImportSummary, seen: FirstSeen, reject
     """Create or update one batch in one transaction (rolled back in a dry run)."""
     if not rows:
         return
+    # Outside the batch's transaction, which a dry run rolls back: a code given again on a
+    # later line is seen in a dry run too.
+    codes = seen.claim([(f"qr:{row.qr_code}", row.line) for row in rows if row.qr_code])
     with Batch(rows, dry_run=dry_run) as batch:
-        codes = seen.claim([(f"qr:{row.qr_code}", row.line) for row in rows if row.qr_code])
         opted_out: list[str] = []
         for row in rows:
             existing = batch.existing(row)
@@ -146,8 +148,8 @@ def _write(rows: list[CleanRow], summary: ImportSummary, seen: FirstSeen, reject
                     summary.updated += 1
                 else:
                     summary.unchanged += 1
-            if "subscribed" in row.present and not row.subscribed and not batch.suppressed(row.phone_e164):
-                opted_out.append(row.phone_e164)
+            if "subscribed" in row.present and not row.subscribed:
+                opted_out.append(row.phone_e164)  # a number already in that state changes nothing
             if row.landline and not dry_run:
                 landlines.mark(row.phone_e164, code="import", source="import")
         batch.flush()

@@ -60,7 +60,8 @@ class _Sql:
     message cost more CPU than the rest of the send."""
 
     #: Claims a message rendered at the fan-out if it is still pending, its campaign sending,
-    #: its customer subscribed and with a QR code, and returns what the send needs. The first
+    #: its customer subscribed and with a QR code, its number not suppressed (whichever row
+    #: the STOP reached), and returns what the send needs. The first
     #: attempt's time is kept: reconciliation looks for the message at Twilio since then.
     claim_rendered = HotStatement("send_claim_rendered", (
         'UPDATE "message" SET "status" = {p}, "attempts" = "attempts" + 1, "sending_at" = {p}, '
@@ -69,6 +70,7 @@ class _Sql:
         'AND EXISTS (SELECT 1 FROM "campaign" c WHERE c."id" = "message"."campaign_id" AND c."status" = {p}) '
         'AND EXISTS (SELECT 1 FROM "customer" u WHERE u."id" = "message"."customer_id" AND u."sms_subscribed") '
         'AND EXISTS (SELECT 1 FROM "qrcode" q WHERE q."customer_id" = "message"."customer_id") '
+        'AND NOT EXISTS (SELECT 1 FROM "suppression" s WHERE s."phone_e164" = "message"."to_phone") '
         'RETURNING "id", "to_phone", "body", "segments", "campaign_id", "customer_id", '
         '(SELECT c."time_zone" FROM "campaign" c WHERE c."id" = "message"."campaign_id"), '
         '(SELECT u."time_zone" FROM "customer" u WHERE u."id" = "message"."customer_id")'
@@ -85,6 +87,7 @@ class _Sql:
         'AND (SELECT c."status" FROM "campaign" c WHERE c."id" = "message"."campaign_id") = {p} '
         'AND (SELECT u."sms_subscribed" FROM "customer" u WHERE u."id" = "message"."customer_id") '
         'AND (SELECT q."id" FROM "qrcode" q WHERE q."customer_id" = "message"."customer_id") IS NOT NULL '
+        'AND NOT EXISTS (SELECT 1 FROM "suppression" s WHERE s."phone_e164" = "message"."to_phone") '
         'RETURNING "id", "to_phone", "body", "segments", "campaign_id", "customer_id", '
         '(SELECT c."time_zone" FROM "campaign" c WHERE c."id" = "message"."campaign_id"), '
         '(SELECT u."time_zone" FROM "customer" u WHERE u."id" = "message"."customer_id")'
@@ -94,7 +97,8 @@ class _Sql:
         'UPDATE "message" SET "status" = {p}, "body" = {p}, "encoding" = {p}, "segments" = {p}, "link_code" = {p}, '
         '"attempts" = "attempts" + 1, "sending_at" = {p}, "first_attempt_at" = COALESCE("first_attempt_at", {p}), '
         '"deferrals" = {p}, "updated_at" = {p} WHERE "id" = {p} AND "status" = {p} '
-        'AND EXISTS (SELECT 1 FROM "campaign" WHERE "id" = {p} AND "status" = {p})'
+        'AND EXISTS (SELECT 1 FROM "campaign" WHERE "id" = {p} AND "status" = {p}) '
+        'AND NOT EXISTS (SELECT 1 FROM "suppression" s WHERE s."phone_e164" = "message"."to_phone")'
     ))
     sent = HotStatement("send_sent", (
         'UPDATE "message" SET "status" = {p}, "twilio_sid" = {p}, "sent_at" = {p}, "segments" = {p}, '

@@ -174,9 +174,12 @@ def send_message(
 
 
 def _skip_if_ineligible(message: LoadedMessage, outcome: SendOutcome, expected: str) -> SendOutcome | None:
-    """Skip a message whose customer unsubscribed or lost their QR code since the fan-out."""
+    """Skip a message whose customer unsubscribed, whose number opted out, or whose customer
+    lost their QR code since the fan-out."""
     if not message.customer.sms_subscribed:
         code, reason = SkipReason.UNSUBSCRIBED, "customer unsubscribed before the send"
+    elif message.to_phone and consent.suppressed([message.to_phone]):
+        code, reason = SkipReason.SUPPRESSED, "the number opted out before the send (suppression list)"
     elif message.customer.qr is None or not message.customer.qr.code:
         code, reason = SkipReason.NO_QR_CODE, "customer's QR code was removed before the send"
     else:

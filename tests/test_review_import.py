@@ -1,0 +1,42 @@
+"""Second reader's findings: the import."""
+
+from __future__ import annotations
+
+import io
+
+import consent
+from importer import import_customers
+from models import Customer
+
+
+def _import(text: str, **options):
+    options.setdefault("default_region", "US")
+    return import_customers(io.StringIO(text, newline=""), **options)
+
+
+def test_review_an_opt_out_row_for_an_already_suppressed_number_never_unsubscribes_and_is_updated_every_run(db):
+    # Given a customer imported subscribed, and a STOP from a number nobody had yet
+    _import("external_ref,phone,sms_opt_in\nA1,+1 212 555 0161,yes\n")
+    consent.opt_out("+12125550162", source=consent.Source.INBOUND, keyword="STOP", message_sid="SM" + "6" * 32)
+
+    # When a file gives the customer that number and says they opted out, twice
+    first = _import("external_ref,phone,sms_opt_in\nA1,+1 212 555 0162,no\n")
+    second = _import("external_ref,phone,sms_opt_in\nA1,+1 212 555 0162,no\n")
+
+    # Then the second run changes nothing, and the row says what the file says
+    assert (first.updated, second.updated, second.unchanged) == (1, 0, 1), (
+        f"run twice, the import keeps 'updating': first {first.lines()}, second {second.lines()}")
+    assert Customer.get(Customer.external_ref == "A1").sms_subscribed is False
+
+
+def test_review_a_dry_run_does_not_see_a_qr_code_repeated_in_a_later_batch(db):
+    # Given a file whose two customers have the same QR code, in two batches
+    text = "external_ref,phone,sms_opt_in,qr_code\nA1,+1 212 555 0171,yes,CODE1234\nA2,+1 212 555 0172,yes,CODE1234\n"
+
+    # When it is imported in a dry run, then for real
+    dry = _import(text, dry_run=True, batch_size=1)
+    real = _import(text, batch_size=1)
+
+    # Then the dry run reported what the import did
+    assert (dry.created, dict(dry.rejected)) == (real.created, dict(real.rejected)), (
+        f"dry run: {dry.lines()} / real: {real.lines()}")
