@@ -251,6 +251,10 @@ def format_status(r: dict) -> str:
         f"cancelled {r['cancelled']}  pending {r['pending']}",
         f"  rate {r['rate_per_minute']}/min  ETA {eta}",
     ]
+    if r.get("audience"):
+        lines.insert(1, f"  audience: {r['audience']} ({r['targeted']} targeted)")
+    if r.get("skipped_by_reason"):
+        lines.append("  skipped: " + ", ".join(f"{reason} {count}" for reason, count in r["skipped_by_reason"].items()))
     return "\n".join(lines)
 
 

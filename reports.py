@@ -6,9 +6,11 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+from peewee import fn
+
 from analytics import database_counts
-from errors import MessageTooLong, PermanentError
 from audience import Audience
+from errors import MessageTooLong, PermanentError
 from fanout import Rules, customer_batches, exclusions
 from links import new_link_code
 from models import Campaign, Message, MessageStatus, utcnow
@@ -88,11 +90,18 @@ def status_report(campaign_id: int, *, now: dt.datetime | None = None, rate_wind
     eta_s = pending / rate_per_min * 60 if rate_per_min and pending else (0 if not pending else None)
     width = 30
     filled = int(width * done / total) if total else 0
+    skipped_by_reason = dict(
+        Message.select(Message.error_code, fn.COUNT(Message.id))
+        .where(Message.campaign == campaign_id, Message.status == MessageStatus.SKIPPED)
+        .group_by(Message.error_code).order_by(Message.error_code).tuples()
+    )
     return {
         "campaign_id": campaign_id, "name": campaign.name, "status": campaign.status,
         "status_reason": campaign.status_reason,
         "targeted": total, "sent": counts[MessageStatus.SENT], "failed": counts[MessageStatus.FAILED],
         "skipped": counts[MessageStatus.SKIPPED], "cancelled": counts[MessageStatus.CANCELLED],
+        "skipped_by_reason": {str(reason): count for reason, count in skipped_by_reason.items()},
+        "audience": Audience.of(campaign).describe(),
         "pending": pending, "delivered": delivered,
         "rate_per_minute": round(rate_per_min, 2), "eta_seconds": None if eta_s is None else int(eta_s),
         "progress": f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}",

@@ -46,6 +46,15 @@ def test_a_campaign_to_a_tag_reaches_its_members_minus_the_excluded_and_the_rece
     # and the preview said the same
     assert (seen.audience, seen.eligible, seen.skipped_by_reason) == (4, 3, {SkipReason.FREQUENCY_CAP: 1})
 
+    # and the status says who was targeted and every exclusion by reason
+    from cli import format_status
+    from reports import status_report
+
+    report = status_report(campaign_id)
+    assert (report["audience"], report["skipped_by_reason"]) == ("all of vip; none of staff", {"frequency_cap": 1})
+    shown = format_status(report)
+    assert "audience: all of vip; none of staff (4 targeted)" in shown and "skipped: frequency_cap 1" in shown
+
 
 def test_any_of_several_tags(db):
     ids = make_customers(4)
