@@ -7,12 +7,12 @@ from __future__ import annotations
 import csv
 from typing import TextIO
 
+from customer_rows import EXPORT_ONLY
 from models import CustomAttribute, Customer, CustomerTag, QRCode, Suppression
 
 #: Columns the import reads, then the export's own (which the import ignores).
 COLUMNS = ("external_ref", "first_name", "last_name", "phone", "region", "time_zone", "sms_opt_in", "opt_in_at",
            "opt_in_source", "tags", "qr_code")
-EXPORT_ONLY = ("phone_e164", "suppressed", "suppression_source")
 
 
 def export_customers(out: TextIO, *, batch_size: int = 1000) -> int:

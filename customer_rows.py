@@ -22,7 +22,8 @@ from sms import normalize_phone
 COLUMNS = ("external_ref", "first_name", "last_name", "phone", "region", "time_zone", "sms_opt_in",
            "opt_in_at", "opt_in_source", "tags", "qr_code", "landline")
 #: Columns an export adds (what the database derived): an import reads past them.
-IGNORED = frozenset({"phone_e164", "suppressed", "suppression_source"})
+EXPORT_ONLY = ("phone_e164", "suppressed", "suppression_source")
+IGNORED = frozenset(EXPORT_ONLY)
 TRUE = frozenset({"1", "y", "yes", "true", "t", "on", "opted in", "opt-in", "opt in", "subscribed", "x",
                   "oui", "si", "sí", "ja"})
 FALSE = frozenset({"0", "n", "no", "false", "f", "off", "opted out", "opt-out", "opt out", "unsubscribed",

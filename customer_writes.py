@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 
 import consent
 from customer_rows import CleanRow
-from links import new_link_code
-from models import Customer, CustomerTag, Message, QRCode, database, db_datetime, utcnow, write_transaction
+from link_codes import message_codes_in_use, unused_codes
+from models import Customer, CustomerTag, QRCode, database, db_datetime, utcnow, write_transaction
 
 #: The customer fields an import compares and writes.
 FIELDS = ("first_name", "last_name", "phone", "phone_e164", "region", "time_zone", "consent_at", "consent_source")
@@ -56,7 +55,7 @@ class Batch:
         self._suppressed = consent.suppressed(sorted({r.phone_e164 for r in self.rows}))
         given = sorted({r.qr_code for r in self.rows if r.qr_code})
         self._code_owner = {q.code: q.customer_id for q in QRCode.select().where(QRCode.code.in_(given))} if given else {}
-        self._link_codes = _link_codes_in_use(given)
+        self._link_codes = message_codes_in_use(given)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.dry_run and exc_type is None:
@@ -117,7 +116,7 @@ class Batch:
         inserted = _insert("customer", columns, values, returning=("id", "external_ref", "phone_e164"))
         id_of = {(ref, None if ref else phone): cid for cid, ref, phone in inserted}
         ids = [id_of[(row.external_ref, None if row.external_ref else row.phone_e164)] for row in self._new]
-        fresh = iter(_fresh_codes(sum(1 for row in self._new if not row.qr_code)))
+        fresh = iter(unused_codes(sum(1 for row in self._new if not row.qr_code)))
         _insert("qrcode", ["customer_id", "code"], [(cid, row.qr_code or next(fresh)) for cid, row in zip(ids, self._new)])
         _insert_tags([(cid, tag) for cid, row in zip(ids, self._new) for tag in sorted(row.tags)])
         self._new = []
@@ -140,25 +139,6 @@ def _insert(table: str, columns: list[str], rows: list[tuple], *, returning: tup
         sql += " RETURNING " + ", ".join('"%s"' % c for c in returning)
     cursor = database.execute_sql(sql, [value for row in rows for value in row])
     return cursor.fetchall() if returning else []
-
-
-def _link_codes_in_use(codes: list[str]) -> set[str]:
-    if not codes:
-        return set()
-    return {code for (code,) in Message.select(Message.link_code)
-            .where(Message.link_code.is_null(False), Message.link_code.in_(codes)).tuples()}
-
-
-def _fresh_codes(count: int) -> list[str]:
-    """``count`` new QR codes no customer and no message link has (the short link path
-    serves both, so a code means one thing)."""
-    codes = [new_link_code() for _ in range(count)]
-    while True:
-        taken = {c for (c,) in QRCode.select(QRCode.code).where(QRCode.code.in_(codes)).tuples()} if codes else set()
-        taken |= _link_codes_in_use(codes) | {c for c, n in Counter(codes).items() if n > 1}
-        if not taken:
-            return codes
-        codes = [new_link_code() if code in taken else code for code in codes]
 
 
 __all__ = ["Batch", "FIELDS"]

@@ -19,8 +19,8 @@ from message_state import SkipReason
 from campaigns import fail_campaign
 from errors import MessageTooLong, PermanentError, TemplateError
 from events import record_event
-from links import new_link_code
-from models import (Campaign, CampaignStatus, Customer, Message, MessageStatus, QRCode, database, db_datetime, is_postgres,
+from link_codes import unused_codes
+from models import (Campaign, CampaignStatus, Customer, MessageStatus, QRCode, database, db_datetime, is_postgres,
                     utcnow, write_transaction)
 from quiet import recipient_zone
 from rendering import check_campaign, eligibility, template_values
@@ -205,25 +205,6 @@ def _store_e164(batch: list[tuple[Customer, str | None]], rows: list[tuple]) -> 
     )
 
 
-def _link_codes(count: int) -> list[str]:
-    """``count`` new link codes that no message and no customer's QR code has: the short
-    link path serves both, so a code must mean one thing."""
-    codes = [new_link_code() for _ in range(count)]
-    while True:
-        taken = _codes_in_use(codes) | {code for code in codes if codes.count(code) > 1}
-        if not taken:
-            return codes
-        codes = [new_link_code() if code in taken else code for code in codes]
-
-
-def _codes_in_use(codes: list[str]) -> set[str]:
-    if not codes:
-        return set()
-    used = {code for (code,) in Message.select(Message.link_code)
-            .where(Message.link_code.is_null(False), Message.link_code.in_(codes)).tuples()}  # the partial index
-    return used | {code for (code,) in QRCode.select(QRCode.code).where(QRCode.code.in_(codes)).tuples()}
-
-
 def exclusions(campaign_id: int, checked: list[tuple], rules: Rules, owner: dict[str, int] | None = None) -> list[tuple]:
     """Skip the customers whose number is suppressed (it opted out, whichever row it was on),
     whose number another customer of the campaign already has a message for (the first by
@@ -265,7 +246,7 @@ def _render_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]
     rows = []
     checked = exclusions(campaign.id, [(customer, qr_code, eligibility(customer, qr_code, default_region))
                                         for customer, qr_code in batch], rules)
-    codes = iter(_link_codes(sum(1 for _c, _q, (_p, skip_code, _r) in checked if not skip_code)))
+    codes = iter(unused_codes(sum(1 for _c, _q, (_p, skip_code, _r) in checked if not skip_code)))
     for customer, qr_code, (phone, skip_code, skip_reason) in checked:
         status, body, encoding, segments, link_code, zone_name = MessageStatus.PENDING, None, None, None, None, None
         if skip_code:

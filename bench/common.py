@@ -130,3 +130,11 @@ def wait_until(predicate, timeout_s: float, interval_s: float = 0.2) -> bool:
             return True
         time.sleep(interval_s)
     return predicate()
+
+
+def print_peak_ratio(peaks: dict[int, int], unit: str) -> None:
+    """The ratio of the peak memory of the largest size to the smallest's (memory that
+    stays flat as the size grows gives about 1)."""
+    if len(peaks) > 1:
+        small, large = min(peaks), max(peaks)
+        print(f"peak memory {large:,} / {small:,} {unit}: {peaks[large] / peaks[small]:.2f}")

@@ -22,7 +22,7 @@ import redis
 from dramatiq import Message as BrokerMessage
 from dramatiq.brokers.redis import RedisBroker
 
-from bench.common import REDIS_URL, delete_namespace, namespace, reset_database
+from bench.common import REDIS_URL, delete_namespace, namespace, print_peak_ratio, reset_database
 
 
 def reset_db(size: int) -> int:
@@ -91,9 +91,7 @@ def main(argv=None) -> int:
         peaks[size] = peak
         print(f"{size:>8,} customers: baseline {base:6.2f} s, fan-out {fan:6.2f} s, ratio {fan / base:4.2f}x, "
               f"fan-out peak memory {peak / 1024:7.0f} KiB")
-    if len(peaks) > 1:
-        small, large = min(peaks), max(peaks)
-        print(f"peak memory {large:,} / {small:,} customers: {peaks[large] / peaks[small]:.2f}")
+    print_peak_ratio(peaks, "customers")
     return 0
 
 

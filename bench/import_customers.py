@@ -26,7 +26,7 @@ import tracemalloc
 
 import phonenumbers
 
-from bench.common import reset_database
+from bench.common import print_peak_ratio, reset_database
 
 FORMATS = ("+1212{:07d}", "(212) {:03d}-{:04d}", "212.{:03d}.{:04d}", "212 {:03d} {:04d}")
 
@@ -105,9 +105,7 @@ def main(argv=None) -> int:
             base, run = statistics.median(bases), statistics.median(runs)
             print(f"{size:>8,} rows: baseline (parse + COPY) {base:6.2f} s, import {run:6.2f} s, ratio {run / base:4.2f}x "
                   f"(medians of {args.repeat}), import peak memory {peaks[size] / 1024:7.0f} KiB", flush=True)
-    if len(peaks) > 1:
-        small, large = min(peaks), max(peaks)
-        print(f"peak memory {large:,} / {small:,} rows: {peaks[large] / peaks[small]:.2f}")
+    print_peak_ratio(peaks, "rows")
     return 0
 
 

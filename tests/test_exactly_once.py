@@ -14,6 +14,7 @@ import analytics
 import claims
 import dispatch
 import fanout
+import link_codes
 import message_state
 import campaigns
 import sending
@@ -437,7 +438,7 @@ def test_link_codes_in_use_by_a_message_or_a_qr_code_are_not_drawn_again(db):
     link_code = Message.get(Message.campaign == campaign_id).link_code
 
     # Then the fan-out's check finds both among candidate codes, and only those
-    assert fanout._codes_in_use([qr_code, link_code, "ZZZZZZZZ"]) == {qr_code, link_code}
+    assert link_codes.codes_in_use([qr_code, link_code, "ZZZZZZZZ"]) == {qr_code, link_code}
 
 
 def test_defect_6_the_schedules_own_delayed_fan_out_finds_the_campaign_started(db, stub_broker):
