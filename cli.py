@@ -72,7 +72,8 @@ def campaign() -> None:
 
 @campaign.command("create")
 @click.option("--name", required=True, type=Text())
-@click.option("--template", required=True, type=Text(), help="Placeholders: {first_name} {last_name} {name} {short_url}.")
+@click.option("--template", required=True, type=Text(), help="Placeholders: {first_name} {last_name} {name} {short_url} and the custom attributes imports brought "
+                   "(e.g. {store}).")
 @click.option("--rate-limit", default=None, type=Text(),
               help="One limit slower than the global SMS_RATE_LIMIT, e.g. '5/minute' or '20 per 2 hours' (at most a day's window).")
 @click.option("--time-zone", default=None, type=Text(), help="Zone for quiet hours when a customer's is unknown, e.g. America/Chicago.")
@@ -97,8 +98,8 @@ def campaign_create(name: str, template: str, rate_limit: str | None, time_zone:
         raise click.ClickException(str(exc)) from None
     draft = Campaign(name=name, template=template, rate_limit=rate_limit, time_zone=time_zone,
                      audience=audience.to_json(), frequency_cap_h=cap_h)
-    check_draft(draft, settings.short_url_base, settings.sms_rate_limit, labels=CREATE_OPTIONS)
-    with connection():
+    with connection():  # the custom attributes imports declared are placeholders too
+        check_draft(draft, settings.short_url_base, settings.sms_rate_limit, labels=CREATE_OPTIONS)
         draft.save()
     click.echo(draft.id)
 

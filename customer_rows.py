@@ -17,7 +17,7 @@ import phonenumbers
 from errors import InvalidPhone
 from names import RefusedText, clean_name, clean_text
 from quiet import zone
-from sms import normalize_phone
+from sms import PLACEHOLDERS, normalize_phone
 
 COLUMNS = ("external_ref", "first_name", "last_name", "phone", "region", "time_zone", "sms_opt_in",
            "opt_in_at", "opt_in_source", "tags", "qr_code", "landline")
@@ -82,12 +82,14 @@ def attribute_name(header: str) -> str:
 
 def header_map(header: list[str], renames: dict[str, str]) -> dict[int, str]:
     """Column position -> canonical column (or ``attr:NAME``); FileError for a file without
-    a phone column or with a column named twice."""
+    a phone column, with a column named twice, or with a custom attribute named like a
+    built-in placeholder (``{name}``, ``{short_url}``: a template could not tell them apart)."""
     lowered = {attribute_name(k): v.strip().lower() for k, v in renames.items()}
     for target in lowered.values():
         if target not in COLUMNS:
             raise FileError(f"--map target {target!r} is not one of {', '.join(COLUMNS)}")
     columns: dict[int, str] = {}
+    reserved: list[str] = []
     for position, name in enumerate(header):
         key = attribute_name(name.lstrip("\ufeff"))  # "External Ref" is external_ref
         canonical = lowered.get(key, key)
@@ -95,7 +97,10 @@ def header_map(header: list[str], renames: dict[str, str]) -> dict[int, str]:
             canonical = f"ignored:{canonical}"
         elif canonical not in COLUMNS:
             attribute = key
-            if not _ATTRIBUTE.match(attribute):
+            if attribute in PLACEHOLDERS:
+                reserved.append(f"column {position + 1} ({name.strip()[:40]!r}) has the name of a placeholder the "
+                                "product fills: rename it in the file, or map it with --map HEADER=first_name")
+            elif not _ATTRIBUTE.match(attribute):
                 raise FileError(f"column {position + 1} ({name.strip()[:40]!r}) cannot be an attribute name: "
                                 "rename it with --map or give it a name made of letters, digits and _")
             canonical = f"attr:{attribute}"
@@ -104,6 +109,8 @@ def header_map(header: list[str], renames: dict[str, str]) -> dict[int, str]:
         columns[position] = canonical
     if "phone" not in columns.values():
         raise FileError("the file has no phone column (use --map HEADER=phone)")
+    if reserved:
+        raise FileError(reserved[0])
     return columns
 
 

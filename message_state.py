@@ -31,6 +31,7 @@ class SkipReason:
     DUPLICATE_PHONE = "duplicate_phone"
     FREQUENCY_CAP = "frequency_cap"
     LANDLINE = "landline"
+    MISSING_ATTRIBUTE = "missing_attribute"
 
 
 class Claimed(NamedTuple):

@@ -14,9 +14,9 @@ from peewee import CharField, TextField
 from errors import InvalidPhone, MessageTooLong, PermanentError, TemplateError
 from links import SAMPLE_LINK_CODE, short_url
 from message_state import SkipReason
-from models import Campaign, Customer
+from models import Campaign, CustomAttribute, Customer
 from quiet import zone
-from sms import compose, normalize_phone, template_fields, validate_template
+from sms import attribute_fields, compose, normalize_phone, template_fields, validate_template
 
 #: The longest window a campaign's own limit may have. The dispatcher runs every half window
 #: and the sweeper waits three of them before it takes a campaign for stalled, so a longer
@@ -28,27 +28,57 @@ MAX_WINDOW_S = 86_400
 _ONE_LIMIT = re.compile(r"\s*([0-9]+)\s*(?:/|\s*per\s*)\s*([0-9]+)?\s*([a-z]+)\s*", re.IGNORECASE)
 
 
-def template_values(customer: Customer, link_code: str | None, short_url_base: str) -> dict[str, str]:
-    """The placeholders' values for one customer's message, whose short link has ``link_code``."""
+def template_values(customer: Customer, link_code: str | None, short_url_base: str,
+                    attributes: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The placeholders' values for one customer's message, whose short link has ``link_code``,
+    with the customer's values of the custom ``attributes`` the template uses."""
     first, last = customer.first_name or "", customer.last_name or ""
-    return {
+    values = {
         "first_name": first,
         "last_name": last,
         "name": f"{first} {last}".strip(),
         "short_url": short_url(short_url_base, link_code) if link_code else "",
     }
+    if attributes:
+        own = customer.attribute_values()
+        values.update((name, own.get(name, "")) for name in attributes)
+    return values
 
 
-def eligibility(customer: Customer, qr_code: str | None, default_region: str) -> tuple[str | None, str | None, str | None]:
-    """(E.164 phone, skip code, skip reason) for one customer; the code is None if eligible."""
+def declared_attributes() -> frozenset[str]:
+    """The custom attributes imports declared: the placeholders a template may use besides
+    the built-in ones."""
+    return frozenset(a.name for a in CustomAttribute.select(CustomAttribute.name))
+
+
+def used_attributes(campaign: Campaign) -> frozenset[str]:
+    """The declared custom attributes ``campaign``'s template uses (none if it is invalid:
+    ``check_campaign`` says why)."""
+    try:
+        return attribute_fields(campaign.template, declared_attributes())
+    except PermanentError:
+        return frozenset()
+
+
+def eligibility(customer: Customer, qr_code: str | None, default_region: str,
+                needs: frozenset[str] = frozenset()) -> tuple[str | None, str | None, str | None]:
+    """(E.164 phone, skip code, skip reason) for one customer; the code is None if eligible.
+    ``needs`` are the custom attributes the template uses: a customer without a value for
+    one of them is skipped rather than sent a message with a hole in it."""
     if not customer.sms_subscribed:
         return None, SkipReason.UNSUBSCRIBED, "customer is not subscribed to SMS"
+
     try:  # in the customer's own region when the import said it (a Paris store's "06 12 34 56 78")
         phone = normalize_phone(customer.phone, customer.region or default_region)
     except InvalidPhone as exc:
         return None, exc.code, exc.reason
     if not qr_code:
         return phone, SkipReason.NO_QR_CODE, "customer has no QR code"
+    if needs:
+        own = customer.attribute_values()
+        missing = sorted(name for name in needs if not own.get(name))
+        if missing:
+            return phone, SkipReason.MISSING_ATTRIBUTE, f"customer has no value for {{{missing[0]}}}"
     return phone, None, None
 
 
@@ -121,18 +151,23 @@ def check_draft(campaign: Campaign, short_url_base: str, global_limit: str,
     check_campaign(campaign, short_url_base)
 
 
-def check_campaign(campaign: Campaign, short_url_base: str) -> None:
+def check_campaign(campaign: Campaign, short_url_base: str, attributes: frozenset[str] | None = None) -> None:
     """Raise TemplateError/MessageTooLong/PermanentError if no customer could ever get
-    this campaign."""
+    this campaign. A placeholder must be built in or one of the custom ``attributes`` an
+    import declared (read from the database when not given)."""
     if campaign.rate_limit:
         campaign_rate_limit(campaign.rate_limit)
-    validate_template(campaign.template)
-    if "short_url" not in template_fields(campaign.template):
+    if attributes is None:
+        attributes = declared_attributes()
+    validate_template(campaign.template, attributes)
+    used = attribute_fields(campaign.template, attributes)
+    if "short_url" not in template_fields(campaign.template, attributes):
         # The link is what leads to the QR-code page, and what makes each message's text its
         # own (reconciliation at Twilio tells two messages to one number apart by it).
         raise TemplateError("the template must contain {short_url}, the link to the customer's QR-code page",
                             code="invalid_template")
-    empty = {"first_name": "", "last_name": "", "name": "", "short_url": short_url(short_url_base, SAMPLE_LINK_CODE)}
+    empty = {"first_name": "", "last_name": "", "name": "", "short_url": short_url(short_url_base, SAMPLE_LINK_CODE),
+             **{name: "" for name in used}}
     try:
         compose(campaign.template, empty)
     except MessageTooLong as exc:

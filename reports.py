@@ -14,7 +14,7 @@ from errors import MessageTooLong, PermanentError
 from fanout import Rules, customer_batches, exclusions
 from links import new_link_code
 from models import Campaign, Message, MessageStatus, utcnow
-from rendering import check_campaign, eligibility, template_values
+from rendering import check_campaign, eligibility, template_values, used_attributes
 from sms import compose, mask_phone
 
 @dataclass
@@ -48,9 +48,9 @@ def preview(
         check_campaign(campaign, short_url_base)
     except PermanentError as exc:
         result.template_error = exc.reason
-    rules, owner = Rules.of(campaign, frequency_cap_h), {}
+    rules, owner, needs = Rules.of(campaign, frequency_cap_h), {}, used_attributes(campaign)
     for batch in customer_batches(batch_size, Audience.of(campaign).condition()):
-        checked = exclusions(campaign_id, [(c, q, eligibility(c, q, default_region)) for c, q in batch], rules, owner)
+        checked = exclusions(campaign_id, [(c, q, eligibility(c, q, default_region, needs)) for c, q in batch], rules, owner)
         for customer, qr_code, (phone, skip_code, _reason) in checked:
             result.audience += 1
             if skip_code:
@@ -59,7 +59,7 @@ def preview(
             if result.template_error:
                 continue
             try:
-                body, length = compose(campaign.template, template_values(customer, new_link_code(), short_url_base))
+                body, length = compose(campaign.template, template_values(customer, new_link_code(), short_url_base, needs))
             except MessageTooLong:
                 result.too_long += 1
                 continue

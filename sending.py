@@ -21,10 +21,10 @@ from batching import Combiner
 from claims import BatchSlots, LoadedMessage, QuietNow, QuietPolicy, claim_rendered, load_for_send
 from errors import MaybeSent, MessageTooLong, PermanentError, RecipientOptedOut, SenderError, TemplateError, TransientError
 from events import record_event
-from fanout import template_values
 from links import new_link_code
 from message_state import SentRecord, SkipReason
 from models import CampaignStatus, Message, MessageStatus, database, utcnow
+from rendering import template_values, used_attributes
 from sms import compose, mask_phone
 from smsservice import SmsBackend
 
@@ -145,12 +145,13 @@ def send_message(
             message_state.settle_cancelled(message_id)
         outcome.detail = f"campaign is {campaign.status}"
         return outcome
-    skipped = _skip_if_ineligible(message, outcome, MessageStatus.PENDING)
+    needs = used_attributes(campaign)
+    skipped = _skip_if_ineligible(message, outcome, MessageStatus.PENDING, needs)
     if skipped is not None:
         return skipped
     try:
         link_code = new_link_code()
-        body, length = compose(campaign.template, template_values(customer, link_code, short_url_base))
+        body, length = compose(campaign.template, template_values(customer, link_code, short_url_base, needs))
     except (TemplateError, MessageTooLong) as exc:
         message_state.fail(message_id, MessageStatus.PENDING, code=exc.code, reason=exc.reason)
         outcome.status, outcome.detail = MessageStatus.FAILED, exc.reason
@@ -173,15 +174,18 @@ def send_message(
     return _send_claimed(message, body, length.segments, outcome, how)
 
 
-def _skip_if_ineligible(message: LoadedMessage, outcome: SendOutcome, expected: str) -> SendOutcome | None:
-    """Skip a message whose customer unsubscribed, whose number opted out, or whose customer
-    lost their QR code since the fan-out."""
+def _skip_if_ineligible(message: LoadedMessage, outcome: SendOutcome, expected: str,
+                        needs: frozenset[str] = frozenset()) -> SendOutcome | None:
+    """Skip a message whose customer unsubscribed, whose number opted out, whose customer
+    lost their QR code or a custom attribute the template uses (``needs``) since the fan-out."""
     if not message.customer.sms_subscribed:
         code, reason = SkipReason.UNSUBSCRIBED, "customer unsubscribed before the send"
     elif message.to_phone and consent.suppressed([message.to_phone]):
         code, reason = SkipReason.SUPPRESSED, "the number opted out before the send (suppression list)"
     elif message.customer.qr is None or not message.customer.qr.code:
         code, reason = SkipReason.NO_QR_CODE, "customer's QR code was removed before the send"
+    elif any(not message.customer.attribute_values().get(name) for name in needs):
+        code, reason = SkipReason.MISSING_ATTRIBUTE, "customer has no value for a custom attribute the template uses"
     else:
         return None
     if message_state.skip(message.id, expected, code=code, reason=reason):

@@ -111,12 +111,17 @@ def measure(text: str) -> SmsLength:
     return SmsLength(encoding=encoding, units=units, segments=segments, single_segment_max=single_max)
 
 
-def _allowed_list() -> str:
-    return ", ".join("{%s}" % name for name in sorted(PLACEHOLDERS))
+def _allowed_list(attributes: frozenset[str] = frozenset()) -> str:
+    listed = ", ".join("{%s}" % name for name in sorted(PLACEHOLDERS))
+    if attributes:
+        listed += "; custom attributes: " + ", ".join("{%s}" % name for name in sorted(attributes)[:20])
+        listed += ", ..." if len(attributes) > 20 else ""
+    return listed
 
 
-def _field_error(field: str, pos: int) -> TemplateError | None:
-    """Why ``{field}`` is refused, or None when it is an allowed placeholder.
+def _field_error(field: str, pos: int, attributes: frozenset[str]) -> TemplateError | None:
+    """Why ``{field}`` is refused, or None when it is an allowed placeholder (one of
+    ``PLACEHOLDERS`` or of the declared custom ``attributes``).
 
     Only bare whitelisted names are accepted: attribute/index access, conversions and
     format specs would let a template reach into objects or reshape values.
@@ -130,25 +135,26 @@ def _field_error(field: str, pos: int) -> TemplateError | None:
         reason = f"format spec in {where} is not allowed"
     elif "." in field or "[" in field or "]" in field:
         reason = f"attribute or index access in {where} is not allowed"
-    elif not _IDENTIFIER.fullmatch(field) or field not in PLACEHOLDERS:
+    elif not _IDENTIFIER.fullmatch(field) or (field not in PLACEHOLDERS and field not in attributes):
         reason = f"unknown placeholder {where}"
     else:
         return None
-    return TemplateError(f"{reason}; allowed placeholders: {_allowed_list()}", code="invalid_template")
+    return TemplateError(f"{reason}; allowed placeholders: {_allowed_list(attributes)}", code="invalid_template")
 
 
-def _tokens(template: str) -> tuple[tuple[str, bool], ...]:
-    """Split into (text, is_placeholder) pairs, rejecting anything not whitelisted.
+def _tokens(template: str, attributes: frozenset[str] = frozenset()) -> tuple[tuple[str, bool], ...]:
+    """Split into (text, is_placeholder) pairs, rejecting anything not whitelisted (the
+    placeholders and the declared custom ``attributes``).
 
     Remembered per template: a campaign renders the same one for every customer.
     """
     if not isinstance(template, str):
         raise TemplateError(f"template must be text, not {type(template).__name__}", code="invalid_template")
-    return _scan(template)
+    return _scan(template, frozenset(attributes))
 
 
 @functools.lru_cache(maxsize=256)
-def _scan(template: str) -> tuple[tuple[str, bool], ...]:
+def _scan(template: str, attributes: frozenset[str]) -> tuple[tuple[str, bool], ...]:
     """``_tokens`` without the cache.
 
     A hand-written scanner rather than ``string.Formatter`` so that render and
@@ -173,7 +179,7 @@ def _scan(template: str) -> tuple[tuple[str, bool], ...]:
                 raise TemplateError(f"unbalanced '{{' at position {i}; write '{{{{' for a literal brace",
                                     code="invalid_template")
             field = template[i + 1:end]
-            error = _field_error(field, i)
+            error = _field_error(field, i, attributes)
             if error is not None:
                 raise error
             if literal:
@@ -189,12 +195,18 @@ def _scan(template: str) -> tuple[tuple[str, bool], ...]:
     return tuple(tokens)
 
 
-def template_fields(template: str) -> set[str]:
-    """Placeholder names used by ``template``; raises TemplateError if any part is not allowed."""
-    return {text for text, is_field in _tokens(template) if is_field}
+def template_fields(template: str, attributes: frozenset[str] = frozenset()) -> set[str]:
+    """Placeholder names used by ``template``; raises TemplateError if any part is not
+    allowed (a placeholder that is neither built in nor one of the declared ``attributes``)."""
+    return {text for text, is_field in _tokens(template, attributes) if is_field}
 
 
-def validate_template(template: str) -> None:
+def attribute_fields(template: str, attributes: frozenset[str] = frozenset()) -> frozenset[str]:
+    """The custom attributes ``template`` uses (its placeholders that are not built in)."""
+    return frozenset(template_fields(template, attributes) - PLACEHOLDERS)
+
+
+def validate_template(template: str, attributes: frozenset[str] = frozenset()) -> None:
     """Reject a template at campaign creation rather than failing every message later: an
     empty one, a placeholder not allowed, or an invisible character (a control character
     other than a line break, a bidi override, a zero-width space or joiner), which would
@@ -209,7 +221,7 @@ def validate_template(template: str) -> None:
         if (category == "Cc" and ch not in "\n\r\t") or category == "Cf" or ch in "\u2028\u2029":
             raise TemplateError(f"template has an invisible character U+{ord(ch):04X} at position {pos}: remove it",
                                 code="invalid_template")
-    template_fields(template)
+    template_fields(template, attributes)
 
 
 def render(template: str, values: Mapping[str, str]) -> str:
@@ -220,7 +232,7 @@ def render(template: str, values: Mapping[str, str]) -> str:
     some handsets; trailing whitespace is dropped because it costs units for nothing.
     """
     parts = []
-    for text, is_field in _tokens(template):
+    for text, is_field in _tokens(template, frozenset(values.keys() - PLACEHOLDERS)):
         if is_field:
             value = values.get(text)
             parts.append("" if value is None else str(value))
@@ -241,7 +253,7 @@ def compose(template: str, values: Mapping[str, str]) -> tuple[str, SmsLength]:
     The template is validated first (an empty one is refused) so a campaign never
     sends the footer alone by mistake.
     """
-    validate_template(template)
+    validate_template(template, frozenset(values.keys() - PLACEHOLDERS))
     text = append_footer(render(template, values))
     length = measure(text)
     if not length.fits_one_segment:
