@@ -235,7 +235,8 @@ def exclusions(campaign_id: int, checked: list[tuple], rules: Rules, owner: dict
                 skip_reason = f"the number was texted in the last {rules.frequency_cap_h} h (frequency cap)"
             elif owner.setdefault(phone, customer.id) != customer.id:
                 skip_code = SkipReason.DUPLICATE_PHONE
-                skip_reason = f"customer {owner[phone]} of this campaign has the same number"
+                skip_reason = (f"customer {owner[phone]} of this campaign has the same number" if owner[phone] is not None
+                               else "a deleted customer of this campaign had the same number")
         result.append((customer, qr_code, (phone, skip_code, skip_reason)))
     return result
 

@@ -32,6 +32,7 @@ class SkipReason:
     FREQUENCY_CAP = "frequency_cap"
     LANDLINE = "landline"
     MISSING_ATTRIBUTE = "missing_attribute"
+    CUSTOMER_DELETED = "customer_deleted"
 
 
 class Claimed(NamedTuple):

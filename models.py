@@ -140,7 +140,8 @@ class Message(BaseModel):
 
     id = AutoField()
     campaign = ForeignKeyField(Campaign, backref="messages", on_delete="CASCADE", index=False)  # led by the unique index
-    customer = ForeignKeyField(Customer, backref="messages", on_delete="CASCADE")
+    #: None once the customer is deleted: the row stays, the campaign's record of that number.
+    customer = ForeignKeyField(Customer, backref="messages", null=True, on_delete="SET NULL")
     status = CharField(max_length=16, default=MessageStatus.PENDING)
     to_phone = CharField(max_length=20, null=True)
     body = TextField(null=True)

@@ -3,6 +3,7 @@ values, and the check that a campaign's template can fit at all."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Mapping
 
@@ -40,9 +41,20 @@ def template_values(customer: Customer, link_code: str | None, short_url_base: s
         "short_url": short_url(short_url_base, link_code) if link_code else "",
     }
     if attributes:
-        own = customer.attribute_values()
+        own = attribute_values(customer)
         values.update((name, own.get(name, "")) for name in attributes)
     return values
+
+
+def attribute_values(customer) -> dict[str, str]:
+    """A customer's custom attributes, from a ``Customer`` or the send path's loaded row."""
+    return json.loads(customer.attributes) if getattr(customer, "attributes", None) else {}
+
+
+def has_values(customer, needs: frozenset[str]) -> bool:
+    """Whether ``customer`` has a value for each of the custom attributes ``needs``."""
+    own = attribute_values(customer)
+    return all(own.get(name) for name in needs)
 
 
 def declared_attributes() -> frozenset[str]:
@@ -75,7 +87,7 @@ def eligibility(customer: Customer, qr_code: str | None, default_region: str,
     if not qr_code:
         return phone, SkipReason.NO_QR_CODE, "customer has no QR code"
     if needs:
-        own = customer.attribute_values()
+        own = attribute_values(customer)
         missing = sorted(name for name in needs if not own.get(name))
         if missing:
             return phone, SkipReason.MISSING_ATTRIBUTE, f"customer has no value for {{{missing[0]}}}"

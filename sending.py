@@ -24,7 +24,7 @@ from events import record_event
 from links import new_link_code
 from message_state import SentRecord, SkipReason
 from models import CampaignStatus, Message, MessageStatus, database, utcnow
-from rendering import template_values, used_attributes
+from rendering import has_values, template_values, used_attributes
 from sms import compose, mask_phone
 from smsservice import SmsBackend
 
@@ -178,13 +178,15 @@ def _skip_if_ineligible(message: LoadedMessage, outcome: SendOutcome, expected: 
                         needs: frozenset[str] = frozenset()) -> SendOutcome | None:
     """Skip a message whose customer unsubscribed, whose number opted out, whose customer
     lost their QR code or a custom attribute the template uses (``needs``) since the fan-out."""
-    if not message.customer.sms_subscribed:
+    if message.customer is None:
+        code, reason = SkipReason.CUSTOMER_DELETED, "the customer was deleted before the send"
+    elif not message.customer.sms_subscribed:
         code, reason = SkipReason.UNSUBSCRIBED, "customer unsubscribed before the send"
     elif message.to_phone and consent.suppressed([message.to_phone]):
         code, reason = SkipReason.SUPPRESSED, "the number opted out before the send (suppression list)"
     elif message.customer.qr is None or not message.customer.qr.code:
         code, reason = SkipReason.NO_QR_CODE, "customer's QR code was removed before the send"
-    elif any(not message.customer.attribute_values().get(name) for name in needs):
+    elif needs and not has_values(message.customer, needs):
         code, reason = SkipReason.MISSING_ATTRIBUTE, "customer has no value for a custom attribute the template uses"
     else:
         return None
