@@ -34,14 +34,16 @@ def clean_text(value: str | None, *, max_length: int) -> str:
     """``value`` without control and format characters, its whitespace collapsed and
     trimmed; RefusedText if it is longer than ``max_length`` after that."""
     text = unicodedata.normalize("NFC", value or "")
-    kept = []
-    for ch in text:
-        category = unicodedata.category(ch)
-        if category == "Cc" or ch in "\u2028\u2029":
-            kept.append(" " if ch in "\t\n\r\v\f\x85\u2028\u2029" else "")
-        elif category != "Cf":
-            kept.append(ch)
-    cleaned = _SPACES.sub(" ", "".join(kept)).strip()
+    if not text.isprintable():  # printable text (most names) has no control or format character
+        kept = []
+        for ch in text:
+            category = unicodedata.category(ch)
+            if category == "Cc" or ch in "\u2028\u2029":
+                kept.append(" " if ch in "\t\n\r\v\f\x85\u2028\u2029" else "")
+            elif category != "Cf":
+                kept.append(ch)
+        text = "".join(kept)
+    cleaned = _SPACES.sub(" ", text).strip()
     if len(cleaned) > max_length:
         raise RefusedText(f"longer than {max_length} characters", code="too_long")
     return cleaned

@@ -303,17 +303,22 @@ def normalize_phone(raw: str | None, default_region: str = "US") -> str:
     if not isinstance(raw, str):
         raise InvalidPhone(f"phone number must be text, not {type(raw).__name__}", code="invalid_phone")
     text = raw.strip()
-    masked = _masked_digits("".join(ch for ch in text if ch in _ASCII_DIGITS))
+
+    def masked() -> str:
+        return _masked_digits("".join(ch for ch in text if ch in _ASCII_DIGITS))
+
     if not _ALLOWED_PHONE_CHARS.fullmatch(text):
-        raise InvalidPhone(f"invalid phone number {masked}: only digits, spaces and + ( ) - . are allowed",
+        raise InvalidPhone(f"invalid phone number {masked()}: only digits, spaces and + ( ) - . are allowed",
                            code="invalid_phone")
     try:
         number = phonenumbers.parse(text, default_region)
     except phonenumbers.NumberParseException:
-        raise InvalidPhone(f"invalid phone number {masked}: cannot be parsed (default region {default_region})",
+        raise InvalidPhone(f"invalid phone number {masked()}: cannot be parsed (default region {default_region})",
                            code="invalid_phone") from None
-    if not phonenumbers.is_valid_number(number):
-        raise InvalidPhone(f"invalid phone number {masked}: not a valid number (default region {default_region})",
+    # Valid in the default region (most numbers of a list) is valid: the same answer as
+    # is_valid_number, which tries every region of the country code (+1 has 25).
+    if not (phonenumbers.is_valid_number_for_region(number, default_region) or phonenumbers.is_valid_number(number)):
+        raise InvalidPhone(f"invalid phone number {masked()}: not a valid number (default region {default_region})",
                            code="invalid_phone")
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     with _recently_parsed_lock:

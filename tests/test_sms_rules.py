@@ -285,6 +285,10 @@ def test_compose_rejects_blank_template():
         (" +1 (212) 555-0123\n", "US", "+12125550123"),
         ("07911 123456", "GB", "+447911123456"),
         ("+44 7911 123456", "US", "+447911123456"),
+        # valid in another region of the country code than the default (+1: Canada, Jamaica)
+        ("(416) 555-0123", "US", "+14165550123"),
+        ("876 927 1234", "US", "+18769271234"),
+        ("06 12 34 56 78", "FR", "+33612345678"),
     ],
 )
 def test_normalize_phone_valid(raw, region, expected):
@@ -304,6 +308,7 @@ def test_normalize_phone_valid(raw, region, expected):
         ("+1/212/555/0123", "invalid_phone"),
         ("+0123", "invalid_phone"),
         ("(099) 555-4567", "invalid_phone"),
+        ("(212) 155-0123", "invalid_phone"),  # no region of +1 has exchanges starting with 1
         ("1" * 30, "invalid_phone"),
     ],
 )
