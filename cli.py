@@ -82,11 +82,17 @@ def campaign() -> None:
 @click.option("--exclude-tag", "none_tags", multiple=True, type=Text(), help="Never customers with this tag.")
 @click.option("--frequency-cap", "cap_h", default=None, type=click.IntRange(0, 24 * 365),
               help="Skip numbers any campaign texted in the last this many hours (0: none).")
+@click.option("--on-overflow", default="fail", show_default=True, type=Text(),
+              help="A message that does not fit one segment: fail, transliterate (ë -> e) or segments:N (2 to 10).")
+@click.option("--smart-encoding/--no-smart-encoding", default=True, show_default=True,
+              help="Replace curly quotes, dashes, odd spaces and the like with their GSM-7 look-alikes.")
 def campaign_create(name: str, template: str, rate_limit: str | None, time_zone: str | None, all_tags, any_tags,
-                    none_tags, cap_h: int | None) -> None:
+                    none_tags, cap_h: int | None, on_overflow: str, smart_encoding: bool) -> None:
     """Create a draft campaign after checking it (its template, its limit, its zone, its audience)."""
     _bootstrap()
     from audience import Audience
+    from errors import PermanentError
+    from overflow import parse_overflow
     from rendering import check_draft
     from models import Campaign, connection
     from settings import get_settings
@@ -96,8 +102,13 @@ def campaign_create(name: str, template: str, rate_limit: str | None, time_zone:
         audience = Audience.parse(all_of=all_tags, any_of=any_tags, none_of=none_tags)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    try:
+        policy, allowed = parse_overflow(on_overflow)
+    except PermanentError as exc:
+        raise click.ClickException(exc.reason) from None
     draft = Campaign(name=name, template=template, rate_limit=rate_limit, time_zone=time_zone,
-                     audience=audience.to_json(), frequency_cap_h=cap_h)
+                     audience=audience.to_json(), frequency_cap_h=cap_h, smart_encoding=smart_encoding,
+                     on_overflow=policy if allowed == 1 else f"{policy}:{allowed}")
     with connection():  # the custom attributes imports declared are placeholders too
         check_draft(draft, settings.short_url_base, settings.sms_rate_limit, labels=CREATE_OPTIONS)
         draft.save()
@@ -113,6 +124,7 @@ def campaign_preview(campaign_id: int, samples: int) -> None:
     from campaigns import check_action
     from reports import preview
     from models import connection
+    from prices import PriceTable
     from settings import get_settings
 
     settings = get_settings()
@@ -120,26 +132,11 @@ def campaign_preview(campaign_id: int, samples: int) -> None:
         check_action(campaign_id, "preview")
         result = preview(
             campaign_id, short_url_base=settings.short_url_base, default_region=settings.default_region,
-            samples=samples, price_per_segment=settings.sms_segment_price, frequency_cap_h=settings.frequency_cap_h,
+            samples=samples, prices=PriceTable.of(settings), frequency_cap_h=settings.frequency_cap_h,
         )
+    from preview_text import format_preview
+
     click.echo(format_preview(result))
-
-
-def format_preview(result) -> str:
-    lines = [f"Preview of campaign {result.campaign_id} (nothing is sent)"]
-    if result.template_error:
-        lines.append(f"  TEMPLATE ERROR: {result.template_error}")
-    for sample in result.samples:
-        lines.append(f"--- to {sample['to']} ({sample['encoding']}, {sample['units']} units, 1 segment)")
-        lines.extend("    " + line for line in sample["body"].splitlines())
-    rows = [("audience", result.audience), ("would be sent", result.eligible)]
-    rows += [(f"skipped: {reason}", count) for reason, count in sorted(result.skipped_by_reason.items())]
-    rows += [("too long (would fail)", result.too_long)]
-    rows += [(f"encoding {encoding}", count) for encoding, count in sorted(result.encodings.items())]
-    rows += [("segments", result.segments)]
-    lines += [f"{label:<26}{count:>8}" for label, count in rows]
-    lines.append(f"{'estimated cost':<26}{result.estimated_cost:>8.2f}  (at {result.price_per_segment} per segment)")
-    return "\n".join(lines)
 
 
 @campaign.command("send")

@@ -115,6 +115,11 @@ class Campaign(BaseModel):
     audience = TextField(null=True)
     #: Customers whose number any campaign texted in the last this many hours are skipped.
     frequency_cap_h = IntegerField(null=True)
+    #: Replace characters that have a GSM-7 look-alike before measuring (``overflow.py``);
+    #: None (a campaign of an earlier version) is on.
+    smart_encoding = BooleanField(null=True, default=True)
+    #: A message that still does not fit: fail, transliterate or segments:N (None: fail).
+    on_overflow = CharField(max_length=16, null=True)
 
     def recipient_zones(self) -> list[str]:
         """The time zones of the campaign's recipients, as far as the fan-out got."""

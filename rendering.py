@@ -16,6 +16,7 @@ from errors import InvalidPhone, MessageTooLong, PermanentError, TemplateError
 from links import SAMPLE_LINK_CODE, short_url
 from message_state import SkipReason
 from models import Campaign, CustomAttribute, Customer
+from overflow import FitRules
 from quiet import zone
 from sms import attribute_fields, compose, normalize_phone, template_fields, validate_template
 
@@ -181,6 +182,6 @@ def check_campaign(campaign: Campaign, short_url_base: str, attributes: frozense
     empty = {"first_name": "", "last_name": "", "name": "", "short_url": short_url(short_url_base, SAMPLE_LINK_CODE),
              **{name: "" for name in used}}
     try:
-        compose(campaign.template, empty)
+        compose(campaign.template, empty, FitRules.of(campaign))
     except MessageTooLong as exc:
         raise MessageTooLong(f"the template cannot fit in one SMS even with an empty name: {exc.reason}", code=exc.code) from None

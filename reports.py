@@ -10,12 +10,15 @@ from peewee import fn
 
 from analytics import database_counts
 from audience import Audience
-from errors import MessageTooLong, PermanentError
+from errors import PermanentError
 from fanout import Rules, customer_batches, exclusions
 from links import new_link_code
 from models import Campaign, Message, MessageStatus, utcnow
 from rendering import check_campaign, eligibility, template_values, used_attributes
-from sms import compose, mask_phone
+from fit_report import FitTally
+from overflow import FitRules
+from prices import PriceTable
+from sms import append_footer, mask_phone, render
 
 @dataclass
 class Preview:
@@ -29,21 +32,28 @@ class Preview:
     segments: int = 0
     price_per_segment: float = 0.0
     template_error: str | None = None
+    #: Length by policy, changes, who would fail, cost by country (``fit_report.py``).
+    fit: FitTally | None = None
 
     @property
     def estimated_cost(self) -> float:
-        return round(self.segments * self.price_per_segment, 4)
+        """The cost of the segments whose country has a price (``fit.unpriced_segments`` have none)."""
+        return self.fit.known_cost if self.fit is not None else round(self.segments * self.price_per_segment, 4)
 
 
 def preview(
     campaign_id: int, *, short_url_base: str, default_region: str = "US", samples: int = 3,
     price_per_segment: float = 0.0, batch_size: int = 1000, frequency_cap_h: int | None = None,
+    prices: PriceTable | None = None,
 ) -> Preview:
     """A dry run: render the campaign for its whole audience, sending nothing and writing
     nothing. Sample messages are exactly what would go out, with a link code made for the
-    preview (the fan-out gives each message its own)."""
+    preview (the fan-out gives each message its own). ``prices`` by country (else
+    ``price_per_segment`` for every country)."""
     campaign = Campaign.get_by_id(campaign_id)
     result = Preview(campaign_id, samples=[], price_per_segment=price_per_segment)
+    prices = prices or PriceTable(us=price_per_segment, others={"*": price_per_segment})
+    result.fit = tally = FitTally(FitRules.of(campaign), prices)
     try:
         check_campaign(campaign, short_url_base)
     except PermanentError as exc:
@@ -58,16 +68,19 @@ def preview(
                 continue
             if result.template_error:
                 continue
-            try:
-                body, length = compose(campaign.template, template_values(customer, new_link_code(), short_url_base, needs))
-            except MessageTooLong:
+            values = template_values(customer, new_link_code(), short_url_base, needs)
+            outcome = tally.add(append_footer(render(campaign.template, values)), phone=phone,
+                                name=values["name"])
+            if outcome is None:
                 result.too_long += 1
                 continue
+            body, length = outcome
             result.eligible += 1
             result.encodings[length.encoding] = result.encodings.get(length.encoding, 0) + 1
             result.segments += length.segments
             if len(result.samples) < samples:
-                result.samples.append({"to": mask_phone(phone), "body": body, "encoding": length.encoding, "units": length.units})
+                result.samples.append({"to": mask_phone(phone), "body": body, "encoding": length.encoding,
+                                       "units": length.units, "segments": length.segments})
     return result
 
 

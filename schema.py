@@ -3,7 +3,7 @@ database of an earlier version up to date (columns added since, obsolete indexes
 
 from __future__ import annotations
 
-from peewee import CharField, DateTimeField, IntegerField, TextField
+from peewee import BooleanField, CharField, DateTimeField, IntegerField, TextField
 from playhouse.migrate import SchemaMigrator, migrate
 
 import consent
@@ -21,6 +21,8 @@ ADDED_COLUMNS = (
     ("campaign", "fanout_beat_at", lambda: DateTimeField(null=True)),
     ("campaign", "audience", lambda: TextField(null=True)),
     ("campaign", "frequency_cap_h", lambda: IntegerField(null=True)),
+    ("campaign", "smart_encoding", lambda: BooleanField(null=True)),
+    ("campaign", "on_overflow", lambda: CharField(max_length=16, null=True)),
     ("customer", "external_ref", lambda: CharField(max_length=100, null=True)),
     ("customer", "region", lambda: CharField(max_length=2, null=True)),
     ("customer", "consent_at", lambda: DateTimeField(null=True)),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import Mapping
 
 from errors import ConfigurationError
+from prices import prices_ok
 from settings_checks import (
     RATE_LIMIT, Range, check, choice, e164_ok, mask_url, namespace_ok, number, parse_number, quiet_hours_ok,
     rate_limit_ok, region_ok, sid_ok, text, url, zone_ok,
@@ -109,6 +110,9 @@ class Settings:
     quiet_hours: str = setting("21:00-08:00", text("`HH:MM-HH:MM` (local time) or `off`", quiet_hours_ok))
     default_time_zone: str = setting("America/New_York", text("an IANA time zone such as `America/New_York`", zone_ok))
     sms_segment_price: float = setting(0.0079, number(0, 10))
+    #: The price of a segment to other countries than the US: ``FR=0.0725,GB=0.04,*=0.05``.
+    sms_prices: str = setting("", text("`COUNTRY=PRICE` entries separated by commas, e.g. `FR=0.0725,GB=0.04`",
+                                       prices_ok, optional=True))
     sms_rate_limit: str = setting("10/minute", text(RATE_LIMIT, rate_limit_ok))
     email_rate_limit: str = setting("100/minute", text(RATE_LIMIT, rate_limit_ok))
     rate_limit_margin_ms: int = setting(50, number(0, 10_000, "ms"))

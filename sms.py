@@ -12,103 +12,20 @@ import functools
 import threading
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import phonenumbers
 
-from errors import InvalidPhone, MessageTooLong, TemplateError
+from errors import InvalidPhone, TemplateError
+from overflow import FitRules, fit
+from segments import SmsLength
 
 FOOTER = "Reply STOP to unsubscribe"
 PLACEHOLDERS = frozenset({"first_name", "last_name", "name", "short_url"})
 
-GSM7_BASIC = frozenset(
-    "@£$¥èéùìòÇ\nØø\rÅå"
-    "\u0394_\u03a6\u0393\u039b\u03a9\u03a0\u03a8\u03a3\u0398\u039e"  # Δ_ΦΓΛΩΠΨΣΘΞ
-    "ÆæßÉ"
-    " !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§"
-    "¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-"""GSM 03.38 default alphabet minus ESC: 127 characters costing one septet each."""
-
-GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
-"""Reached through ESC, so each costs two septets."""
-
-_GSM7_ALL = GSM7_BASIC | GSM7_EXTENSION
-
-GSM7_SINGLE_MAX, GSM7_PART_MAX = 160, 153
-UCS2_SINGLE_MAX, UCS2_PART_MAX = 70, 67
-
 _ALLOWED_PHONE_CHARS = re.compile(r"[0-9 +().\-]+")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ASCII_DIGITS = frozenset("0123456789")
-
-
-@dataclass(frozen=True)
-class SmsLength:
-    """How Twilio will count a message.
-
-    ``units`` are septets for GSM-7 (extension characters count 2) and UTF-16 code
-    units for UCS-2. An empty message is 0 units but still 1 segment, as it is billed.
-    """
-
-    encoding: str
-    units: int
-    segments: int
-    single_segment_max: int
-
-    @property
-    def fits_one_segment(self) -> bool:
-        return self.segments == 1
-
-
-def _first_non_gsm(text: str) -> str | None:
-    """The character that forces UCS-2, so an error can tell the author what to replace."""
-    for ch in text:
-        if ch not in GSM7_BASIC and ch not in GSM7_EXTENSION:
-            return ch
-    return None
-
-
-def _count_parts(costs: Iterable[int], part_max: int) -> int:
-    """Fill parts greedily because a character (ESC pair, surrogate pair) is never split.
-
-    This can need one part more than ``ceil(units / part_max)``.
-    """
-    parts, used = 1, 0
-    for cost in costs:
-        if used + cost > part_max:
-            parts, used = parts + 1, cost
-        else:
-            used += cost
-    return parts
-
-
-def _gsm7_cost(ch: str) -> int:
-    return 2 if ch in GSM7_EXTENSION else 1
-
-
-def _ucs2_cost(ch: str) -> int:
-    return 2 if ord(ch) > 0xFFFF else 1  # a surrogate pair
-
-
-def measure(text: str) -> SmsLength:
-    """Encoding, length and segment count of ``text`` exactly as sent (no normalisation).
-
-    Works on the set of characters first, so the usual message (one segment) is measured
-    without a Python loop over its characters; the fan-out measures every customer's.
-    """
-    chars = set(text)
-    if chars <= _GSM7_ALL:
-        doubled = chars & GSM7_EXTENSION
-        units = len(text) + sum(text.count(ch) for ch in doubled)
-        encoding, single_max, part_max, cost = "GSM-7", GSM7_SINGLE_MAX, GSM7_PART_MAX, _gsm7_cost
-    else:
-        units = len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
-        encoding, single_max, part_max, cost = "UCS-2", UCS2_SINGLE_MAX, UCS2_PART_MAX, _ucs2_cost
-    segments = 1 if units <= single_max else _count_parts(map(cost, text), part_max)
-    return SmsLength(encoding=encoding, units=units, segments=segments, single_segment_max=single_max)
 
 
 def _allowed_list(attributes: frozenset[str] = frozenset()) -> str:
@@ -247,23 +164,16 @@ def append_footer(body: str) -> str:
     return f"{body}\n{FOOTER}" if body else FOOTER
 
 
-def compose(template: str, values: Mapping[str, str]) -> tuple[str, SmsLength]:
-    """The exact text to send and its length; raises MessageTooLong beyond one segment.
+def compose(template: str, values: Mapping[str, str], rules: FitRules = FitRules()) -> tuple[str, SmsLength]:
+    """The exact text to send and its length; raises MessageTooLong if it cannot fit under
+    the campaign's ``rules`` (smart encoding, then one segment, transliteration or up to N
+    segments: ``overflow.py``).
 
     The template is validated first (an empty one is refused) so a campaign never
     sends the footer alone by mistake.
     """
     validate_template(template, frozenset(values.keys() - PLACEHOLDERS))
-    text = append_footer(render(template, values))
-    length = measure(text)
-    if not length.fits_one_segment:
-        if length.encoding == "GSM-7":
-            reason = f"{length.units} GSM-7 septets > {length.single_segment_max} for one segment"
-        else:
-            reason = (f"{length.units} UCS-2 units > {length.single_segment_max} for one segment "
-                      f"(non-GSM character {_first_non_gsm(text)!r})")
-        raise MessageTooLong(reason, code="too_long")
-    return text, length
+    return fit(append_footer(render(template, values)), rules)
 
 
 def _masked_digits(digits: str) -> str:

@@ -18,7 +18,8 @@ from twilio.rest import Client
 
 from errors import MaybeSent, PermanentError, RecipientOptedOut, SenderError, TransientError
 from settings import Settings
-from sms import mask_phone, measure
+from segments import measure
+from sms import mask_phone
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from dramatiq.brokers.redis import RedisBroker
 import actors
 import analytics
 from models import Campaign, CampaignAnalytics, CampaignStatus, Message, MessageStatus
-from sms import FOOTER, measure
+from segments import measure
+from sms import FOOTER
 from bench.common import Workers, delete_namespace, worker_env
 from tests.conftest import POSTGRES_URL, REDIS_URL
 from tests.factories import make_campaign, make_customers, phone_for

@@ -13,7 +13,8 @@ import actors
 import analytics
 import fanout
 from models import Campaign, CampaignAnalytics, CampaignStatus, Customer, Event, Message, MessageStatus, Suppression
-from sms import FOOTER, measure
+from segments import measure
+from sms import FOOTER
 from tests.conftest import FROM_NUMBER, join_all
 from tests.factories import make_campaign, make_customers, phone_for
 
