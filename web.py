@@ -1,5 +1,5 @@
 """The web process: Twilio's webhooks (delivery status, inbound replies and opt-outs) and
-the customers' short links.
+the customers' short links, and the QR-code page they lead to (``qr_page.py``).
 
 Run by gunicorn as the Procfile's ``web`` process (``gunicorn 'web:create_app()'``, its
 settings in ``gunicorn.conf.py``: gevent workers). Flask is enough here: three small
@@ -29,6 +29,7 @@ from peewee import JOIN, IntegrityError
 from twilio.request_validator import RequestValidator
 
 import consent
+import qr_page
 from delivery import DELIVERY_RANK, report_delivery
 from errors import InvalidPhone
 from models import Click, Message, MessageStatus, OptOutEvent, QRCode, configure_database, database
@@ -275,6 +276,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             ask_metrics(campaign_id)
         return redirect(settings.qr_display_url.replace("{code}", quote(qr_code, safe="")), code=302)
 
+    qr_page.register(app, qr_display_url=settings.qr_display_url)
     return app
 
 
