@@ -16,7 +16,8 @@ from cli_checks import CAMPAIGN_ID, OperatorGroup, Seconds, StartTime, Text, bro
 from cli_customers import customers
 
 #: The options that fill a new campaign's fields, as its checks name them.
-CREATE_OPTIONS = {"name": "--name", "template": "--template", "rate_limit": "--rate-limit", "time_zone": "--time-zone"}
+CREATE_OPTIONS = {"name": "--name", "template": "--template", "rate_limit": "--rate-limit", "time_zone": "--time-zone",
+                  "language": "--language"}
 
 
 def _bootstrap():
@@ -81,8 +82,10 @@ def campaign() -> None:
 @click.option("--exclude-tag", "none_tags", multiple=True, type=Text(), help="Never customers with this tag.")
 @click.option("--frequency-cap", "cap_h", default=None, type=click.IntRange(0, 24 * 365),
               help="Skip numbers any campaign texted in the last this many hours (0: none).")
+@click.option("--language", default="en", show_default=True, type=Text(),
+              help="The language of the footer: en or fr (languages.py).")
 def campaign_create(name: str, template: str, rate_limit: str | None, time_zone: str | None, all_tags, any_tags,
-                    none_tags, cap_h: int | None) -> None:
+                    none_tags, cap_h: int | None, language: str) -> None:
     """Create a draft campaign after checking it (its template, its limit, its zone, its audience)."""
     _bootstrap()
     from audience import Audience
@@ -96,7 +99,7 @@ def campaign_create(name: str, template: str, rate_limit: str | None, time_zone:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     draft = Campaign(name=name, template=template, rate_limit=rate_limit, time_zone=time_zone,
-                     audience=audience.to_json(), frequency_cap_h=cap_h)
+                     audience=audience.to_json(), frequency_cap_h=cap_h, language=language.strip().lower())
     check_draft(draft, settings.short_url_base, settings.sms_rate_limit, labels=CREATE_OPTIONS)
     with connection():
         draft.save()

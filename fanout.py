@@ -23,8 +23,7 @@ from link_codes import unused_codes
 from models import (Campaign, CampaignStatus, Customer, MessageStatus, QRCode, database, db_datetime, is_postgres,
                     utcnow, write_transaction)
 from quiet import recipient_zone
-from rendering import check_campaign, eligibility, template_values
-from sms import compose
+from rendering import check_campaign, compose_message, eligibility
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +255,7 @@ def _render_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]
                                        default_zone=default_time_zone).key
             link_code = next(codes)
             try:
-                body, length = compose(campaign.template, template_values(customer, link_code, short_url_base))
+                body, length = compose_message(campaign, customer, link_code, short_url_base)
                 encoding, segments = length.encoding, length.segments
             except (TemplateError, MessageTooLong) as exc:
                 status, skip_code, skip_reason, link_code = MessageStatus.FAILED, exc.code, exc.reason, None

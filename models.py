@@ -115,6 +115,8 @@ class Campaign(BaseModel):
     audience = TextField(null=True)
     #: Customers whose number any campaign texted in the last this many hours are skipped.
     frequency_cap_h = IntegerField(null=True)
+    #: The language of its footer (``languages.py``); None (rows from before) is English.
+    language = CharField(max_length=8, null=True, default="en")
 
     def recipient_zones(self) -> list[str]:
         """The time zones of the campaign's recipients, as far as the fan-out got."""

@@ -12,11 +12,12 @@ from limits import parse_many
 from peewee import CharField, TextField
 
 from errors import InvalidPhone, MessageTooLong, PermanentError, TemplateError
+import languages
 from links import SAMPLE_LINK_CODE, short_url
 from message_state import SkipReason
 from models import Campaign, Customer
 from quiet import zone
-from sms import compose, normalize_phone, template_fields, validate_template
+from sms import SmsLength, compose, normalize_phone, template_fields, validate_template
 
 #: The longest window a campaign's own limit may have. The dispatcher runs every half window
 #: and the sweeper waits three of them before it takes a campaign for stalled, so a longer
@@ -37,6 +38,22 @@ def template_values(customer: Customer, link_code: str | None, short_url_base: s
         "name": f"{first} {last}".strip(),
         "short_url": short_url(short_url_base, link_code) if link_code else "",
     }
+
+
+def compose_message(campaign: Campaign, customer: Customer, link_code: str | None,
+                    short_url_base: str) -> tuple[str, SmsLength]:
+    """One customer's message exactly as it is sent (and stored): the template filled, then
+    the footer of the campaign's language; MessageTooLong/TemplateError as ``sms.compose``."""
+    return compose(campaign.template, template_values(customer, link_code, short_url_base),
+                   footer=campaign_footer(campaign))
+
+
+def campaign_footer(campaign: Campaign) -> str:
+    """The footer of the campaign's language (PermanentError if it has none we know)."""
+    try:
+        return languages.footer(campaign.language)
+    except ValueError as exc:
+        raise PermanentError(str(exc), code="invalid_language") from None
 
 
 def eligibility(customer: Customer, qr_code: str | None, default_region: str) -> tuple[str | None, str | None, str | None]:
@@ -91,8 +108,8 @@ def check_draft(campaign: Campaign, short_url_base: str, global_limit: str,
     column (PostgreSQL would refuse it, SQLite keep it: the same answer on both), text that is
     not UTF-8, an empty name, a rate limit the worker cannot honour or faster than the global
     one (which every message obeys too, so it could never be reached), an unknown time zone,
-    then everything ``check_campaign`` checks. ``labels`` names the fields in the messages
-    (``{"name": "--name"}``)."""
+    a language without a table (``languages.py``), then everything ``check_campaign``
+    checks. ``labels`` names the fields in the messages (``{"name": "--name"}``)."""
     labels = labels or {}
     for field in campaign._meta.sorted_fields:
         value = getattr(campaign, field.name)
@@ -118,6 +135,9 @@ def check_draft(campaign: Campaign, short_url_base: str, global_limit: str,
     if campaign.time_zone is not None and zone(campaign.time_zone) is None:
         raise PermanentError(f"{labels.get('time_zone', 'time zone')} {campaign.time_zone!r} is not an IANA time zone "
                              "such as 'America/Chicago'", code="invalid_time_zone")
+    if campaign.language is not None and campaign.language not in languages.LANGUAGES:
+        raise PermanentError(f"{labels.get('language', 'language')} {campaign.language!r} is not one of "
+                             f"{', '.join(sorted(languages.LANGUAGES))}", code="invalid_language")
     check_campaign(campaign, short_url_base)
 
 
@@ -126,6 +146,7 @@ def check_campaign(campaign: Campaign, short_url_base: str) -> None:
     this campaign."""
     if campaign.rate_limit:
         campaign_rate_limit(campaign.rate_limit)
+    footer = campaign_footer(campaign)
     validate_template(campaign.template)
     if "short_url" not in template_fields(campaign.template):
         # The link is what leads to the QR-code page, and what makes each message's text its
@@ -134,6 +155,6 @@ def check_campaign(campaign: Campaign, short_url_base: str) -> None:
                             code="invalid_template")
     empty = {"first_name": "", "last_name": "", "name": "", "short_url": short_url(short_url_base, SAMPLE_LINK_CODE)}
     try:
-        compose(campaign.template, empty)
+        compose(campaign.template, empty, footer=footer)
     except MessageTooLong as exc:
         raise MessageTooLong(f"the template cannot fit in one SMS even with an empty name: {exc.reason}", code=exc.code) from None

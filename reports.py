@@ -14,8 +14,8 @@ from errors import MessageTooLong, PermanentError
 from fanout import Rules, customer_batches, exclusions
 from links import new_link_code
 from models import Campaign, Message, MessageStatus, utcnow
-from rendering import check_campaign, eligibility, template_values
-from sms import compose, mask_phone
+from rendering import check_campaign, compose_message, eligibility
+from sms import mask_phone
 
 @dataclass
 class Preview:
@@ -59,7 +59,7 @@ def preview(
             if result.template_error:
                 continue
             try:
-                body, length = compose(campaign.template, template_values(customer, new_link_code(), short_url_base))
+                body, length = compose_message(campaign, customer, new_link_code(), short_url_base)
             except MessageTooLong:
                 result.too_long += 1
                 continue

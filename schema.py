@@ -21,6 +21,7 @@ ADDED_COLUMNS = (
     ("campaign", "fanout_beat_at", lambda: DateTimeField(null=True)),
     ("campaign", "audience", lambda: TextField(null=True)),
     ("campaign", "frequency_cap_h", lambda: IntegerField(null=True)),
+    ("campaign", "language", lambda: CharField(max_length=8, null=True)),
     ("customer", "external_ref", lambda: CharField(max_length=100, null=True)),
     ("customer", "region", lambda: CharField(max_length=2, null=True)),
     ("customer", "consent_at", lambda: DateTimeField(null=True)),

@@ -21,11 +21,11 @@ from batching import Combiner
 from claims import BatchSlots, LoadedMessage, QuietNow, QuietPolicy, claim_rendered, load_for_send
 from errors import MaybeSent, MessageTooLong, PermanentError, RecipientOptedOut, SenderError, TemplateError, TransientError
 from events import record_event
-from fanout import template_values
+from rendering import compose_message
 from links import new_link_code
 from message_state import SentRecord, SkipReason
 from models import CampaignStatus, Message, MessageStatus, database, utcnow
-from sms import compose, mask_phone
+from sms import mask_phone
 from smsservice import SmsBackend
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def send_message(
         return skipped
     try:
         link_code = new_link_code()
-        body, length = compose(campaign.template, template_values(customer, link_code, short_url_base))
+        body, length = compose_message(campaign, customer, link_code, short_url_base)
     except (TemplateError, MessageTooLong) as exc:
         message_state.fail(message_id, MessageStatus.PENDING, code=exc.code, reason=exc.reason)
         outcome.status, outcome.detail = MessageStatus.FAILED, exc.reason

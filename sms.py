@@ -229,20 +229,21 @@ def render(template: str, values: Mapping[str, str]) -> str:
     return "".join(parts).replace("\r\n", "\n").replace("\r", "\n").rstrip()
 
 
-def append_footer(body: str) -> str:
-    """Always add the opt-out footer: compliance requires it even if the body mentions STOP."""
+def append_footer(body: str, footer: str = FOOTER) -> str:
+    """Always add the opt-out footer (the campaign language's, ``languages.py``; English by
+    default): compliance requires it even if the body mentions STOP."""
     body = body.rstrip()
-    return f"{body}\n{FOOTER}" if body else FOOTER
+    return f"{body}\n{footer}" if body else footer
 
 
-def compose(template: str, values: Mapping[str, str]) -> tuple[str, SmsLength]:
+def compose(template: str, values: Mapping[str, str], *, footer: str = FOOTER) -> tuple[str, SmsLength]:
     """The exact text to send and its length; raises MessageTooLong beyond one segment.
 
     The template is validated first (an empty one is refused) so a campaign never
-    sends the footer alone by mistake.
+    sends the footer alone by mistake. ``footer`` is measured with the rest.
     """
     validate_template(template)
-    text = append_footer(render(template, values))
+    text = append_footer(render(template, values), footer)
     length = measure(text)
     if not length.fits_one_segment:
         if length.encoding == "GSM-7":
