@@ -286,8 +286,19 @@ class Click(BaseModel):
     created_at = DateTimeField(default=utcnow)
 
 
+class InboundMessage(BaseModel):
+    """A text a number sent us that was not an opt-out or an opt-in (those are
+    ``OptOutEvent`` rows): the inbox (``inbox.py``)."""
+
+    phone_e164 = CharField(max_length=20, index=True)
+    customer = ForeignKeyField(Customer, backref="inbound_messages", null=True, on_delete="SET NULL")
+    body = TextField()
+    message_sid = CharField(max_length=40, unique=True)
+    received_at = DateTimeField(default=utcnow)
+
+
 MODELS = [Customer, CustomerTag, CustomAttribute, QRCode, Campaign, Message, CampaignAnalytics, Event, OptOutEvent, Click,
-          EarlyStatus, Suppression, Landline]
+          EarlyStatus, Suppression, Landline, InboundMessage]
 
 
 __all__ = [

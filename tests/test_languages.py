@@ -12,10 +12,16 @@ from models import Campaign, Message, MessageStatus
 from rendering import check_campaign, check_draft
 from sms import compose, measure
 from tests.factories import make_customers
-from tests.test_cli_campaign import assert_fails, database, run_cli  # noqa: F401  (the database fixture)
+from tests.test_cli_campaign import assert_fails, run_cli
 
 FRENCH_FOOTER = "Répondez STOP pour vous désabonner"
 BASE = "https://x.test/q"
+
+
+@pytest.fixture
+def database(sqlite_db, tmp_path) -> str:
+    """The URL of the test's SQLite file, which the CLI's subprocess shares."""
+    return f"sqlite:///{tmp_path / 'campaigns.db'}"
 
 
 def test_the_french_footer_is_the_issues_text_and_keeps_a_message_in_gsm7():
@@ -100,7 +106,7 @@ def test_a_french_campaigns_fan_out_stores_the_french_footer_in_every_body(db):
     assert all(r.body.endswith("\n" + FRENCH_FOOTER) and r.encoding == "GSM-7" for r in rows)
 
 
-def test_campaign_create_takes_a_language_and_refuses_one_it_does_not_know(database):  # noqa: F811
+def test_campaign_create_takes_a_language_and_refuses_one_it_does_not_know(database):
     # When a campaign is created in French, and another in a language without a table
     made = run_cli("campaign", "create", "--name", "Soldes", "--template", "Bonjour {short_url}", "--language", "FR",
                    database=database)
