@@ -16,7 +16,8 @@ from cli_checks import CAMPAIGN_ID, OperatorGroup, Seconds, StartTime, Text, bro
 from cli_customers import customers
 
 #: The options that fill a new campaign's fields, as its checks name them.
-CREATE_OPTIONS = {"name": "--name", "template": "--template", "rate_limit": "--rate-limit", "time_zone": "--time-zone"}
+CREATE_OPTIONS = {"name": "--name", "template": "--template", "rate_limit": "--rate-limit", "time_zone": "--time-zone",
+                  "language": "--language"}
 
 
 def _bootstrap():
@@ -86,8 +87,10 @@ def campaign() -> None:
               help="A message that does not fit one segment: fail, transliterate (ë -> e) or segments:N (2 to 10).")
 @click.option("--smart-encoding/--no-smart-encoding", default=True, show_default=True,
               help="Replace curly quotes, dashes, odd spaces and the like with their GSM-7 look-alikes.")
+@click.option("--language", default="en", show_default=True, type=Text(),
+              help="The language of the footer: en or fr (languages.py).")
 def campaign_create(name: str, template: str, rate_limit: str | None, time_zone: str | None, all_tags, any_tags,
-                    none_tags, cap_h: int | None, on_overflow: str, smart_encoding: bool) -> None:
+                    none_tags, cap_h: int | None, on_overflow: str, smart_encoding: bool, language: str) -> None:
     """Create a draft campaign after checking it (its template, its limit, its zone, its audience)."""
     _bootstrap()
     from audience import Audience
@@ -108,7 +111,7 @@ def campaign_create(name: str, template: str, rate_limit: str | None, time_zone:
         raise click.ClickException(exc.reason) from None
     draft = Campaign(name=name, template=template, rate_limit=rate_limit, time_zone=time_zone,
                      audience=audience.to_json(), frequency_cap_h=cap_h, smart_encoding=smart_encoding,
-                     on_overflow=policy if allowed == 1 else f"{policy}:{allowed}")
+                     on_overflow=policy if allowed == 1 else f"{policy}:{allowed}", language=language.strip().lower())
     with connection():  # the custom attributes imports declared are placeholders too
         check_draft(draft, settings.short_url_base, settings.sms_rate_limit, labels=CREATE_OPTIONS)
         draft.save()

@@ -13,7 +13,7 @@ from errors import ConfigurationError
 
 @click.group()
 def customers() -> None:
-    """Import customers from a CSV file, export them with their consent."""
+    """Import customers from a CSV file, export them with their consent, read their replies."""
 
 
 def _parse_map(text: str | None) -> dict[str, str]:
@@ -109,3 +109,36 @@ def customers_export(output: str) -> None:
         count = export_customers(out)
     if output != "-":
         click.echo(f"{count} customers written to {output}")
+
+
+@customers.command("inbox")
+@click.argument("phone")
+def customers_inbox(phone: str) -> None:
+    """The texts PHONE sent that were not STOP or START (oldest first), the number masked."""
+    from errors import InvalidPhone
+    from inbox import inbox_for_phone
+    from models import configure_database, connection
+    from sms import mask_phone, normalize_phone
+
+    try:
+        settings = get_settings_or_fail()
+        e164 = normalize_phone(phone, settings.default_region)
+    except InvalidPhone as exc:
+        raise click.BadParameter(exc.reason, param_hint="PHONE") from None
+    configure_database(settings.database_url)
+    with connection():
+        replies = inbox_for_phone(e164)
+    if not replies:
+        click.echo(f"no replies from {mask_phone(e164)}")
+    for reply in replies:
+        who = f"customer {reply.customer_id}" if reply.customer_id is not None else "no customer"
+        click.echo(f"{reply.received_at:%Y-%m-%d %H:%M:%S} UTC  {mask_phone(e164)} ({who}): {reply.body}")
+
+
+def get_settings_or_fail():
+    from settings import get_settings
+
+    try:
+        return get_settings()
+    except ConfigurationError as exc:
+        raise click.ClickException(f"configuration error: {exc.reason}") from None

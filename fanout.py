@@ -23,9 +23,7 @@ from link_codes import unused_codes
 from models import (Campaign, CampaignStatus, Customer, MessageStatus, QRCode, database, db_datetime, is_postgres,
                     utcnow, write_transaction)
 from quiet import recipient_zone
-from rendering import check_campaign, eligibility, template_values, used_attributes
-from overflow import FitRules
-from sms import compose
+from rendering import check_campaign, compose_message, eligibility, used_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +244,7 @@ def _render_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]
                      short_url_base: str, default_time_zone: str, rules: Rules) -> list[tuple]:
     now = db_datetime(utcnow())
     rows = []
-    needs, rules_fit = used_attributes(campaign), FitRules.of(campaign)
+    needs = used_attributes(campaign)
     checked = exclusions(campaign.id, [(customer, qr_code, eligibility(customer, qr_code, default_region, needs))
                                         for customer, qr_code in batch], rules)
     codes = iter(unused_codes(sum(1 for _c, _q, (_p, skip_code, _r) in checked if not skip_code)))
@@ -259,8 +257,7 @@ def _render_outcomes(campaign: Campaign, batch: list[tuple[Customer, str | None]
                                        default_zone=default_time_zone).key
             link_code = next(codes)
             try:
-                body, length = compose(campaign.template, template_values(customer, link_code, short_url_base, needs),
-                                       rules_fit)
+                body, length = compose_message(campaign, customer, link_code, short_url_base, needs)
                 encoding, segments = length.encoding, length.segments
             except (TemplateError, MessageTooLong) as exc:
                 status, skip_code, skip_reason, link_code = MessageStatus.FAILED, exc.code, exc.reason, None

@@ -120,6 +120,8 @@ class Campaign(BaseModel):
     smart_encoding = BooleanField(null=True, default=True)
     #: A message that still does not fit: fail, transliterate or segments:N (None: fail).
     on_overflow = CharField(max_length=16, null=True)
+    #: The language of its footer (``languages.py``); None (rows from before) is English.
+    language = CharField(max_length=8, null=True, default="en")
 
     def recipient_zones(self) -> list[str]:
         """The time zones of the campaign's recipients, as far as the fan-out got."""
@@ -290,8 +292,19 @@ class Click(BaseModel):
     created_at = DateTimeField(default=utcnow)
 
 
+class InboundMessage(BaseModel):
+    """A text a number sent us that was not an opt-out or an opt-in (those are
+    ``OptOutEvent`` rows): the inbox (``inbox.py``)."""
+
+    phone_e164 = CharField(max_length=20, index=True)
+    customer = ForeignKeyField(Customer, backref="inbound_messages", null=True, on_delete="SET NULL")
+    body = TextField()
+    message_sid = CharField(max_length=40, unique=True)
+    received_at = DateTimeField(default=utcnow)
+
+
 MODELS = [Customer, CustomerTag, CustomAttribute, QRCode, Campaign, Message, CampaignAnalytics, Event, OptOutEvent, Click,
-          EarlyStatus, Suppression, Landline]
+          EarlyStatus, Suppression, Landline, InboundMessage]
 
 
 __all__ = [

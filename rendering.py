@@ -13,12 +13,14 @@ from limits import parse_many
 from peewee import CharField, TextField
 
 from errors import InvalidPhone, MessageTooLong, PermanentError, TemplateError
+import languages
 from links import SAMPLE_LINK_CODE, short_url
 from message_state import SkipReason
 from models import Campaign, CustomAttribute, Customer
 from overflow import FitRules
 from quiet import zone
-from sms import attribute_fields, compose, normalize_phone, template_fields, validate_template
+from sms import (SmsLength, append_footer, attribute_fields, compose, normalize_phone, render, template_fields,
+                 validate_template)
 
 #: The longest window a campaign's own limit may have. The dispatcher runs every half window
 #: and the sweeper waits three of them before it takes a campaign for stalled, so a longer
@@ -73,6 +75,33 @@ def used_attributes(campaign: Campaign) -> frozenset[str]:
         return frozenset()
 
 
+def compose_message(campaign: Campaign, customer: Customer, link_code: str | None, short_url_base: str,
+                    needs: frozenset[str] | None = None) -> tuple[str, SmsLength]:
+    """One customer's message exactly as it is sent (and stored): the template filled (with
+    the custom attributes it ``needs``), the footer of the campaign's language, then made to
+    fit under the campaign's rules (``overflow.py``); MessageTooLong/TemplateError as
+    ``sms.compose``."""
+    needs = used_attributes(campaign) if needs is None else needs
+    return compose(campaign.template, template_values(customer, link_code, short_url_base, needs),
+                   FitRules.of(campaign), footer=campaign_footer(campaign))
+
+
+def unfitted_message(campaign: Campaign, customer: Customer, link_code: str | None, short_url_base: str,
+                     needs: frozenset[str]) -> tuple[str, dict[str, str]]:
+    """The message before it is made to fit (for the preview, which compares the policies),
+    and the placeholders' values."""
+    values = template_values(customer, link_code, short_url_base, needs)
+    return append_footer(render(campaign.template, values), campaign_footer(campaign)), values
+
+
+def campaign_footer(campaign: Campaign) -> str:
+    """The footer of the campaign's language (PermanentError if it has none we know)."""
+    try:
+        return languages.footer(campaign.language)
+    except ValueError as exc:
+        raise PermanentError(str(exc), code="invalid_language") from None
+
+
 def eligibility(customer: Customer, qr_code: str | None, default_region: str,
                 needs: frozenset[str] = frozenset()) -> tuple[str | None, str | None, str | None]:
     """(E.164 phone, skip code, skip reason) for one customer; the code is None if eligible.
@@ -80,7 +109,6 @@ def eligibility(customer: Customer, qr_code: str | None, default_region: str,
     one of them is skipped rather than sent a message with a hole in it."""
     if not customer.sms_subscribed:
         return None, SkipReason.UNSUBSCRIBED, "customer is not subscribed to SMS"
-
     try:  # in the customer's own region when the import said it (a Paris store's "06 12 34 56 78")
         phone = normalize_phone(customer.phone, customer.region or default_region)
     except InvalidPhone as exc:
@@ -134,8 +162,8 @@ def check_draft(campaign: Campaign, short_url_base: str, global_limit: str,
     column (PostgreSQL would refuse it, SQLite keep it: the same answer on both), text that is
     not UTF-8, an empty name, a rate limit the worker cannot honour or faster than the global
     one (which every message obeys too, so it could never be reached), an unknown time zone,
-    then everything ``check_campaign`` checks. ``labels`` names the fields in the messages
-    (``{"name": "--name"}``)."""
+    a language without a table (``languages.py``), then everything ``check_campaign``
+    checks. ``labels`` names the fields in the messages (``{"name": "--name"}``)."""
     labels = labels or {}
     for field in campaign._meta.sorted_fields:
         value = getattr(campaign, field.name)
@@ -161,6 +189,9 @@ def check_draft(campaign: Campaign, short_url_base: str, global_limit: str,
     if campaign.time_zone is not None and zone(campaign.time_zone) is None:
         raise PermanentError(f"{labels.get('time_zone', 'time zone')} {campaign.time_zone!r} is not an IANA time zone "
                              "such as 'America/Chicago'", code="invalid_time_zone")
+    if campaign.language is not None and campaign.language not in languages.LANGUAGES:
+        raise PermanentError(f"{labels.get('language', 'language')} {campaign.language!r} is not one of "
+                             f"{', '.join(sorted(languages.LANGUAGES))}", code="invalid_language")
     check_campaign(campaign, short_url_base)
 
 
@@ -170,6 +201,7 @@ def check_campaign(campaign: Campaign, short_url_base: str, attributes: frozense
     import declared (read from the database when not given)."""
     if campaign.rate_limit:
         campaign_rate_limit(campaign.rate_limit)
+    footer = campaign_footer(campaign)
     if attributes is None:
         attributes = declared_attributes()
     validate_template(campaign.template, attributes)
@@ -182,6 +214,6 @@ def check_campaign(campaign: Campaign, short_url_base: str, attributes: frozense
     empty = {"first_name": "", "last_name": "", "name": "", "short_url": short_url(short_url_base, SAMPLE_LINK_CODE),
              **{name: "" for name in used}}
     try:
-        compose(campaign.template, empty, FitRules.of(campaign))
+        compose(campaign.template, empty, FitRules.of(campaign), footer=footer)
     except MessageTooLong as exc:
         raise MessageTooLong(f"the template cannot fit in one SMS even with an empty name: {exc.reason}", code=exc.code) from None

@@ -14,11 +14,11 @@ from errors import PermanentError
 from fanout import Rules, customer_batches, exclusions
 from links import new_link_code
 from models import Campaign, Message, MessageStatus, utcnow
-from rendering import check_campaign, eligibility, template_values, used_attributes
+from rendering import check_campaign, eligibility, unfitted_message, used_attributes
 from fit_report import FitTally
 from overflow import FitRules
 from prices import PriceTable
-from sms import append_footer, mask_phone, render
+from sms import mask_phone
 
 @dataclass
 class Preview:
@@ -68,9 +68,8 @@ def preview(
                 continue
             if result.template_error:
                 continue
-            values = template_values(customer, new_link_code(), short_url_base, needs)
-            outcome = tally.add(append_footer(render(campaign.template, values)), phone=phone,
-                                name=values["name"])
+            text, values = unfitted_message(campaign, customer, new_link_code(), short_url_base, needs)
+            outcome = tally.add(text, phone=phone, name=values["name"])
             if outcome is None:
                 result.too_long += 1
                 continue

@@ -23,6 +23,7 @@ ADDED_COLUMNS = (
     ("campaign", "frequency_cap_h", lambda: IntegerField(null=True)),
     ("campaign", "smart_encoding", lambda: BooleanField(null=True)),
     ("campaign", "on_overflow", lambda: CharField(max_length=16, null=True)),
+    ("campaign", "language", lambda: CharField(max_length=8, null=True)),
     ("customer", "external_ref", lambda: CharField(max_length=100, null=True)),
     ("customer", "region", lambda: CharField(max_length=2, null=True)),
     ("customer", "consent_at", lambda: DateTimeField(null=True)),

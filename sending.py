@@ -24,9 +24,8 @@ from events import record_event
 from links import new_link_code
 from message_state import SentRecord, SkipReason
 from models import CampaignStatus, Message, MessageStatus, database, utcnow
-from overflow import FitRules
-from rendering import has_values, template_values, used_attributes
-from sms import compose, mask_phone
+from rendering import compose_message, has_values, used_attributes
+from sms import mask_phone
 from smsservice import SmsBackend
 
 logger = logging.getLogger(__name__)
@@ -152,8 +151,7 @@ def send_message(
         return skipped
     try:
         link_code = new_link_code()
-        body, length = compose(campaign.template, template_values(customer, link_code, short_url_base, needs),
-                               FitRules.of(campaign))
+        body, length = compose_message(campaign, customer, link_code, short_url_base, needs)
     except (TemplateError, MessageTooLong) as exc:
         message_state.fail(message_id, MessageStatus.PENDING, code=exc.code, reason=exc.reason)
         outcome.status, outcome.detail = MessageStatus.FAILED, exc.reason

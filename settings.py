@@ -136,6 +136,10 @@ class Settings:
     #: campaign's own ``--frequency-cap`` wins.
     frequency_cap_h: int = setting(0, number(0, 8_760, "h"))
     fanout_batch_size: int = setting(500, number(1, 2_000))
+    #: The answer to HELP / INFO / AIDE when Twilio's Advanced Opt-Out does not answer them;
+    #: empty: the language's own (``languages.py``).
+    sms_help_reply: str = setting("", text("1 to 320 characters (empty: the language's own reply)",
+                                           lambda v: 0 < len(v) <= 320, optional=True))
 
     def __post_init__(self) -> None:
         if not isinstance(self.twilio_auth_token, Secret):

@@ -158,22 +158,24 @@ def render(template: str, values: Mapping[str, str]) -> str:
     return "".join(parts).replace("\r\n", "\n").replace("\r", "\n").rstrip()
 
 
-def append_footer(body: str) -> str:
-    """Always add the opt-out footer: compliance requires it even if the body mentions STOP."""
+def append_footer(body: str, footer: str = FOOTER) -> str:
+    """Always add the opt-out footer (the campaign language's, ``languages.py``; English by
+    default): compliance requires it even if the body mentions STOP."""
     body = body.rstrip()
-    return f"{body}\n{FOOTER}" if body else FOOTER
+    return f"{body}\n{footer}" if body else footer
 
 
-def compose(template: str, values: Mapping[str, str], rules: FitRules = FitRules()) -> tuple[str, SmsLength]:
-    """The exact text to send and its length; raises MessageTooLong if it cannot fit under
-    the campaign's ``rules`` (smart encoding, then one segment, transliteration or up to N
-    segments: ``overflow.py``).
+def compose(template: str, values: Mapping[str, str], rules: FitRules = FitRules(), *,
+            footer: str = FOOTER) -> tuple[str, SmsLength]:
+    """The exact text to send and its length, ``footer`` appended; raises MessageTooLong if
+    it cannot fit under the campaign's ``rules`` (smart encoding, then one segment,
+    transliteration or up to N segments: ``overflow.py``).
 
     The template is validated first (an empty one is refused) so a campaign never
-    sends the footer alone by mistake.
+    sends the footer alone by mistake. ``footer`` is measured with the rest.
     """
     validate_template(template, frozenset(values.keys() - PLACEHOLDERS))
-    return fit(append_footer(render(template, values)), rules)
+    return fit(append_footer(render(template, values), footer), rules)
 
 
 def _masked_digits(digits: str) -> str:

@@ -1,5 +1,5 @@
 """The web process: Twilio's webhooks (delivery status, inbound replies and opt-outs) and
-the customers' short links.
+the customers' short links, and the QR-code page they lead to (``qr_page.py``).
 
 Run by gunicorn as the Procfile's ``web`` process (``gunicorn 'web:create_app()'``, its
 settings in ``gunicorn.conf.py``: gevent workers). Flask is enough here: three small
@@ -20,17 +20,20 @@ update through the same broker (``actors``).
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from urllib.parse import quote, urlsplit
 
 from flask import Flask, Response, abort, g, redirect, request
 from peewee import JOIN, IntegrityError
 from twilio.request_validator import RequestValidator
+from twilio.twiml.messaging_response import MessagingResponse
 
 import consent
+import inbox
+import qr_page
 from delivery import DELIVERY_RANK, report_delivery
 from errors import InvalidPhone
+from inbound import help_reply, opt_out_action, stopped_reply
 from models import Click, Message, MessageStatus, OptOutEvent, QRCode, configure_database, database
 from settings import Settings, get_settings
 from sms import mask_phone, normalize_phone
@@ -44,9 +47,6 @@ INBOUND_PATH = "/twilio/inbound"
 #: Statuses Twilio may also report that carry nothing for the analytics: acknowledged (200)
 #: without a change, rather than answered 400 (which Twilio would log as an error).
 IGNORED_STATUSES = frozenset({"accepted", "scheduled", "read", "canceled", "receiving", "received"})
-
-STOP_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
-START_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
 
 #: Link-preview fetchers and crawlers: their visits are redirected but not counted.
 BOT_USER_AGENTS = (
@@ -62,33 +62,7 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 #: than the 4 threads it replaced.
 DB_SLOTS = 4
 
-_EDGE_PUNCTUATION = re.compile(r"^[\W_]+|[\W_]+$")
-
-
 # --------------------------------------------------------------------------- domain
-
-def opt_out_keyword(body: str | None) -> str | None:
-    """The keyword an inbound text is, if it is nothing else: case-insensitive, surrounding
-    whitespace and punctuation ignored (" Stop! " is STOP; "stop by the store" is not)."""
-    word = _EDGE_PUNCTUATION.sub("", body or "").upper()
-    return word if word in STOP_KEYWORDS or word in START_KEYWORDS else None
-
-
-def opt_out_action(body: str | None, opt_out_type: str | None) -> tuple[str | None, str | None]:
-    """("stop" | "start" | None, keyword). Twilio's ``OptOutType`` (Advanced Opt-Out) wins
-    over our own reading of the body."""
-    kind = (opt_out_type or "").strip().upper()
-    keyword = opt_out_keyword(body)
-    if kind == "STOP":
-        return "stop", keyword or "OptOutType=STOP"
-    if kind == "START":
-        return "start", keyword or "OptOutType=START"
-    if keyword in STOP_KEYWORDS:
-        return "stop", keyword
-    if keyword in START_KEYWORDS:
-        return "start", keyword
-    return None, None
-
 
 def apply_opt_out(e164: str, action: str, keyword: str | None, message_sid: str | None) -> tuple[bool, list[int]]:
     """Record the opt-out (or opt-in) carried by one inbound message: the number's consent
@@ -243,20 +217,30 @@ def create_app(settings: Settings | None = None) -> Flask:
                 refuse("inbound message", problem)
             logger.warning("inbound %s from %s: %s; recorded without it", keyword, mask_phone(sender), problem)
             sid = None
-        if action is not None:
-            try:
-                e164 = normalize_phone(sender, settings.default_region)
-            except InvalidPhone:
-                logger.warning("inbound %s from %s: not a phone number we could have texted", keyword, mask_phone(sender))
-                return twiml()
-            applied, customer_ids = apply_opt_out(e164, action, keyword, sid)
-            if not applied:
-                logger.info("inbound %s from %s: replay of %s, ignored", keyword, mask_phone(e164), sid)
-            elif not customer_ids:
-                logger.warning("inbound %s from %s: no customer has this number (recorded)", keyword, mask_phone(e164))
-            else:
-                logger.info("inbound %s from %s: %s customer(s) %s", keyword, mask_phone(e164), len(customer_ids),
-                            "unsubscribed" if action == "stop" else "resubscribed")
+        try:
+            e164 = normalize_phone(sender, settings.default_region)
+        except InvalidPhone:
+            logger.warning("inbound %s from %s: not a phone number we could have texted", keyword or "reply",
+                           mask_phone(sender))
+            return twiml()
+        answered_by_twilio = bool((request.form.get("OptOutType") or "").strip())
+        if action in (None, "help"):
+            # Kept in the inbox (a replay adds nothing); a HELP Twilio did not answer, we do.
+            kept = inbox.record_reply(e164, request.form.get("Body"), sid)
+            logger.info("inbound %s from %s: %s", keyword or "reply", mask_phone(e164), "kept" if kept else "replay, ignored")
+            if action == "help" and kept is not None and not answered_by_twilio:
+                return twiml(help_reply(e164, keyword, configured=settings.sms_help_reply))
+            return twiml()
+        applied, customer_ids = apply_opt_out(e164, action, keyword, sid)
+        if not applied:
+            logger.info("inbound %s from %s: replay of %s, ignored", keyword, mask_phone(e164), sid)
+        elif not customer_ids:
+            logger.warning("inbound %s from %s: no customer has this number (recorded)", keyword, mask_phone(e164))
+        else:
+            logger.info("inbound %s from %s: %s customer(s) %s", keyword, mask_phone(e164), len(customer_ids),
+                        "unsubscribed" if action == "stop" else "resubscribed")
+        if action == "stop" and applied and not answered_by_twilio:
+            return twiml(stopped_reply(keyword))
         return twiml()
 
     short_prefix = urlsplit(settings.short_url_base).path.rstrip("/")
@@ -275,6 +259,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             ask_metrics(campaign_id)
         return redirect(settings.qr_display_url.replace("{code}", quote(qr_code, safe="")), code=302)
 
+    qr_page.register(app, qr_display_url=settings.qr_display_url)
     return app
 
 
@@ -284,9 +269,14 @@ def refuse(what: str, problem: str):
     abort(400, problem)
 
 
-def twiml() -> Response:
-    """Empty TwiML: Twilio's Advanced Opt-Out sends the confirmation text itself."""
-    return Response(EMPTY_TWIML, 200, content_type="text/xml")
+def twiml(reply: str | None = None) -> Response:
+    """TwiML answering with ``reply``; empty without one (Twilio's opt-out handling sends
+    the confirmation of its own keywords itself)."""
+    if reply is None:
+        return Response(EMPTY_TWIML, 200, content_type="text/xml")
+    answer = MessagingResponse()
+    answer.message(reply)
+    return Response(str(answer), 200, content_type="text/xml; charset=utf-8")  # French replies are not ASCII
 
 
 _app: Flask | None = None
