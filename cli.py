@@ -81,10 +81,16 @@ def campaign() -> None:
 @click.option("--exclude-tag", "none_tags", multiple=True, type=Text(), help="Never customers with this tag.")
 @click.option("--frequency-cap", "cap_h", default=None, type=click.IntRange(0, 24 * 365),
               help="Skip numbers any campaign texted in the last this many hours (0: none).")
+@click.option("--from", "from_number", default=None, type=Text(),
+              help="Send from this number of the Twilio account, e.g. +12125550100 (default: TWILIO_FROM_NUMBER).")
+@click.option("--messaging-service", "messaging_service_sid", default=None, type=Text(),
+              help="Send through this messaging service, MG followed by 32 hex digits (default: TWILIO_MESSAGING_SERVICE_SID).")
 def campaign_create(name: str, template: str, rate_limit: str | None, time_zone: str | None, all_tags, any_tags,
-                    none_tags, cap_h: int | None) -> None:
-    """Create a draft campaign after checking it (its template, its limit, its zone, its audience)."""
+                    none_tags, cap_h: int | None, from_number: str | None, messaging_service_sid: str | None) -> None:
+    """Create a draft campaign after checking it (its template, its limit, its zone, its audience,
+    its sender)."""
     _bootstrap()
+    import senders
     from audience import Audience
     from rendering import check_draft
     from models import Campaign, connection
@@ -93,10 +99,11 @@ def campaign_create(name: str, template: str, rate_limit: str | None, time_zone:
     settings = get_settings()
     try:
         audience = Audience.parse(all_of=all_tags, any_of=any_tags, none_of=none_tags)
+        sender = senders.check(from_number=from_number, messaging_service_sid=messaging_service_sid) or settings.sender
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     draft = Campaign(name=name, template=template, rate_limit=rate_limit, time_zone=time_zone,
-                     audience=audience.to_json(), frequency_cap_h=cap_h)
+                     audience=audience.to_json(), frequency_cap_h=cap_h, **senders.columns(sender))
     check_draft(draft, settings.short_url_base, settings.sms_rate_limit, labels=CREATE_OPTIONS)
     with connection():
         draft.save()
@@ -112,6 +119,7 @@ def campaign_preview(campaign_id: int, samples: int) -> None:
     from campaigns import check_action
     from reports import preview
     from models import connection
+    from sender_check import check_sender
     from settings import get_settings
 
     settings = get_settings()
@@ -120,12 +128,15 @@ def campaign_preview(campaign_id: int, samples: int) -> None:
         result = preview(
             campaign_id, short_url_base=settings.short_url_base, default_region=settings.default_region,
             samples=samples, price_per_segment=settings.sms_segment_price, frequency_cap_h=settings.frequency_cap_h,
+            check_sender=lambda sender: check_sender(settings, sender),
         )
     click.echo(format_preview(result))
 
 
 def format_preview(result) -> str:
     lines = [f"Preview of campaign {result.campaign_id} (nothing is sent)"]
+    if result.sender_check is not None:
+        lines.append(f"  {result.sender_check.line()}")
     if result.template_error:
         lines.append(f"  TEMPLATE ERROR: {result.template_error}")
     for sample in result.samples:
@@ -146,20 +157,29 @@ def format_preview(result) -> str:
 @click.option("--at", "at", default=None, type=StartTime(),
               help="Start later: ISO time, e.g. 2026-12-01T09:00:00-05:00 (naive = UTC); not in the past (a minute ago counts as now).")
 def campaign_send(campaign_id: int, at: dt.datetime | None) -> None:
-    """Start the campaign now (or at --at); workers do the rest."""
+    """Start the campaign now (or at --at); workers do the rest. With SMS_BACKEND=twilio, a
+    sender that Twilio says it cannot send from is refused before anything starts."""
     actors = _bootstrap()
+    import senders
     from campaigns import Refused, check_action, check_send_at
     from models import connection
+    from sender_check import check_sender
+    from settings import get_settings
 
+    settings = get_settings()
     with connection():
-        check_action(campaign_id, "send")
+        draft = check_action(campaign_id, "send")
         try:
             when = None if at is None else check_send_at(at)
         except Refused as exc:
             raise click.ClickException(f"--at {exc.reason}") from None
         broker_ready(actors.broker)
+        checked = check_sender(settings, senders.of(draft)) if settings.sms_backend == "twilio" else None
+        if checked is not None and checked.known is False:
+            raise click.ClickException(f"campaign {campaign_id} not started: {checked.line()}")
         when = actors.start(campaign_id, when)
-    click.echo(f"campaign {campaign_id} " + (f"scheduled for {when:%Y-%m-%d %H:%M} UTC" if when else "started"))
+    note = f" ({checked.line()})" if checked is not None and checked.known is None else ""
+    click.echo(f"campaign {campaign_id} " + (f"scheduled for {when:%Y-%m-%d %H:%M} UTC" if when else "started") + note)
 
 
 @campaign.command("pause")

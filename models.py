@@ -115,6 +115,10 @@ class Campaign(BaseModel):
     audience = TextField(null=True)
     #: Customers whose number any campaign texted in the last this many hours are skipped.
     frequency_cap_h = IntegerField(null=True)
+    #: The campaign's sender (``senders.py``): a number, or a messaging service, at most one
+    #: set; fixed at creation, or at the start for a campaign created without one.
+    from_number = CharField(max_length=20, null=True)
+    messaging_service_sid = CharField(max_length=34, null=True)
 
     def recipient_zones(self) -> list[str]:
         """The time zones of the campaign's recipients, as far as the fan-out got."""

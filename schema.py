@@ -21,6 +21,8 @@ ADDED_COLUMNS = (
     ("campaign", "fanout_beat_at", lambda: DateTimeField(null=True)),
     ("campaign", "audience", lambda: TextField(null=True)),
     ("campaign", "frequency_cap_h", lambda: IntegerField(null=True)),
+    ("campaign", "from_number", lambda: CharField(max_length=20, null=True)),
+    ("campaign", "messaging_service_sid", lambda: CharField(max_length=34, null=True)),
     ("customer", "external_ref", lambda: CharField(max_length=100, null=True)),
     ("customer", "region", lambda: CharField(max_length=2, null=True)),
     ("customer", "consent_at", lambda: DateTimeField(null=True)),
