@@ -45,7 +45,7 @@ def check_at_twilio(client, sender: str) -> SenderCheck:
     except TwilioRestException as exc:
         if exc.status == 404 and senders.is_service(sender):
             return SenderCheck(sender, False, "no such messaging service in this account (every send would fail)")
-        return SenderCheck(sender, None, f"Twilio answered HTTP {exc.status} (code {exc.code})")
+        return SenderCheck(sender, None, f"Twilio answered HTTP {exc.status}")
     except requests.RequestException as exc:
         return SenderCheck(sender, None, f"Twilio could not be reached ({type(exc).__name__})")
     except (TwilioException, ValueError, KeyError) as exc:
