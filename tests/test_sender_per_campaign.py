@@ -5,7 +5,13 @@ workers' TWILIO_FROM_NUMBER says, for every send and every reconciliation; the p
 
 from __future__ import annotations
 
+import collections
+import os
+import signal
+
 import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
 
 import actors
 import fanout
@@ -15,9 +21,10 @@ import senders
 import sending
 from actors.services import configure_services
 from errors import MaybeSent
-from models import Campaign, CampaignStatus, Message, MessageStatus
+from bench.common import Workers, delete_namespace, namespace, wait_until, worker_env
+from models import Campaign, CampaignStatus, Message, MessageStatus, utcnow
 from smsservice import make_backend
-from tests.conftest import join_all, twilio_settings
+from tests.conftest import POSTGRES_URL, REDIS_URL, join_all, twilio_settings
 from tests.factories import TEMPLATE, make_customers
 from tests.test_cli_campaign import assert_fails, run_cli
 
@@ -263,3 +270,68 @@ def test_a_worker_restarted_with_another_default_sends_and_reconciles_from_the_c
     accepted = {m["body"]: m["sid"] for m in fake_twilio.messages}
     assert len(accepted) == 3
     assert all(message_state_rows[i].twilio_sid == accepted[message_state_rows[i].body] for i in ids)
+
+
+# ------------------------------------- acceptance 4: real workers, restarted with another default
+
+def test_real_workers_restarted_with_another_default_keep_each_campaigns_sender(postgres_db, fake_twilio, tmp_path):
+    # Given 2 x 100 customers' messages: a campaign created without a sender (it gets the
+    # default of the workers that start it: A) and one through a messaging service; the first
+    # 3 messages Twilio accepts of each lose their answer (maybe sent: looked up at Twilio
+    # once RECONCILE_AFTER_S has passed, by then after the restart)
+    make_customers(100)
+    under_a, via_service = campaign_with(None, "created under A"), campaign_with(SERVICE, "service")
+    ns = namespace("test-sender")
+    env = worker_env(fake_twilio, ns=ns, database_url=POSTGRES_URL, REDIS_URL=REDIS_URL, TWILIO_FROM_NUMBER=NUMBER_A,
+                     TWILIO_TIMEOUT_S="2", RECONCILE_AFTER_S="10", SMS_RATE_LIMIT="25/second", METRICS_DELAY_MS="200",
+                     dramatiq_worker_timeout="100")
+    broker = RedisBroker(url=REDIS_URL, namespace=ns)
+    postgres_db.close()
+    first = Workers("actors", env, str(tmp_path / "workers-a.log"), processes=1, threads=8)
+    second = None
+    try:
+        # When workers with TWILIO_FROM_NUMBER=A run both campaigns at once, are stopped mid-way
+        # (SIGTERM to the dramatiq parent), and workers with TWILIO_FROM_NUMBER=B take over
+        fake_twilio.accept_then_fail(3, "500")
+        broker.enqueue(actors.send_campaign.message(under_a))
+        assert wait_until(lambda: len(fake_twilio.messages) >= 3, 60), first.tail()  # A's three maybe sent
+        fake_twilio.accept_then_fail(3, "500")
+        broker.enqueue(actors.send_campaign.message(via_service))
+        assert wait_until(lambda: len(fake_twilio.messages) >= 40, 60), first.tail()
+        os.kill(first.proc.pid, signal.SIGTERM)  # the dramatiq parent only: an orderly shutdown
+        first.proc.wait(60)
+        postgres_db.connect()
+        stopped_at, sent_before = utcnow(), len(fake_twilio.requests)
+        assert {c.status for c in Campaign.select()} == {CampaignStatus.SENDING}
+        postgres_db.close()
+        second = Workers("actors", {**env, "TWILIO_FROM_NUMBER": NUMBER_B}, str(tmp_path / "workers-b.log"),
+                         processes=1, threads=8)
+        postgres_db.connect()
+        assert wait_until(lambda: {c.status for c in Campaign.select()} == {CampaignStatus.COMPLETED}, 120), (
+            first.tail(3000) + second.tail(3000))
+
+        # Then every message left from its campaign's sender, before and after the restart
+        rows = {m.body: m for m in Message.select()}
+        campaign_of = {body: m.campaign_id for body, m in rows.items()}
+        used = collections.Counter((campaign_of[body], frm, mg) for frm, mg, body in fake_twilio.senders_used)
+        after = collections.Counter(campaign_of[body] for _f, _m, body in fake_twilio.senders_used[sent_before:])
+        print(f"\nrequests at the fake by (campaign, From, MessagingServiceSid): {dict(used)}; "
+              f"after the restart: {dict(after)}")
+        assert used == {(under_a, NUMBER_A, None): 100, (via_service, None, SERVICE): 100}
+        assert after[under_a] > 0 and after[via_service] > 0
+        # And every customer got one message per campaign, its SID on the row
+        assert len(fake_twilio.messages) == len(rows) == 200
+        assert all(rows[m["body"]].twilio_sid == m["sid"] for m in fake_twilio.messages)
+        # And the 6 maybe-sent messages were found at Twilio by the workers whose default is B
+        found = [m for m in rows.values() if m.reason == "found at Twilio after an unanswered request"]
+        print(f"maybe sent, found at Twilio after the restart: {len(found)} "
+              f"(campaigns {sorted(collections.Counter(m.campaign_id for m in found).items())})")
+        assert len(found) == 6 and all(m.updated_at >= stopped_at for m in found)
+        assert collections.Counter(m.campaign_id for m in found)[under_a] >= 3
+        assert senders.of(Campaign.get_by_id(under_a)) == NUMBER_A
+    finally:
+        if second is not None:
+            second.stop()
+        first.stop()
+        broker.close()
+        delete_namespace(redis.Redis.from_url(REDIS_URL), ns)
