@@ -66,6 +66,7 @@ class LoadedMessage:
 _load = HotStatement("send_load", (
     'SELECT m."status", m."to_phone", m."body", m."segments", m."sending_at", m."first_attempt_at", m."attempts", '
     'c."id", c."status", c."template", c."time_zone", c."smart_encoding", c."on_overflow", '
+    'COALESCE(c."messaging_service_sid", c."from_number"), '
     'u."id", u."first_name", u."last_name", u."sms_subscribed", u."time_zone", u."attributes", q."code" '
     'FROM "message" m JOIN "campaign" c ON c."id" = m."campaign_id" '
     'LEFT OUTER JOIN "customer" u ON u."id" = m."customer_id" '
@@ -80,13 +81,14 @@ def load_for_send(message_id: int) -> LoadedMessage | None:
     if row is None:
         return None
     (status, to_phone, body, segments, sending_at, first_attempt_at, attempts, campaign_id, campaign_status, template,
-     campaign_zone, smart_encoding, on_overflow, customer_id, first_name, last_name, subscribed, customer_zone, attributes, qr_code) = row
+     campaign_zone, smart_encoding, on_overflow, campaign_sender, customer_id, first_name, last_name, subscribed,
+     customer_zone, attributes, qr_code) = row
     return LoadedMessage(
         id=message_id, status=status, to_phone=to_phone, body=body, segments=segments,
         sending_at=Message.sending_at.python_value(sending_at),
         first_attempt_at=Message.first_attempt_at.python_value(first_attempt_at), attempts=attempts or 0,
         campaign=SimpleNamespace(id=campaign_id, status=campaign_status, template=template, time_zone=campaign_zone,
-                                 smart_encoding=smart_encoding, on_overflow=on_overflow),
+                                 smart_encoding=smart_encoding, on_overflow=on_overflow, sender=campaign_sender),
         customer=None if customer_id is None else SimpleNamespace(
             id=customer_id, first_name=first_name, last_name=last_name, sms_subscribed=bool(subscribed),
             time_zone=customer_zone, attributes=attributes, qr=SimpleNamespace(code=qr_code) if qr_code else None,
@@ -175,7 +177,8 @@ def _loaded(row: message_state.Claimed) -> LoadedMessage:
     return LoadedMessage(
         id=row.id, status=MessageStatus.SENDING, to_phone=row.to_phone, body=row.body, segments=row.segments,
         sending_at=None,
-        campaign=SimpleNamespace(id=row.campaign_id, status=CampaignStatus.SENDING, time_zone=row.campaign_zone),
+        campaign=SimpleNamespace(id=row.campaign_id, status=CampaignStatus.SENDING, time_zone=row.campaign_zone,
+                                 sender=row.campaign_sender),
         customer=SimpleNamespace(id=row.customer_id, time_zone=row.customer_zone),
     )
 

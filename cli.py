@@ -87,12 +87,19 @@ def campaign() -> None:
               help="A message that does not fit one segment: fail, transliterate (ë -> e) or segments:N (2 to 10).")
 @click.option("--smart-encoding/--no-smart-encoding", default=True, show_default=True,
               help="Replace curly quotes, dashes, odd spaces and the like with their GSM-7 look-alikes.")
+@click.option("--from", "from_number", default=None, type=Text(),
+              help="Send from this number of the Twilio account, e.g. +12125550100 (default: TWILIO_FROM_NUMBER).")
+@click.option("--messaging-service", "messaging_service_sid", default=None, type=Text(),
+              help="Send through this messaging service, MG followed by 32 hex digits (default: TWILIO_MESSAGING_SERVICE_SID).")
 @click.option("--language", default="en", show_default=True, type=Text(),
               help="The language of the footer: en or fr (languages.py).")
 def campaign_create(name: str, template: str, rate_limit: str | None, time_zone: str | None, all_tags, any_tags,
-                    none_tags, cap_h: int | None, on_overflow: str, smart_encoding: bool, language: str) -> None:
-    """Create a draft campaign after checking it (its template, its limit, its zone, its audience)."""
+                    none_tags, cap_h: int | None, on_overflow: str, smart_encoding: bool, language: str,
+                    from_number: str | None, messaging_service_sid: str | None) -> None:
+    """Create a draft campaign after checking it (its template, its limit, its zone, its audience,
+    its sender)."""
     _bootstrap()
+    import senders
     from audience import Audience
     from errors import PermanentError
     from overflow import parse_overflow
@@ -103,6 +110,7 @@ def campaign_create(name: str, template: str, rate_limit: str | None, time_zone:
     settings = get_settings()
     try:
         audience = Audience.parse(all_of=all_tags, any_of=any_tags, none_of=none_tags)
+        sender = senders.check(from_number=from_number, messaging_service_sid=messaging_service_sid) or settings.sender
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     try:
@@ -111,7 +119,8 @@ def campaign_create(name: str, template: str, rate_limit: str | None, time_zone:
         raise click.ClickException(exc.reason) from None
     draft = Campaign(name=name, template=template, rate_limit=rate_limit, time_zone=time_zone,
                      audience=audience.to_json(), frequency_cap_h=cap_h, smart_encoding=smart_encoding,
-                     on_overflow=policy if allowed == 1 else f"{policy}:{allowed}", language=language.strip().lower())
+                     on_overflow=policy if allowed == 1 else f"{policy}:{allowed}", language=language.strip().lower(),
+                     **senders.columns(sender))
     with connection():  # the custom attributes imports declared are placeholders too
         check_draft(draft, settings.short_url_base, settings.sms_rate_limit, labels=CREATE_OPTIONS)
         draft.save()
@@ -128,6 +137,7 @@ def campaign_preview(campaign_id: int, samples: int) -> None:
     from reports import preview
     from models import connection
     from prices import PriceTable
+    from sender_check import check_sender
     from settings import get_settings
 
     settings = get_settings()
@@ -136,6 +146,7 @@ def campaign_preview(campaign_id: int, samples: int) -> None:
         result = preview(
             campaign_id, short_url_base=settings.short_url_base, default_region=settings.default_region,
             samples=samples, prices=PriceTable.of(settings), frequency_cap_h=settings.frequency_cap_h,
+            check_sender=lambda sender: check_sender(settings, sender),
         )
     from preview_text import format_preview
 
@@ -147,20 +158,29 @@ def campaign_preview(campaign_id: int, samples: int) -> None:
 @click.option("--at", "at", default=None, type=StartTime(),
               help="Start later: ISO time, e.g. 2026-12-01T09:00:00-05:00 (naive = UTC); not in the past (a minute ago counts as now).")
 def campaign_send(campaign_id: int, at: dt.datetime | None) -> None:
-    """Start the campaign now (or at --at); workers do the rest."""
+    """Start the campaign now (or at --at); workers do the rest. With SMS_BACKEND=twilio, a
+    sender that Twilio says it cannot send from is refused before anything starts."""
     actors = _bootstrap()
+    import senders
     from campaigns import Refused, check_action, check_send_at
     from models import connection
+    from sender_check import check_sender
+    from settings import get_settings
 
+    settings = get_settings()
     with connection():
-        check_action(campaign_id, "send")
+        draft = check_action(campaign_id, "send")
         try:
             when = None if at is None else check_send_at(at)
         except Refused as exc:
             raise click.ClickException(f"--at {exc.reason}") from None
         broker_ready(actors.broker)
+        checked = check_sender(settings, senders.of(draft)) if settings.sms_backend == "twilio" else None
+        if checked is not None and checked.known is False:
+            raise click.ClickException(f"campaign {campaign_id} not started: {checked.line()}")
         when = actors.start(campaign_id, when)
-    click.echo(f"campaign {campaign_id} " + (f"scheduled for {when:%Y-%m-%d %H:%M} UTC" if when else "started"))
+    note = f" ({checked.line()})" if checked is not None and checked.known is None else ""
+    click.echo(f"campaign {campaign_id} " + (f"scheduled for {when:%Y-%m-%d %H:%M} UTC" if when else "started") + note)
 
 
 @campaign.command("pause")

@@ -15,6 +15,7 @@ import consent
 import landlines
 from audience import Audience, recently_texted
 import message_state
+import senders
 from message_state import SkipReason
 from campaigns import fail_campaign
 from errors import MessageTooLong, PermanentError, TemplateError
@@ -45,6 +46,7 @@ def fan_out(
     on_started: Callable[[str], None] = lambda token: None,
     token: str | None = None,
     frequency_cap_h: int | None = None,
+    default_sender: str | None = None,
 ) -> FanOutResult:
     """Check the campaign, then record every customer's outcome row.
 
@@ -58,6 +60,7 @@ def fan_out(
     campaign, and rows are inserted with ON CONFLICT DO NOTHING, so running this again
     creates nothing twice. Only the campaign's audience (``audience.py``) is targeted;
     ``frequency_cap_h`` (the campaign's own, if it has one) skips numbers texted lately.
+    A campaign without a sender is given ``default_sender`` before it starts (``senders.py``).
     """
     result = FanOutResult(campaign_id)
     campaign = Campaign.get_or_none(Campaign.id == campaign_id)
@@ -83,6 +86,8 @@ def fan_out(
         result.status = CampaignStatus.FAILED
         return result
 
+    if senders.of(campaign) is None:
+        senders.fix_on_campaign(campaign_id, default_sender)
     if campaign.status == CampaignStatus.SENDING:
         started = Campaign.update(heartbeat_at=utcnow(), fanout_beat_at=utcnow()).where(
             Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING, Campaign.dispatch_token == token).execute()

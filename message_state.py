@@ -46,6 +46,8 @@ class Claimed(NamedTuple):
     customer_id: int
     campaign_zone: str | None
     customer_zone: str | None
+    #: The campaign's sender (``senders.py``), None for a campaign that has none yet.
+    campaign_sender: str | None = None
 
 
 class SentRecord(NamedTuple):
@@ -55,6 +57,11 @@ class SentRecord(NamedTuple):
     sid: str
     segments: int
     campaign_id: int | None
+
+
+#: The campaign's sender, read with the claim (a messaging service wins, as in ``senders.of``).
+_SENDER = ('(SELECT COALESCE(c."messaging_service_sid", c."from_number") FROM "campaign" c '
+           'WHERE c."id" = "message"."campaign_id")')
 
 
 class _Sql:
@@ -75,7 +82,8 @@ class _Sql:
         'AND NOT EXISTS (SELECT 1 FROM "suppression" s WHERE s."phone_e164" = "message"."to_phone") '
         'RETURNING "id", "to_phone", "body", "segments", "campaign_id", "customer_id", '
         '(SELECT c."time_zone" FROM "campaign" c WHERE c."id" = "message"."campaign_id"), '
-        '(SELECT u."time_zone" FROM "customer" u WHERE u."id" = "message"."customer_id")'
+        '(SELECT u."time_zone" FROM "customer" u WHERE u."id" = "message"."customer_id"), '
+        + _SENDER
     ))
     #: ``claim_rendered`` for many messages at once (PostgreSQL), ids and deferrals as
     #: arrays. Only the id may lead to the rows, whatever the statistics say (a new
@@ -92,7 +100,8 @@ class _Sql:
         'AND NOT EXISTS (SELECT 1 FROM "suppression" s WHERE s."phone_e164" = "message"."to_phone") '
         'RETURNING "id", "to_phone", "body", "segments", "campaign_id", "customer_id", '
         '(SELECT c."time_zone" FROM "campaign" c WHERE c."id" = "message"."campaign_id"), '
-        '(SELECT u."time_zone" FROM "customer" u WHERE u."id" = "message"."customer_id")'
+        '(SELECT u."time_zone" FROM "customer" u WHERE u."id" = "message"."customer_id"), '
+        + _SENDER
     ))
     #: Claims a message rendered at the send (rows of earlier versions), writing its text.
     claim_rendering = HotStatement("send_claim", (

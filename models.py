@@ -122,6 +122,10 @@ class Campaign(BaseModel):
     on_overflow = CharField(max_length=16, null=True)
     #: The language of its footer (``languages.py``); None (rows from before) is English.
     language = CharField(max_length=8, null=True, default="en")
+    #: The campaign's sender (``senders.py``): a number, or a messaging service, at most one
+    #: set; fixed at creation, or at the start for a campaign created without one.
+    from_number = CharField(max_length=20, null=True)
+    messaging_service_sid = CharField(max_length=34, null=True)
 
     def recipient_zones(self) -> list[str]:
         """The time zones of the campaign's recipients, as far as the fan-out got."""

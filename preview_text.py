@@ -7,6 +7,8 @@ from reports import Preview
 
 def format_preview(result: Preview) -> str:
     lines = [f"Preview of campaign {result.campaign_id} (nothing is sent)"]
+    if result.sender_check is not None:
+        lines.append(f"  {result.sender_check.line()}")
     if result.template_error:
         lines.append(f"  TEMPLATE ERROR: {result.template_error}")
     for sample in result.samples:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from peewee import fn
 
+import senders
 from analytics import database_counts
 from audience import Audience
 from errors import PermanentError
@@ -34,6 +36,9 @@ class Preview:
     template_error: str | None = None
     #: Length by policy, changes, who would fail, cost by country (``fit_report.py``).
     fit: FitTally | None = None
+    #: The campaign's sender, and what Twilio said of it (a ``sender_check.SenderCheck``).
+    sender: str | None = None
+    sender_check: Any = None
 
     @property
     def estimated_cost(self) -> float:
@@ -45,13 +50,17 @@ def preview(
     campaign_id: int, *, short_url_base: str, default_region: str = "US", samples: int = 3,
     price_per_segment: float = 0.0, batch_size: int = 1000, frequency_cap_h: int | None = None,
     prices: PriceTable | None = None,
+    check_sender: Callable[[str | None], Any] | None = None,
 ) -> Preview:
     """A dry run: render the campaign for its whole audience, sending nothing and writing
     nothing. Sample messages are exactly what would go out, with a link code made for the
     preview (the fan-out gives each message its own). ``prices`` by country (else
-    ``price_per_segment`` for every country)."""
+    ``price_per_segment`` for every country); ``check_sender(sender)`` asks Twilio whether
+    it knows the campaign's sender (``sender_check.check_sender``)."""
     campaign = Campaign.get_by_id(campaign_id)
-    result = Preview(campaign_id, samples=[], price_per_segment=price_per_segment)
+    result = Preview(campaign_id, samples=[], price_per_segment=price_per_segment, sender=senders.of(campaign))
+    if check_sender is not None:
+        result.sender_check = check_sender(result.sender)
     prices = prices or PriceTable(us=price_per_segment, others={"*": price_per_segment})
     result.fit = tally = FitTally(FitRules.of(campaign), prices)
     try:

@@ -24,6 +24,8 @@ ADDED_COLUMNS = (
     ("campaign", "smart_encoding", lambda: BooleanField(null=True)),
     ("campaign", "on_overflow", lambda: CharField(max_length=16, null=True)),
     ("campaign", "language", lambda: CharField(max_length=8, null=True)),
+    ("campaign", "from_number", lambda: CharField(max_length=20, null=True)),
+    ("campaign", "messaging_service_sid", lambda: CharField(max_length=34, null=True)),
     ("customer", "external_ref", lambda: CharField(max_length=100, null=True)),
     ("customer", "region", lambda: CharField(max_length=2, null=True)),
     ("customer", "consent_at", lambda: DateTimeField(null=True)),

@@ -17,6 +17,7 @@ from peewee import DataError, IntegrityError
 import consent
 import landlines
 import message_state
+import senders
 from batching import Combiner
 from claims import BatchSlots, LoadedMessage, QuietNow, QuietPolicy, claim_rendered, load_for_send
 from errors import MaybeSent, MessageTooLong, PermanentError, RecipientOptedOut, SenderError, TemplateError, TransientError
@@ -88,6 +89,7 @@ class _How:
     quiet: QuietPolicy | None
     record_sent: Callable[[SentRecord], None] | None
     max_attempts: int
+    default_sender: str | None = None
 
 
 def send_message(
@@ -101,6 +103,7 @@ def send_message(
     quiet: QuietPolicy | None = None,
     record_sent: Callable[[SentRecord], None] | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    default_sender: str | None = None,
 ) -> SendOutcome:
     """Check, claim, send and record one message: the spec's sequence.
 
@@ -123,8 +126,11 @@ def send_message(
 
     A message that has cost ``max_attempts`` claims and lookups and that Twilio still does
     not list is recorded failed (``unknown_outcome``), so that its campaign can complete.
+
+    Every send and lookup uses the campaign's sender, read with the message; a campaign
+    that has none yet is given ``default_sender`` (this worker's setting) once, on its row.
     """
-    how = _How(backend, acquire_slot, reconcile_after_s, quiet, record_sent, max_attempts)
+    how = _How(backend, acquire_slot, reconcile_after_s, quiet, record_sent, max_attempts, default_sender)
     message, first = claim_rendered(message_id, deferrals, acquire_slot, quiet)
     if message is not None:
         outcome = SendOutcome(message_id, MessageStatus.SENDING, campaign_id=message.campaign.id)
@@ -221,7 +227,7 @@ def _send_claimed(message, body, segments, outcome: SendOutcome, how: _How, firs
             message_state.put_back(message_id, queued_at=getattr(exc, "queued_at", utcnow()), undo_attempt=True)
             raise
     try:
-        sent = how.backend.send(to=message.to_phone, body=body)
+        sent = how.backend.send(to=message.to_phone, body=body, sender=_sender(message, how))
     except RecipientOptedOut as exc:
         message_state.fail(message_id, MessageStatus.SENDING, code=exc.code, reason=exc.reason)
         consent.opt_out(message.to_phone, source=consent.Source.TWILIO_21610, reason=exc.reason)
@@ -257,6 +263,15 @@ def _send_claimed(message, body, segments, outcome: SendOutcome, how: _How, firs
     return outcome
 
 
+def _sender(message, how: _How) -> str | None:
+    """The campaign's sender; one that has none (created before senders were per campaign)
+    gets this worker's default, fixed on its row for every later message."""
+    sender = message.campaign.sender
+    if sender is None and how.default_sender is not None:
+        sender = message.campaign.sender = senders.fix_on_campaign(message.campaign.id, how.default_sender)
+    return sender
+
+
 def _reconcile(message, outcome: SendOutcome, how: _How) -> SendOutcome:
     """A message left in ``sending``: if it is old enough that no worker can still be
     waiting for Twilio, look it up there; record it sent if found, else send it again."""
@@ -275,7 +290,7 @@ def _reconcile(message, outcome: SendOutcome, how: _How) -> SendOutcome:
         return outcome
     since = first_attempt_at - dt.timedelta(minutes=1)
     try:
-        found = how.backend.find_sent(to=message.to_phone, body=message.body, since=since)
+        found = how.backend.find_sent(to=message.to_phone, body=message.body, since=since, sender=_sender(message, how))
     except TransientError as exc:
         message_state.undo_take(message.id, taken_at)
         # The next take must wait for the guard this one set.

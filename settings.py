@@ -156,6 +156,12 @@ class Settings:
             return {"messaging_service_sid": self.twilio_messaging_service_sid}
         return {"from_": self.twilio_from_number}
 
+    @property
+    def sender(self) -> str | None:
+        """The default sender of a new campaign (``senders.py``): a messaging service wins
+        over a number; None when neither is set."""
+        return self.twilio_messaging_service_sid or self.twilio_from_number or None
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env

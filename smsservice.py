@@ -16,6 +16,7 @@ from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioS
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
+import senders
 from errors import MaybeSent, PermanentError, RecipientOptedOut, SenderError, TransientError
 from settings import Settings
 from segments import measure
@@ -103,10 +104,12 @@ class SendResult:
 
 
 class SmsBackend(Protocol):
-    def send(self, *, to: str, body: str) -> SendResult: ...
+    """``sender`` is the campaign's (``senders.py``); None means the backend's own default."""
 
-    def find_sent(self, *, to: str, body: str, since: dt.datetime) -> SendResult | None:
-        """The message with this body sent to ``to`` since ``since`` (naive UTC), if any."""
+    def send(self, *, to: str, body: str, sender: str | None = None) -> SendResult: ...
+
+    def find_sent(self, *, to: str, body: str, since: dt.datetime, sender: str | None = None) -> SendResult | None:
+        """The message with this body sent to ``to`` from ``sender`` since ``since`` (naive UTC), if any."""
 
 
 class TwilioBackend:
@@ -117,10 +120,13 @@ class TwilioBackend:
         self.sender = sender
         self.status_callback_url = status_callback_url or None
 
-    def send(self, *, to: str, body: str) -> SendResult:
+    def _fields(self, sender: str | None) -> dict[str, str]:
+        return self.sender if sender is None else senders.twilio_fields(sender)
+
+    def send(self, *, to: str, body: str, sender: str | None = None) -> SendResult:
         try:
             message = self.client.messages.create(
-                to=to, body=body, status_callback=self.status_callback_url, **self.sender
+                to=to, body=body, status_callback=self.status_callback_url, **self._fields(sender)
             )
         except TwilioRestException as exc:
             raise classify_twilio_error(exc.status, exc.code, exc.msg) from None
@@ -133,14 +139,16 @@ class TwilioBackend:
             raise MaybeSent(f"unreadable answer from Twilio ({type(exc).__name__})", code="bad_response") from None
         return _result(message)
 
-    def find_sent(self, *, to: str, body: str, since: dt.datetime) -> SendResult | None:
-        """The newest 50 messages to ``to`` are searched for one from this sender with this
-        body (unique: it carries the message's own short link) created since ``since``."""
+    def find_sent(self, *, to: str, body: str, since: dt.datetime, sender: str | None = None) -> SendResult | None:
+        """The newest 50 messages to ``to`` are searched for one from ``sender`` (the
+        campaign's; else this backend's) with this body (unique: it carries the message's
+        own short link) created since ``since``."""
         since_utc = since.replace(tzinfo=dt.timezone.utc)
+        fields = self._fields(sender)
         try:
             for message in self.client.messages.list(to=to, limit=50, page_size=50):
                 created = message.date_created
-                if message.body == body and self._from_this_sender(message) and (created is None or created >= since_utc):
+                if message.body == body and _from_sender(message, fields) and (created is None or created >= since_utc):
                     return _result(message)
         except TwilioRestException as exc:
             raise TransientError(f"could not list messages at Twilio (HTTP {exc.status})", code="lookup_failed") from None
@@ -155,10 +163,10 @@ class TwilioBackend:
         return None
 
 
-    def _from_this_sender(self, message) -> bool:
-        if "messaging_service_sid" in self.sender:
-            return message.messaging_service_sid == self.sender["messaging_service_sid"]
-        return message.from_ == self.sender.get("from_")
+def _from_sender(message, fields: dict[str, str]) -> bool:
+    if "messaging_service_sid" in fields:
+        return message.messaging_service_sid == fields["messaging_service_sid"]
+    return message.from_ == fields.get("from_")
 
 
 def _result(message) -> SendResult:
@@ -172,13 +180,13 @@ class ConsoleBackend:
     def __init__(self, stream=None) -> None:
         self.stream = stream
 
-    def send(self, *, to: str, body: str) -> SendResult:
+    def send(self, *, to: str, body: str, sender: str | None = None) -> SendResult:
         length = measure(body)
         first_line = body.splitlines()[0] if body else ""
         print(f"[console sms] to {mask_phone(to)} ({length.encoding}, {length.units} units): {first_line}", file=self.stream, flush=True)
         return SendResult(sid="CO" + uuid.uuid4().hex, status="sent", segments=length.segments)
 
-    def find_sent(self, *, to: str, body: str, since: dt.datetime) -> SendResult | None:
+    def find_sent(self, *, to: str, body: str, since: dt.datetime, sender: str | None = None) -> SendResult | None:
         return None
 
 
@@ -191,10 +199,10 @@ class NullBackend:
         self._prefix = "NU" + uuid.uuid4().hex[:16]
         self._serial = itertools.count()
 
-    def send(self, *, to: str, body: str) -> SendResult:
+    def send(self, *, to: str, body: str, sender: str | None = None) -> SendResult:
         return SendResult(sid=f"{self._prefix}{next(self._serial):016x}", status="sent", segments=None)
 
-    def find_sent(self, *, to: str, body: str, since: dt.datetime) -> SendResult | None:
+    def find_sent(self, *, to: str, body: str, since: dt.datetime, sender: str | None = None) -> SendResult | None:
         return None
 
 
@@ -204,6 +212,7 @@ def make_twilio_client(settings: Settings) -> Client:
     client = Client(settings.twilio_account_sid, settings.twilio_auth_token.reveal(), http_client=http_client)
     if settings.twilio_api_base_url:
         client.api.base_url = settings.twilio_api_base_url.rstrip("/")
+        client.messaging.base_url = client.api.base_url  # the sender check's messaging services
         # The client sizes its pool for https only; a local http fake needs the same.
         http_client.session.mount("http://", HTTPAdapter(pool_maxsize=32))
         # TWILIO_EDGE / TWILIO_REGION would rewrite the local host into *.twilio.com.

@@ -46,6 +46,7 @@ def send_campaign(campaign_id: int, token: str | None = None) -> None:
         default_time_zone=services.default_time_zone,
         batch_size=services.fanout_batch_size,
         frequency_cap_h=services.frequency_cap_h,
+        default_sender=services.default_sender,
         on_started=lambda started: dispatch_campaign.send(campaign_id, started),
         token=token,
     )

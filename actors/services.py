@@ -35,6 +35,8 @@ class Services:
     sent_records: WriteBehind[SentRecord]
     #: FREQUENCY_CAP_H: numbers texted by another campaign this recently are skipped.
     frequency_cap_h: int = 0
+    #: The sender given to a campaign that has none when it starts (``senders.py``).
+    default_sender: str | None = None
 
 
 _services: Services | None = None
@@ -56,6 +58,7 @@ def get_services() -> Services:
             default_time_zone=settings.default_time_zone,
             fanout_batch_size=settings.fanout_batch_size,
             frequency_cap_h=settings.frequency_cap_h,
+            default_sender=settings.sender,
             sms_rate_limit=settings.sms_rate_limit,
             reconcile_after_s=settings.reconcile_after_s,
             requeue_after_s=settings.requeue_after_s,

@@ -34,6 +34,8 @@ API = "2010-04-01"
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _MESSAGES = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages\.json$")
 _MESSAGE = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages/([^/]+)\.json$")
+_NUMBERS = re.compile(r"^/2010-04-01/Accounts/([^/]+)/IncomingPhoneNumbers\.json$")
+_SERVICE = re.compile(r"^/v1/Services/([^/]+)$")  # the Messaging domain (messaging.twilio.com)
 
 # Default texts for error codes tests inject. None of them echo the phone
 # number, so assertions on logs/exceptions never depend on (or leak) PII.
@@ -272,6 +274,9 @@ class FakeTwilio:
             self._hang: dict[str, float] = {}
             self._list_faults: collections.deque[tuple[str, float]] = collections.deque()
             self._list_lag_s = 0.0
+            self._numbers: dict[str, bool] | None = None  # None: any number is the account's
+            self._services: set[str] | None = None  # None: any messaging service exists
+            self._sender_check_fault: str | None = None
             self._rng = random.Random(self._seed)
             self.latency_s = self._default_latency
 
@@ -347,6 +352,31 @@ class FakeTwilio:
             for m in self._messages:
                 m["accepted_at"] -= seconds
 
+    def set_account_numbers(self, numbers: dict[str, bool] | list[str] | None) -> None:
+        """The account's IncomingPhoneNumbers (number -> SMS-capable; a list: all capable).
+        Once set, a create from any other ``From`` is refused with 21606, as Twilio does;
+        None (the default) takes every number for the account's."""
+        with self._lock:
+            self._numbers = None if numbers is None else (
+                dict(numbers) if isinstance(numbers, dict) else {n: True for n in numbers})
+
+    def set_messaging_services(self, sids: list[str] | None) -> None:
+        """The account's messaging services (fetching another is a 404); None: all exist."""
+        with self._lock:
+            self._services = None if sids is None else set(sids)
+
+    def fail_sender_checks(self, mode: str | None) -> None:
+        """The number list and the service fetch answer ``"500"`` or hold ``"slow"`` (2 s,
+        longer than a short client timeout); None clears."""
+        with self._lock:
+            self._sender_check_fault = mode
+
+    @property
+    def senders_used(self) -> list[tuple[str | None, str | None, str]]:
+        """(From, MessagingServiceSid, Body) of every create request, in arrival order."""
+        with self._lock:
+            return [(r["from"], r["messaging_service_sid"], r["body"]) for r in self._requests]
+
     def accepted(self, to: str) -> bool:
         with self._lock:
             return any(m["to"] == to for m in self._messages)
@@ -355,6 +385,9 @@ class FakeTwilio:
     def _handle(self, method: str, raw_path: str, headers, body: bytes) -> _Reply:
         parts = urlsplit(raw_path)
         m_list, m_one = _MESSAGES.match(parts.path), _MESSAGE.match(parts.path)
+        m_numbers, m_service = _NUMBERS.match(parts.path), _SERVICE.match(parts.path)
+        if (m_numbers or m_service) and method == "GET":
+            return self._sender_lookup(m_numbers, m_service, headers, parse_qs(parts.query))
         if m_list and method == "POST":
             return self._create(m_list.group(1), headers, body)
         if m_list and method == "GET":
@@ -418,6 +451,8 @@ class FakeTwilio:
             elif self._fail_all is not None:
                 code, status, msg = self._fail_all
                 rejection = (status, code, msg)
+            elif f.get("From") and self._numbers is not None and not self._numbers.get(f["From"]):
+                rejection = (400, 21606, None)
             elif to in self._fail_numbers:
                 code, status, msg = self._fail_numbers[to]
                 rejection = (status, code, msg)
@@ -454,10 +489,40 @@ class FakeTwilio:
             self._requests.append({
                 "to": to, "body": text, "http_status": status, "code": code,
                 "at": now, "outcome": outcome, "sid": sid,
+                "from": f.get("From") or None, "messaging_service_sid": f.get("MessagingServiceSid") or None,
             })
         if self.latency_s > 0 or hang_s > 0:
             time.sleep(self.latency_s + hang_s)
         return _Reply(status or 0, payload, extra, drop)
+
+    def _sender_lookup(self, m_numbers, m_service, headers, q: dict) -> _Reply:
+        """``incoming_phone_numbers.list(phone_number=)`` and ``messaging.v1.services(sid).fetch()``."""
+        if not self._authorized(headers, m_numbers.group(1) if m_numbers else self.account_sid):
+            return _Reply(401, _error(401, 20003))
+        with self._lock:
+            fault, numbers, services = self._sender_check_fault, self._numbers, self._services
+        if fault == "500":
+            return _Reply(500, _error(500, 20500))
+        if fault == "slow":
+            time.sleep(2.0)
+        if m_service:
+            sid = m_service.group(1)
+            if services is not None and sid not in services:
+                return _Reply(404, _error(404, 20404, f"The requested resource /Services/{sid} was not found"))
+            return _Reply(200, {"sid": sid, "account_sid": self.account_sid, "friendly_name": "fake service",
+                                "url": f"https://messaging.twilio.com/v1/Services/{sid}", "links": {}})
+        wanted = (q.get("PhoneNumber") or [""])[0]
+        if numbers is None:
+            found = {wanted: True} if E164.match(wanted) else {}
+        else:
+            found = {n: sms for n, sms in numbers.items() if not wanted or n == wanted}
+        items = [{"sid": "PN" + uuid.uuid5(uuid.NAMESPACE_URL, n).hex, "account_sid": self.account_sid,
+                  "phone_number": n, "friendly_name": n,
+                  "capabilities": {"sms": sms, "mms": False, "voice": True, "fax": False}} for n, sms in found.items()]
+        path = m_numbers.group(0)
+        return _Reply(200, {"incoming_phone_numbers": items, "start": 0, "end": max(len(items) - 1, 0),
+                            "page": 0, "page_size": 50, "first_page_uri": path, "next_page_uri": None,
+                            "previous_page_uri": None, "uri": path})
 
     def _resource(self, m: dict) -> dict:
         """A Message resource as the 2010 API returns it (status stays 'queued')."""
