@@ -186,10 +186,12 @@ def test_status_report_gives_rate_eta_and_progress(sqlite_db):
     campaign_id = make_campaign()
     fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
     now = campaigns.utcnow()
+    Campaign.update(started_at=now - dt.timedelta(seconds=600)).where(Campaign.id == campaign_id).execute()
     first_four = [m.id for m in Message.select().order_by(Message.id).limit(4)]
     Message.update(status=MessageStatus.SENT, sent_at=now - dt.timedelta(seconds=60)).where(Message.id.in_(first_four)).execute()
 
-    report = reports.status_report(campaign_id, now=now, rate_window_s=300)
+    # (a campaign older than the window: its rate is the window's 4 sends over 300 s)
+    report = campaigns.status_report(campaign_id, now=now, rate_window_s=300)
 
     assert (report["sent"], report["pending"], report["targeted"]) == (4, 6, 10)
     assert report["rate_per_minute"] == 0.8 and report["eta_seconds"] == 450
