@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 import time
 
 import click
@@ -239,7 +240,7 @@ def campaign_status(campaign_id: int, watch: bool, interval: float, as_json: boo
         first = report()
         click.echo(json.dumps(first, indent=2) if as_json else format_status(first))
         return
-    screen = Screen(click.get_text_stream("stdout"), terminal=False if as_json else None)
+    screen = Screen(sys.stdout, terminal=False if as_json else None)
     with cli_logging.held():
         try:
             while True:
