@@ -144,7 +144,8 @@ def _recent_sent_at(campaign_id: int, now: dt.datetime, window_s: float) -> list
     since = now - dt.timedelta(seconds=window_s)
     query = (
         Message.select(Message.sent_at)
-        .where(Message.campaign == campaign_id, Message.sent_at.is_null(False), Message.sent_at >= since)
+        .where(Message.campaign == campaign_id, Message.sent_at.is_null(False), Message.sent_at >= since,
+               Message.sent_at <= now)
         .order_by(Message.sent_at.desc()).limit(progress.ENOUGH_SENDS).tuples()
     )
     return [sent_at for (sent_at,) in query]

@@ -4,9 +4,10 @@ allow, and the time left to finish.
 
 - **The window**: the most recent sends, back to whichever comes first of ``enough``
   sends (a fast campaign: 200 sends at 50/second is the last 4 s), ``max_window_s`` (a slow
-  one: 5 minutes), or the campaign's start (a young one is not averaged over time it did
-  not exist). The window always ends now, so a campaign that stopped sending sees its rate
-  fall instead of keeping the last burst's.
+  one: 5 minutes), or the campaign's first send (a young one is not averaged over time it
+  did not exist, nor over its start-up before the first send). It starts at the oldest
+  send it keeps and always ends now, so a campaign that stopped sending sees its rate fall
+  instead of keeping the last burst's.
 - **The ETA**: the rows that can go now at the measured rate (never above what the limits
   allow; the limits' own rate until a rate is measured), then each quiet-hours hold joins
   the line at the time its window ends. Holds that would begin later (a zone that enters
@@ -60,10 +61,14 @@ def measured_rate(
     floor = now - dt.timedelta(seconds=max_window_s)
     if started_at is not None and started_at > floor:
         floor = started_at
-    times = [t for t in recent_sent_at[:enough] if floor <= t <= now]
-    if len(times) >= enough:
-        # Cut at the oldest of the ``enough``: the sends after it, over the time since it.
-        start, sends = times[enough - 1], enough - 1
+    # A send stamped after ``now`` (written while the report was read, or by a host whose
+    # clock is a little ahead) is a send of now: dropping it would shrink the measure.
+    times = [min(t, now) for t in recent_sent_at[:enough] if t >= floor]
+    if len(times) >= 2:
+        # From the oldest send kept (the ``enough``-th most recent, or the first of a young
+        # campaign, whose ramp-up before it is not its speed): the sends after it, over the
+        # time since it.
+        start, sends = times[-1], len(times) - 1
     else:
         start, sends = floor, len(times)
     window_s = (now - start).total_seconds()

@@ -50,16 +50,29 @@ def test_a_fast_campaign_is_measured_over_its_last_sends_not_five_minutes():
     assert rate.per_s == pytest.approx(50.0, rel=0.02)
 
 
-def test_a_young_campaign_is_measured_over_its_age():
-    # Given a campaign started 10 s ago that sent 40 at 5 a second (the first 2 s idle)
+def test_a_young_campaign_is_measured_from_its_first_send():
+    # Given a campaign started 10 s ago whose first send came 2 s later, 40 sends at 5 a second
     now = T0
     recent = sends(now, 40, 5.0)
 
     # When the rate is measured
     rate = progress.measured_rate(recent, now=now, started_at=now - dt.timedelta(seconds=10))
 
-    # Then the window is its 10 s of age, not 5 minutes (which would say 0.13/s)
-    assert rate.window_s == 10.0 and rate.sends == 40 and rate.per_s == pytest.approx(4.0)
+    # Then the window starts at its first send (7.8 s ago), not 5 minutes ago (which would
+    # say 0.13/s) nor at its start (4/s): 39 sends after the first, 5/s
+    assert rate.window_s == pytest.approx(7.8) and rate.sends == 39 and rate.per_s == pytest.approx(5.0)
+
+
+def test_a_send_stamped_after_now_counts_as_now():
+    # Given 200 sends at 50/s, the newest 10 stamped just after "now" (written meanwhile)
+    now = T0
+    recent = sends(now + dt.timedelta(seconds=0.2), 200, 50.0)
+
+    # When the rate is measured
+    rate = progress.measured_rate(recent, now=now, started_at=now - dt.timedelta(seconds=60))
+
+    # Then they still count: the rate stays about 50/s instead of falling to the age's
+    assert rate.sends == 199 and rate.per_s == pytest.approx(50 * 199 / 188, rel=0.01)
 
 
 def test_a_slow_campaign_is_measured_over_at_most_five_minutes():
