@@ -135,7 +135,7 @@ def _hold(name: str, rows: int, until: dt.datetime, now: dt.datetime, *, local: 
     until_local = until.replace(tzinfo=dt.timezone.utc).astimezone(zone(name)) if local and zone(name) else None
     return {"zone": name, "rows": rows, "until_utc": _iso(until),
             "until_local": until_local.strftime("%H:%M") if until_local else None,
-            "seconds_left": max(0.0, (until - now).total_seconds())}
+            "seconds_left": round(max(0.0, (until - now).total_seconds()), 1)}
 
 
 def _recent_sent_at(campaign_id: int, now: dt.datetime, window_s: float) -> list[dt.datetime]:
