@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
+import campaign_status
 import message_state
 from errors import CampaignError
 from events import record_event
@@ -276,3 +277,10 @@ def is_sending(campaign_id: int | None) -> bool:
     return campaign_id is not None and Campaign.select().where(
         Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING
     ).exists()
+
+
+def status_report(campaign_id: int, **options) -> dict:
+    """The campaign's live status as plain data: counts, rate, ETA, quiet-hours holds, start
+    time, delivery and clicks (``campaign_status.status_report``, which takes ``now``,
+    ``settings`` and ``rate_window_s``)."""
+    return campaign_status.status_report(campaign_id, **options)

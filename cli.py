@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 import time
 
 import click
@@ -24,7 +25,9 @@ def _bootstrap():
     """Import the broker setup (and with it the settings) only when a command runs; a bad
     setting is a ConfigurationError, which the group shows as one line."""
     import actors
+    import cli_logging
 
+    cli_logging.configure()
     return actors
 
 
@@ -238,45 +241,37 @@ def campaign_cancel(campaign_id: int) -> None:
 
 @campaign.command("status")
 @click.argument("campaign_id", type=CAMPAIGN_ID)
-@click.option("--watch", is_flag=True, help="Refresh every --interval seconds until the campaign finishes.")
+@click.option("--watch", is_flag=True, help="Refresh every --interval seconds until the campaign finishes (redrawn in place on a terminal).")
 @click.option("--interval", default=2.0, show_default=True, type=Seconds(0.1, 3600))
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON (with --watch: one object a line).")
 def campaign_status(campaign_id: int, watch: bool, interval: float, as_json: bool) -> None:
-    """Sent, failed, skipped, pending, delivered, rate, ETA and a progress bar."""
+    """Sent, delivered, failed and skipped by reason, pending, quiet-hours holds, rate, ETA, clicks."""
     _bootstrap()
-    from campaigns import check_action
-    from reports import status_report
+    import cli_logging
+    from campaigns import check_action, status_report
     from models import CampaignStatus, connection
+    from status_screen import Screen, format_status
 
-    while True:
+    def report() -> dict:
         with connection():
             check_action(campaign_id, "status")
-            report = status_report(campaign_id)
-        if as_json:
-            click.echo(json.dumps(report, indent=2))
-        else:
-            if watch:
-                click.clear()
-            click.echo(format_status(report))
-        if not watch or report["status"] in CampaignStatus.FINISHED:
-            return
-        time.sleep(interval)
+            return status_report(campaign_id)
 
-
-def format_status(r: dict) -> str:
-    eta = "-" if r["eta_seconds"] is None else str(dt.timedelta(seconds=r["eta_seconds"]))
-    lines = [
-        f"Campaign {r['campaign_id']} {r['name']!r}: {r['status']}" + (f" ({r['status_reason']})" if r["status_reason"] else ""),
-        f"  {r['progress']}",
-        f"  sent {r['sent']}  delivered {r['delivered']}  failed {r['failed']}  skipped {r['skipped']}  "
-        f"cancelled {r['cancelled']}  pending {r['pending']}",
-        f"  rate {r['rate_per_minute']}/min  ETA {eta}",
-    ]
-    if r.get("audience"):
-        lines.insert(1, f"  audience: {r['audience']} ({r['targeted']} targeted)")
-    if r.get("skipped_by_reason"):
-        lines.append("  skipped: " + ", ".join(f"{reason} {count}" for reason, count in r["skipped_by_reason"].items()))
-    return "\n".join(lines)
+    if not watch:
+        first = report()
+        click.echo(json.dumps(first, indent=2) if as_json else format_status(first))
+        return
+    screen = Screen(sys.stdout, terminal=False if as_json else None)
+    with cli_logging.held():
+        try:
+            while True:
+                current = report()
+                screen.show(json.dumps(current) if as_json else format_status(current))
+                if current["status"] in CampaignStatus.FINISHED:
+                    return
+                time.sleep(interval)
+        finally:
+            screen.close()
 
 
 @main.command()

@@ -1,26 +1,23 @@
-"""What an operator reads: the preview of a draft (a dry run of the fan-out) and the live
-status of a running campaign."""
+"""What an operator reads before sending: the preview of a draft (a dry run of the fan-out).
+The live status of a running campaign is ``campaign_status.py``."""
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from peewee import fn
-
 import senders
-from analytics import database_counts
 from audience import Audience
 from errors import PermanentError
 from fanout import Rules, customer_batches, exclusions
 from links import new_link_code
-from models import Campaign, Message, MessageStatus, utcnow
+from models import Campaign
 from rendering import check_campaign, eligibility, unfitted_message, used_attributes
 from fit_report import FitTally
 from overflow import FitRules
 from prices import PriceTable
 from sms import mask_phone
+
 
 @dataclass
 class Preview:
@@ -90,40 +87,3 @@ def preview(
                 result.samples.append({"to": mask_phone(phone), "body": body, "encoding": length.encoding,
                                        "units": length.units, "segments": length.segments})
     return result
-
-
-def status_report(campaign_id: int, *, now: dt.datetime | None = None, rate_window_s: int = 300) -> dict:
-    """Live figures for an operator: counts straight from the rows, the recent sending
-    rate, an ETA and a progress bar."""
-    now = now or utcnow()
-    campaign = Campaign.get_by_id(campaign_id)
-    counts = {status: 0 for status in MessageStatus.ALL}
-    counts.update(database_counts(campaign_id))
-    delivered = Message.select().where(Message.campaign == campaign_id, Message.delivery_status == "delivered").count()
-    recent = Message.select().where(
-        Message.campaign == campaign_id, Message.status == MessageStatus.SENT,
-        Message.sent_at >= now - dt.timedelta(seconds=rate_window_s),
-    ).count()
-    total = sum(counts.values())
-    pending = counts[MessageStatus.PENDING] + counts[MessageStatus.SENDING]
-    done = total - pending
-    rate_per_min = recent * 60 / rate_window_s
-    eta_s = pending / rate_per_min * 60 if rate_per_min and pending else (0 if not pending else None)
-    width = 30
-    filled = int(width * done / total) if total else 0
-    skipped_by_reason = dict(
-        Message.select(Message.error_code, fn.COUNT(Message.id))
-        .where(Message.campaign == campaign_id, Message.status == MessageStatus.SKIPPED)
-        .group_by(Message.error_code).order_by(Message.error_code).tuples()
-    )
-    return {
-        "campaign_id": campaign_id, "name": campaign.name, "status": campaign.status,
-        "status_reason": campaign.status_reason,
-        "targeted": total, "sent": counts[MessageStatus.SENT], "failed": counts[MessageStatus.FAILED],
-        "skipped": counts[MessageStatus.SKIPPED], "cancelled": counts[MessageStatus.CANCELLED],
-        "skipped_by_reason": {str(reason): count for reason, count in skipped_by_reason.items()},
-        "audience": Audience.of(campaign).describe(),
-        "pending": pending, "delivered": delivered,
-        "rate_per_minute": round(rate_per_min, 2), "eta_seconds": None if eta_s is None else int(eta_s),
-        "progress": f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
-    }

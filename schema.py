@@ -50,6 +50,10 @@ def create_schema(*, default_region: str | None = None) -> None:
                 'CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "message_by_link_code" ON "message" ("link_code") '
                 'WHERE ("link_code" IS NOT NULL)'
             )
+            database.execute_sql(
+                'CREATE INDEX CONCURRENTLY IF NOT EXISTS "message_sent_by_campaign" ON "message" ("campaign_id", "sent_at") '
+                'WHERE ("sent_at" IS NOT NULL)'
+            )
         database.create_tables(MODELS, safe=True)
         for name in OBSOLETE_INDEXES:
             database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
+import sys
 import uuid
 from dataclasses import dataclass
 from typing import Protocol
@@ -175,15 +176,25 @@ def _result(message) -> SendResult:
 
 
 class ConsoleBackend:
-    """Prints each message instead of sending it, for development and the demo."""
+    """Prints each message instead of sending it, for development and the demo: the whole
+    message, footer included, each of its lines indented under a header line, in one write
+    (the threads of a worker never interleave their messages).
+
+    Parameters:
+        stream: where to print (default: ``sys.stdout`` at each send).
+    """
 
     def __init__(self, stream=None) -> None:
         self.stream = stream
 
     def send(self, *, to: str, body: str, sender: str | None = None) -> SendResult:
         length = measure(body)
-        first_line = body.splitlines()[0] if body else ""
-        print(f"[console sms] to {mask_phone(to)} ({length.encoding}, {length.units} units): {first_line}", file=self.stream, flush=True)
+        lines = body.splitlines() or [""]
+        text = f"[console sms] to {mask_phone(to)} ({length.encoding}, {length.units} units):\n" + "".join(
+            f"    {line}\n" for line in lines)
+        stream = self.stream or sys.stdout
+        stream.write(text)
+        stream.flush()
         return SendResult(sid="CO" + uuid.uuid4().hex, status="sent", segments=length.segments)
 
     def find_sent(self, *, to: str, body: str, since: dt.datetime, sender: str | None = None) -> SendResult | None:

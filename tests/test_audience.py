@@ -47,8 +47,8 @@ def test_a_campaign_to_a_tag_reaches_its_members_minus_the_excluded_and_the_rece
     assert (seen.audience, seen.eligible, seen.skipped_by_reason) == (4, 3, {SkipReason.FREQUENCY_CAP: 1})
 
     # and the status says who was targeted and every exclusion by reason
-    from cli import format_status
-    from reports import status_report
+    from campaigns import status_report
+    from status_screen import format_status
 
     report = status_report(campaign_id)
     assert (report["audience"], report["skipped_by_reason"]) == ("all of vip; none of staff", {"frequency_cap": 1})

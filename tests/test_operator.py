@@ -186,13 +186,17 @@ def test_status_report_gives_rate_eta_and_progress(sqlite_db):
     campaign_id = make_campaign()
     fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
     now = campaigns.utcnow()
+    Campaign.update(started_at=now - dt.timedelta(seconds=600)).where(Campaign.id == campaign_id).execute()
     first_four = [m.id for m in Message.select().order_by(Message.id).limit(4)]
-    Message.update(status=MessageStatus.SENT, sent_at=now - dt.timedelta(seconds=60)).where(Message.id.in_(first_four)).execute()
+    for i, message_id in enumerate(first_four):  # one every 20 s, the last now
+        Message.update(status=MessageStatus.SENT, sent_at=now - dt.timedelta(seconds=60 - 20 * i)).where(
+            Message.id == message_id).execute()
 
-    report = reports.status_report(campaign_id, now=now, rate_window_s=300)
+    # (the rate: the 3 sends after the oldest in the window, over the 60 s since it)
+    report = campaigns.status_report(campaign_id, now=now, rate_window_s=300)
 
     assert (report["sent"], report["pending"], report["targeted"]) == (4, 6, 10)
-    assert report["rate_per_minute"] == 0.8 and report["eta_seconds"] == 450
+    assert report["rate_per_minute"] == 3.0 and report["eta_seconds"] == 120
     assert report["progress"].endswith("] 4/10") and report["progress"].count("#") == 12
 
 

@@ -130,13 +130,14 @@ def test_prometheus_exports_dramatiq_and_project_counters(postgres_db, fake_twil
         # Then the exposition server reports Dramatiq's counters and ours
         deadline = time.monotonic() + 10
         text = ""
-        while time.monotonic() < deadline and 'campaign_sms_messages_total{outcome="sent"} 11.0' not in text:
+        expected = f'campaign_sms_messages_total{{campaign="{campaign_id}",outcome="sent",reason=""}} 11.0'
+        while time.monotonic() < deadline and expected not in text:
             try:
                 text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
             except requests.RequestException:
                 pass
             time.sleep(0.3)
-        assert 'campaign_sms_messages_total{outcome="sent"} 11.0' in text
+        assert expected in text  # labelled by campaign (issue 15)
         assert "dramatiq_messages_total" in text
     finally:
         group.stop()
