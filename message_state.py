@@ -17,8 +17,8 @@ from typing import NamedTuple
 from peewee import fn
 
 from models import (
-    Campaign, CampaignStatus, HotStatement, Message, MessageStatus, database, db_datetime, is_postgres, utcnow,
-    write_transaction,
+    Campaign, CampaignStatus, Customer, HotStatement, Landline, Message, MessageStatus, QRCode, Suppression, database,
+    db_datetime, is_postgres, utcnow, write_transaction,
 )
 
 
@@ -330,3 +330,83 @@ def expect_back(message_id: int, *, at: dt.datetime) -> bool:
 def unqueue_pending(campaign_id: int) -> int:
     """A resumed campaign's pending rows are for its new dispatcher to enqueue."""
     return Message.update(queued_at=None).where(Message.campaign == campaign_id, Message.status == MessageStatus.PENDING).execute()
+
+
+# ------------------------------------------------------------- an operator's retry
+
+def _eligible_again():
+    """The row's customer may still be texted: subscribed, with a QR code, and its number
+    neither on the suppression list nor known as a landline (a retry never reaches them)."""
+    subscribed = Customer.select(Customer.id).where(Customer.id == Message.customer, Customer.sms_subscribed == True)  # noqa: E712
+    has_code = QRCode.select(QRCode.id).where(QRCode.customer == Message.customer)
+    suppressed = Suppression.select(Suppression.id).where(Suppression.phone_e164 == Message.to_phone)
+    landline = Landline.select(Landline.id).where(Landline.phone_e164 == Message.to_phone)
+    return fn.EXISTS(subscribed) & fn.EXISTS(has_code) & ~fn.EXISTS(suppressed) & ~fn.EXISTS(landline)
+
+
+def retry_not_sent(campaign_id: int, codes: tuple[str, ...]) -> list[int]:
+    """``failed -> pending`` for the campaign's rows failed with one of ``codes`` (reasons
+    whose last request surely did not reach Twilio: ``retries_exhausted``), whose customer
+    may still be texted; returns their ids. Each row gets a full budget of attempts again;
+    its first attempt's time is kept, so a lookup at Twilio after a later unanswered request
+    still searches from the first one. Conditional on the state, so two retries move a row
+    once."""
+    return _retry_failed(campaign_id, codes, status=MessageStatus.PENDING, sending_at=None)
+
+
+def retry_maybe_sent(campaign_id: int, codes: tuple[str, ...]) -> list[int]:
+    """``failed -> sending`` for the campaign's rows failed with one of ``codes`` (an
+    outcome never known, ``unknown_outcome``: Twilio may have the message after all), whose
+    customer may still be texted; returns their ids. Back in ``sending`` such a row is
+    looked up at Twilio before anything is sent (``sending._reconcile``): found, it is
+    recorded sent; else it is sent once. ``sending_at`` and the first attempt's time are
+    kept (the lookup searches from the first attempt), the attempts start again."""
+    return _retry_failed(campaign_id, codes, status=MessageStatus.SENDING,
+                         sending_at=fn.COALESCE(Message.sending_at, Message.first_attempt_at, utcnow()))
+
+
+def _retry_failed(campaign_id: int, codes: tuple[str, ...], **changes) -> list[int]:
+    moved: list[int] = []
+    for code in codes:
+        rows = (
+            Message.update(attempts=0, deferrals=0, queued_at=None, error_code=None,
+                           reason=f"retried by an operator after {code}", updated_at=utcnow(), **changes)
+            .where(Message.campaign == campaign_id, Message.status == MessageStatus.FAILED, Message.error_code == code,
+                   _eligible_again())
+            .returning(Message.id)
+            .execute()
+        )
+        moved += [row.id for row in rows]
+    return sorted(moved)
+
+
+def retry_undelivered(campaign_id: int, codes: tuple[str, ...], *, sent_before: dt.datetime) -> list[tuple[int, str, str]]:
+    """``sent -> pending`` for the campaign's rows Twilio reported undelivered (or failed)
+    with one of the carrier ``codes``, sent before ``sent_before``, whose customer may still
+    be texted; returns (id, old SID, code) of each. The SID and the delivery report are
+    cleared and the first attempt's time too: the new send's window at Twilio starts at its
+    own claim, after the undelivered message (``sent_before`` keeps a minute between them),
+    so a lookup can never take the undelivered message for the new one."""
+    now = utcnow()
+    candidates = (
+        Message.select(Message.id, Message.twilio_sid, Message.delivery_error_code)
+        .where(Message.campaign == campaign_id, Message.status == MessageStatus.SENT,
+               Message.delivery_status.in_(["undelivered", "failed"]), Message.delivery_error_code.in_(list(codes)),
+               Message.sent_at < sent_before, _eligible_again())
+        .tuples()
+    )
+    moved = []
+    for message_id, sid, code in candidates:
+        # Conditional on the SID too: a row resent meanwhile (sent again, another SID) is not
+        # taken back by a retry that read it before.
+        changed = (
+            Message.update(status=MessageStatus.PENDING, twilio_sid=None, delivery_status=None, delivery_error_code=None,
+                           delivered_at=None, sent_at=None, attempts=0, deferrals=0, queued_at=None, sending_at=None,
+                           first_attempt_at=None, error_code=None,
+                           reason=f"retried by an operator after undelivered ({code})", updated_at=now)
+            .where(Message.id == message_id, Message.status == MessageStatus.SENT, Message.twilio_sid == sid)
+            .execute()
+        )
+        if changed:
+            moved.append((message_id, sid, code))
+    return moved

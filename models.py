@@ -284,8 +284,29 @@ class Click(BaseModel):
     created_at = DateTimeField(default=utcnow)
 
 
+class TrialSend(BaseModel):
+    """A test message an operator sent to their own number (``trial_send.py``): rendered as
+    one customer's message would be, counted nowhere (no message row, no analytics), kept
+    for the record (who was texted, with what, and Twilio's SID)."""
+
+    campaign_id = IntegerField(index=True)
+    #: The customer whose message it shows; None for a built sample customer.
+    customer_id = IntegerField(null=True)
+    to_phone = CharField(max_length=20)
+    body = TextField()
+    link_code = CharField(max_length=16)
+    segments = IntegerField(default=1)
+    #: sent or failed
+    status = CharField(max_length=16)
+    twilio_sid = CharField(max_length=40, null=True)
+    error_code = CharField(max_length=32, null=True)
+    reason = TextField(null=True)
+    created_at = DateTimeField(default=utcnow)
+
+
 MODELS = [Customer, CustomerTag, CustomAttribute, QRCode, Campaign, Message, CampaignAnalytics, Event, OptOutEvent, Click,
           EarlyStatus, Suppression, Landline]
+MODELS += [TrialSend]  # test sends (trial_send.py)
 
 
 __all__ = [

@@ -13,7 +13,7 @@ from audience import Audience
 from errors import MessageTooLong, PermanentError
 from fanout import Rules, customer_batches, exclusions
 from links import new_link_code
-from models import Campaign, Message, MessageStatus, utcnow
+from models import Campaign, Customer, Message, MessageStatus, utcnow
 from rendering import check_campaign, eligibility, template_values
 from sms import compose, mask_phone
 
@@ -38,10 +38,12 @@ class Preview:
 def preview(
     campaign_id: int, *, short_url_base: str, default_region: str = "US", samples: int = 3,
     price_per_segment: float = 0.0, batch_size: int = 1000, frequency_cap_h: int | None = None,
+    customer_id: int | None = None,
 ) -> Preview:
     """A dry run: render the campaign for its whole audience, sending nothing and writing
     nothing. Sample messages are exactly what would go out, with a link code made for the
-    preview (the fan-out gives each message its own)."""
+    preview (the fan-out gives each message its own). ``customer_id``: that customer only
+    (audience 0 if the campaign does not target them)."""
     campaign = Campaign.get_by_id(campaign_id)
     result = Preview(campaign_id, samples=[], price_per_segment=price_per_segment)
     try:
@@ -49,7 +51,11 @@ def preview(
     except PermanentError as exc:
         result.template_error = exc.reason
     rules, owner = Rules.of(campaign, frequency_cap_h), {}
-    for batch in customer_batches(batch_size, Audience.of(campaign).condition()):
+    condition = Audience.of(campaign).condition()
+    if customer_id is not None:
+        chosen = Customer.id == customer_id
+        condition = chosen if condition is True else chosen & condition
+    for batch in customer_batches(batch_size, condition):
         checked = exclusions(campaign_id, [(c, q, eligibility(c, q, default_region)) for c, q in batch], rules, owner)
         for customer, qr_code, (phone, skip_code, _reason) in checked:
             result.audience += 1
