@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from peewee import JOIN
+
 from campaigns import Refused, check_action
 from models import Campaign, CampaignAnalytics, CampaignStatus, utcnow
 
@@ -29,7 +31,7 @@ def list_campaigns(*, batch_size: int = 500) -> Iterator[dict]:
         query = (
             Campaign.select(Campaign.id, Campaign.name, Campaign.status, Campaign.created_at,
                             *(getattr(CampaignAnalytics, name) for name in COUNTS))
-            .join(CampaignAnalytics, join_type="LEFT OUTER", on=(CampaignAnalytics.campaign == Campaign.id))
+            .join(CampaignAnalytics, join_type=JOIN.LEFT_OUTER, on=(CampaignAnalytics.campaign == Campaign.id))
             .order_by(Campaign.id.desc())
             .limit(batch_size)
         )
