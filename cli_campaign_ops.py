@@ -63,11 +63,11 @@ def campaign_retry(campaign_id: int, undelivered: bool) -> None:
     if result.token is None:
         click.echo(f"campaign {campaign_id}: nothing to retry (no send failed for a reason a retry can cure)")
         return
-    parts = [f"{len(result.pending) - len(result.undelivered)} whose retries ran out"]
+    parts = [f"{len(result.pending) - len(result.undelivered)} whose retries ran out",
+             f"{len(result.reconciling)} of unknown outcome, looked up at Twilio first"]
     if undelivered:
         parts.append(f"{len(result.undelivered)} undelivered")
-    parts.append(f"{len(result.reconciling)} of unknown outcome (looked up at Twilio first)")
-    click.echo(f"campaign {campaign_id}: retrying {result.total} customers (" + ", ".join(parts) + "); sending")
+    click.echo(f"campaign {campaign_id}: retrying {result.total} customers: " + ", ".join(parts) + "; sending")
 
 
 @click.command("export")

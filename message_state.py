@@ -345,27 +345,23 @@ def _eligible_again():
 
 
 def retry_not_sent(campaign_id: int, codes: tuple[str, ...]) -> list[int]:
-    """``failed -> pending`` for the campaign's rows failed with one of ``codes`` (reasons
-    whose last request surely did not reach Twilio: ``retries_exhausted``), whose customer
-    may still be texted; returns their ids. Each row gets a full budget of attempts again;
-    its first attempt's time is kept, so a lookup at Twilio after a later unanswered request
-    still searches from the first one. Conditional on the state, so two retries move a row
-    once."""
+    """``failed -> pending`` for rows failed with one of ``codes`` (no request reached Twilio:
+    ``retries_exhausted``) whose customer may still be texted; returns their ids. Attempts
+    start again; the first attempt's time is kept (a later lookup searches from it)."""
     return _retry_failed(campaign_id, codes, status=MessageStatus.PENDING, sending_at=None)
 
 
 def retry_maybe_sent(campaign_id: int, codes: tuple[str, ...]) -> list[int]:
-    """``failed -> sending`` for the campaign's rows failed with one of ``codes`` (an
-    outcome never known, ``unknown_outcome``: Twilio may have the message after all), whose
-    customer may still be texted; returns their ids. Back in ``sending`` such a row is
-    looked up at Twilio before anything is sent (``sending._reconcile``): found, it is
-    recorded sent; else it is sent once. ``sending_at`` and the first attempt's time are
-    kept (the lookup searches from the first attempt), the attempts start again."""
+    """``failed -> sending`` for rows failed with one of ``codes`` (``unknown_outcome``: Twilio
+    may have it after all) whose customer may still be texted; returns their ids. In
+    ``sending`` a row is looked up at Twilio before any send (``sending._reconcile``), from
+    its first attempt's time (kept, as ``sending_at``); attempts start again."""
     return _retry_failed(campaign_id, codes, status=MessageStatus.SENDING,
                          sending_at=fn.COALESCE(Message.sending_at, Message.first_attempt_at, utcnow()))
 
 
 def _retry_failed(campaign_id: int, codes: tuple[str, ...], **changes) -> list[int]:
+    """Conditional on the state: two retries at once move a row once."""
     moved: list[int] = []
     for code in codes:
         rows = (
@@ -381,12 +377,11 @@ def _retry_failed(campaign_id: int, codes: tuple[str, ...], **changes) -> list[i
 
 
 def retry_undelivered(campaign_id: int, codes: tuple[str, ...], *, sent_before: dt.datetime) -> list[tuple[int, str, str]]:
-    """``sent -> pending`` for the campaign's rows Twilio reported undelivered (or failed)
-    with one of the carrier ``codes``, sent before ``sent_before``, whose customer may still
-    be texted; returns (id, old SID, code) of each. The SID and the delivery report are
-    cleared and the first attempt's time too: the new send's window at Twilio starts at its
-    own claim, after the undelivered message (``sent_before`` keeps a minute between them),
-    so a lookup can never take the undelivered message for the new one."""
+    """``sent -> pending`` for rows reported undelivered (or failed) with one of the carrier
+    ``codes``, sent before ``sent_before``, whose customer may still be texted; returns (id,
+    old SID, code) of each. SID, report and first attempt's time are cleared: the new send's
+    window at Twilio starts at its claim, after the old message (``sent_before`` keeps the
+    minute the lookup looks back), so a lookup cannot take the old message for the new."""
     now = utcnow()
     candidates = (
         Message.select(Message.id, Message.twilio_sid, Message.delivery_error_code)
@@ -397,8 +392,7 @@ def retry_undelivered(campaign_id: int, codes: tuple[str, ...], *, sent_before: 
     )
     moved = []
     for message_id, sid, code in candidates:
-        # Conditional on the SID too: a row resent meanwhile (sent again, another SID) is not
-        # taken back by a retry that read it before.
+        # On the SID too: a row resent meanwhile is not taken back by a retry that read it before.
         changed = (
             Message.update(status=MessageStatus.PENDING, twilio_sid=None, delivery_status=None, delivery_error_code=None,
                            delivered_at=None, sent_at=None, attempts=0, deferrals=0, queued_at=None, sending_at=None,

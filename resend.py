@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 import analytics
 import campaigns
 import message_state
-from events import record_event
-from models import utcnow, write_transaction
+from models import Event, utcnow, write_transaction
 
 #: Failed rows whose last request surely did not reach Twilio: sent again.
 NOT_SENT_CODES = ("retries_exhausted",)
@@ -99,6 +98,7 @@ def retry_campaign(campaign_id: int, *, undelivered: bool = False, now: dt.datet
     detail = f"retried by an operator: {len(result.pending)} to send again, {len(result.reconciling)} to look up at Twilio first"
     if result.undelivered:
         detail += "; undelivered: " + ", ".join(f"message {i} ({code}, was {sid})" for i, sid, code in result.undelivered[:50])
-    record_event(campaign_id, "campaign_retried", detail, level="info")
+    # An operator's own act, on record for the campaign; not a warning for the log.
+    Event.create(campaign_id=campaign_id, code="campaign_retried", detail=detail, level="info")
     analytics.recompute_analytics(campaign_id)
     return result
