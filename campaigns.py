@@ -66,6 +66,11 @@ _ALLOWED = {
                "nothing to cancel"),
     "status": (None, ""),  # any state
     "preview": (None, ""),
+    "test": (None, ""),
+    "export": (None, ""),
+    "clone": (None, ""),
+    "retry": ((CampaignStatus.SENDING, CampaignStatus.COMPLETED), "nothing to retry"),
+    "delete": ((CampaignStatus.DRAFT,), "only a draft can be deleted"),
 }
 
 
@@ -83,6 +88,8 @@ def check_action(campaign_id: int, action: str) -> Campaign:
         raise Refused(f"campaign {campaign_id} is already {campaign.status}", code="campaign_state")
     if action == "send" and campaign.status == CampaignStatus.PAUSED:
         raise Refused(f"campaign {campaign_id} {describe(campaign)}: resume it to send the rest", code="campaign_state")
+    if action == "retry" and campaign.status == CampaignStatus.PAUSED:
+        raise Refused(f"campaign {campaign_id} {describe(campaign)}: resume it, then retry", code="campaign_state")
     raise Refused(f"campaign {campaign_id} {describe(campaign)}: {nothing}", code="campaign_state")
 
 
@@ -142,6 +149,21 @@ def resume_campaign(campaign_id: int) -> str | None:
     message_state.unqueue_pending(campaign_id)
     record_event(campaign_id, "campaign_resumed", "resumed by an operator", level="info")
     return token
+
+
+def reopen_for_retry(campaign_id: int) -> str | None:
+    """A completed (or still sending) campaign sends again, for the rows an operator's retry
+    put back: it becomes ``sending`` with a new dispatcher token (an older chain stops at its
+    next run); its fan-out is done and is not run again. Returns the token, None if the
+    campaign is in no state to retry (``check_action(..., "retry")`` says which)."""
+    token = uuid.uuid4().hex
+    changed = (
+        Campaign.update(status=CampaignStatus.SENDING, status_reason=None, completed_at=None, dispatch_token=token,
+                        heartbeat_at=utcnow())
+        .where(Campaign.id == campaign_id, Campaign.status.in_([CampaignStatus.SENDING, CampaignStatus.COMPLETED]))
+        .execute()
+    )
+    return token if changed else None
 
 
 def cancel_campaign(campaign_id: int, reason: str = "cancelled by an operator") -> int | None:

@@ -13,6 +13,8 @@ import time
 
 import click
 
+from cli_campaign_ops import (CUSTOMER_ID, campaign_clone, campaign_delete, campaign_export, campaign_list,
+                              campaign_retry, campaign_test)
 from cli_checks import CAMPAIGN_ID, OperatorGroup, Seconds, StartTime, Text, broker_ready
 from cli_customers import customers
 
@@ -133,7 +135,8 @@ def campaign_create(name: str, template: str, rate_limit: str | None, time_zone:
 @campaign.command("preview")
 @click.argument("campaign_id", type=CAMPAIGN_ID)
 @click.option("--samples", default=3, show_default=True, type=click.IntRange(0, 100))
-def campaign_preview(campaign_id: int, samples: int) -> None:
+@click.option("--customer", "customer_id", default=None, type=CUSTOMER_ID, help="Show this customer's message only.")
+def campaign_preview(campaign_id: int, samples: int, customer_id: int | None) -> None:
     """Dry run: sample messages exactly as they would go out, the audience, the cost."""
     _bootstrap()
     from campaigns import check_action
@@ -149,8 +152,10 @@ def campaign_preview(campaign_id: int, samples: int) -> None:
         result = preview(
             campaign_id, short_url_base=settings.short_url_base, default_region=settings.default_region,
             samples=samples, prices=PriceTable.of(settings), frequency_cap_h=settings.frequency_cap_h,
-            check_sender=lambda sender: check_sender(settings, sender),
+            check_sender=lambda sender: check_sender(settings, sender), customer_id=customer_id,
         )
+    if customer_id is not None and result.audience == 0:
+        raise click.ClickException(f"customer {customer_id} is not in campaign {campaign_id}'s audience (or does not exist)")
     from preview_text import format_preview
 
     click.echo(format_preview(result))
@@ -287,6 +292,12 @@ def sweep() -> None:
 
 
 main.add_command(customers)
+campaign.add_command(campaign_test)
+campaign.add_command(campaign_retry)
+campaign.add_command(campaign_export)
+campaign.add_command(campaign_list)
+campaign.add_command(campaign_clone)
+campaign.add_command(campaign_delete)
 
 if __name__ == "__main__":
     main(prog_name="python -m cli")

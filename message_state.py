@@ -17,8 +17,8 @@ from typing import NamedTuple
 from peewee import fn
 
 from models import (
-    Campaign, CampaignStatus, HotStatement, Message, MessageStatus, database, db_datetime, is_postgres, utcnow,
-    write_transaction,
+    Campaign, CampaignStatus, Customer, HotStatement, Landline, Message, MessageStatus, QRCode, Suppression, database,
+    db_datetime, is_postgres, utcnow, write_transaction,
 )
 
 
@@ -341,3 +341,77 @@ def expect_back(message_id: int, *, at: dt.datetime) -> bool:
 def unqueue_pending(campaign_id: int) -> int:
     """A resumed campaign's pending rows are for its new dispatcher to enqueue."""
     return Message.update(queued_at=None).where(Message.campaign == campaign_id, Message.status == MessageStatus.PENDING).execute()
+
+
+# ------------------------------------------------------------- an operator's retry
+
+def _eligible_again():
+    """The row's customer may still be texted: subscribed, with a QR code, and its number
+    neither on the suppression list nor known as a landline (a retry never reaches them)."""
+    subscribed = Customer.select(Customer.id).where(Customer.id == Message.customer, Customer.sms_subscribed == True)  # noqa: E712
+    has_code = QRCode.select(QRCode.id).where(QRCode.customer == Message.customer)
+    suppressed = Suppression.select(Suppression.id).where(Suppression.phone_e164 == Message.to_phone)
+    landline = Landline.select(Landline.id).where(Landline.phone_e164 == Message.to_phone)
+    return fn.EXISTS(subscribed) & fn.EXISTS(has_code) & ~fn.EXISTS(suppressed) & ~fn.EXISTS(landline)
+
+
+def retry_not_sent(campaign_id: int, codes: tuple[str, ...]) -> list[int]:
+    """``failed -> pending`` for rows failed with one of ``codes`` (no request reached Twilio:
+    ``retries_exhausted``) whose customer may still be texted; returns their ids. Attempts
+    start again; the first attempt's time is kept (a later lookup searches from it)."""
+    return _retry_failed(campaign_id, codes, status=MessageStatus.PENDING, sending_at=None)
+
+
+def retry_maybe_sent(campaign_id: int, codes: tuple[str, ...]) -> list[int]:
+    """``failed -> sending`` for rows failed with one of ``codes`` (``unknown_outcome``: Twilio
+    may have it after all) whose customer may still be texted; returns their ids. In
+    ``sending`` a row is looked up at Twilio before any send (``sending._reconcile``), from
+    its first attempt's time (kept, as ``sending_at``); attempts start again."""
+    return _retry_failed(campaign_id, codes, status=MessageStatus.SENDING,
+                         sending_at=fn.COALESCE(Message.sending_at, Message.first_attempt_at, utcnow()))
+
+
+def _retry_failed(campaign_id: int, codes: tuple[str, ...], **changes) -> list[int]:
+    """Conditional on the state: two retries at once move a row once."""
+    moved: list[int] = []
+    for code in codes:
+        rows = (
+            Message.update(attempts=0, deferrals=0, queued_at=None, error_code=None,
+                           reason=f"retried by an operator after {code}", updated_at=utcnow(), **changes)
+            .where(Message.campaign == campaign_id, Message.status == MessageStatus.FAILED, Message.error_code == code,
+                   _eligible_again())
+            .returning(Message.id)
+            .execute()
+        )
+        moved += [row.id for row in rows]
+    return sorted(moved)
+
+
+def retry_undelivered(campaign_id: int, codes: tuple[str, ...], *, sent_before: dt.datetime) -> list[tuple[int, str, str]]:
+    """``sent -> pending`` for rows reported undelivered (or failed) with one of the carrier
+    ``codes``, sent before ``sent_before``, whose customer may still be texted; returns (id,
+    old SID, code) of each. SID, report and first attempt's time are cleared: the new send's
+    window at Twilio starts at its claim, after the old message (``sent_before`` keeps the
+    minute the lookup looks back), so a lookup cannot take the old message for the new."""
+    now = utcnow()
+    candidates = (
+        Message.select(Message.id, Message.twilio_sid, Message.delivery_error_code)
+        .where(Message.campaign == campaign_id, Message.status == MessageStatus.SENT,
+               Message.delivery_status.in_(["undelivered", "failed"]), Message.delivery_error_code.in_(list(codes)),
+               Message.sent_at < sent_before, _eligible_again())
+        .tuples()
+    )
+    moved = []
+    for message_id, sid, code in candidates:
+        # On the SID too: a row resent meanwhile is not taken back by a retry that read it before.
+        changed = (
+            Message.update(status=MessageStatus.PENDING, twilio_sid=None, delivery_status=None, delivery_error_code=None,
+                           delivered_at=None, sent_at=None, attempts=0, deferrals=0, queued_at=None, sending_at=None,
+                           first_attempt_at=None, error_code=None,
+                           reason=f"retried by an operator after undelivered ({code})", updated_at=now)
+            .where(Message.id == message_id, Message.status == MessageStatus.SENT, Message.twilio_sid == sid)
+            .execute()
+        )
+        if changed:
+            moved.append((message_id, sid, code))
+    return moved

@@ -303,6 +303,27 @@ class Click(BaseModel):
     created_at = DateTimeField(default=utcnow)
 
 
+class TrialSend(BaseModel):
+    """A test message an operator sent to their own number (``trial_send.py``): rendered as
+    one customer's message would be, counted nowhere (no message row, no analytics), kept
+    for the record (who was texted, with what, and Twilio's SID)."""
+
+    campaign_id = IntegerField(index=True)
+    #: The customer whose message it shows; None for a built sample customer.
+    customer_id = IntegerField(null=True)
+    to_phone = CharField(max_length=20)
+    body = TextField()
+    link_code = CharField(max_length=16)
+    segments = IntegerField(default=1)
+    #: sent or failed
+    status = CharField(max_length=16)
+    twilio_sid = CharField(max_length=40, null=True)
+    error_code = CharField(max_length=32, null=True)
+    reason = TextField(null=True)
+    created_at = DateTimeField(default=utcnow)
+
+
+
 class InboundMessage(BaseModel):
     """A text a number sent us that was not an opt-out or an opt-in (those are
     ``OptOutEvent`` rows): the inbox (``inbox.py``)."""
@@ -315,7 +336,8 @@ class InboundMessage(BaseModel):
 
 
 MODELS = [Customer, CustomerTag, CustomAttribute, QRCode, Campaign, Message, CampaignAnalytics, Event, OptOutEvent, Click,
-          EarlyStatus, Suppression, Landline, InboundMessage]
+          EarlyStatus, Suppression, Landline, InboundMessage,
+          TrialSend]
 
 
 __all__ = [

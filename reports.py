@@ -11,7 +11,7 @@ from audience import Audience
 from errors import PermanentError
 from fanout import Rules, customer_batches, exclusions
 from links import new_link_code
-from models import Campaign
+from models import Campaign, Customer
 from rendering import check_campaign, eligibility, unfitted_message, used_attributes
 from fit_report import FitTally
 from overflow import FitRules
@@ -48,12 +48,14 @@ def preview(
     price_per_segment: float = 0.0, batch_size: int = 1000, frequency_cap_h: int | None = None,
     prices: PriceTable | None = None,
     check_sender: Callable[[str | None], Any] | None = None,
+    customer_id: int | None = None,
 ) -> Preview:
     """A dry run: render the campaign for its whole audience, sending nothing and writing
     nothing. Sample messages are exactly what would go out, with a link code made for the
     preview (the fan-out gives each message its own). ``prices`` by country (else
     ``price_per_segment`` for every country); ``check_sender(sender)`` asks Twilio whether
-    it knows the campaign's sender (``sender_check.check_sender``)."""
+    it knows the campaign's sender (``sender_check.check_sender``); ``customer_id``: that
+    customer only (audience 0 if the campaign does not target them)."""
     campaign = Campaign.get_by_id(campaign_id)
     result = Preview(campaign_id, samples=[], price_per_segment=price_per_segment, sender=senders.of(campaign))
     if check_sender is not None:
@@ -65,7 +67,11 @@ def preview(
     except PermanentError as exc:
         result.template_error = exc.reason
     rules, owner, needs = Rules.of(campaign, frequency_cap_h), {}, used_attributes(campaign)
-    for batch in customer_batches(batch_size, Audience.of(campaign).condition()):
+    condition = Audience.of(campaign).condition()
+    if customer_id is not None:
+        chosen = Customer.id == customer_id
+        condition = chosen if condition is True else chosen & condition
+    for batch in customer_batches(batch_size, condition):
         checked = exclusions(campaign_id, [(c, q, eligibility(c, q, default_region, needs)) for c, q in batch], rules, owner)
         for customer, qr_code, (phone, skip_code, _reason) in checked:
             result.audience += 1
