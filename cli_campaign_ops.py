@@ -6,11 +6,10 @@ them to its ``campaign`` group."""
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
-from cli_checks import CAMPAIGN_ID, Text, broker_ready
+from cli_checks import CAMPAIGN_ID, Text, broker_ready, csv_output
 
 #: A customer's id, as ``customer.id`` can hold it.
 CUSTOMER_ID = click.IntRange(1, 2**31 - 1)
@@ -84,11 +83,8 @@ def campaign_export(campaign_id: int, out: str, full_phone: bool) -> None:
 
     with connection():
         check_action(campaign_id, "export")
-        if out == "-":
-            outcomes = export_campaign(campaign_id, sys.stdout, full_phone=full_phone)
-        else:
-            with open(out, "w", encoding="utf-8", newline="") as stream:
-                outcomes = export_campaign(campaign_id, stream, full_phone=full_phone)
+        with csv_output(out) as stream:
+            outcomes = export_campaign(campaign_id, stream, full_phone=full_phone)
     if out != "-":
         counts = ", ".join(f"{status} {n}" for status, n in sorted(outcomes.items())) or "none"
         click.echo(f"{sum(outcomes.values())} customers of campaign {campaign_id} written to {out} ({counts})")

@@ -15,6 +15,8 @@ import contextlib
 import datetime as dt
 import math
 import re
+import sys
+from typing import Iterator, TextIO
 from urllib.parse import unquote, urlsplit
 
 import click
@@ -208,3 +210,18 @@ def mask_url(url: str) -> str:
         userinfo = f"{user}:***" if colon else ("***" if parts.scheme in ("redis", "rediss", "unix") else user)
         url = url.replace(parts.netloc, f"{userinfo}@{host}", 1)
     return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
+
+
+@contextlib.contextmanager
+def csv_output(path: str) -> Iterator[TextIO]:
+    """Where a command writes its CSV: standard output for ``-``, else the file (created,
+    UTF-8, the csv module's line endings kept); a file that cannot be written is one line."""
+    if path == "-":
+        yield sys.stdout
+        return
+    try:
+        stream = open(path, "w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+    with stream:
+        yield stream

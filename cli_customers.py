@@ -8,6 +8,7 @@ import os
 import click
 import phonenumbers
 
+from cli_checks import csv_output
 from errors import ConfigurationError
 
 
@@ -105,7 +106,7 @@ def customers_export(output: str) -> None:
     except ConfigurationError as exc:
         raise click.ClickException(f"configuration error: {exc.reason}") from None
     configure_database(settings.database_url)
-    with click.open_file(output, "w", encoding="utf-8", newline="") as out, connection():
+    with csv_output(output) as out, connection():
         count = export_customers(out)
     if output != "-":
         click.echo(f"{count} customers written to {output}")

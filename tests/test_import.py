@@ -160,6 +160,17 @@ def test_the_command_writes_the_rejects_file_and_prints_the_summary(tmp_path):
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip() == "Error: bad.csv: the file has no phone column (use --map HEADER=phone)"
 
+    # And the customers come out by the export command, to a file and to standard output alike
+    out = subprocess.run([sys.executable, "-m", "cli", "customers", "export", "--output", "export.csv"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "7 customers written to export.csv"
+    piped = subprocess.run([sys.executable, "-m", "cli", "customers", "export"], cwd=tmp_path,
+                           capture_output=True, env=env, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == (tmp_path / "export.csv").read_bytes()
+    assert len(list(csv.DictReader(io.StringIO(piped.stdout.decode("utf-8"), newline="")))) == 7
+
 
 def test_an_export_imported_again_changes_nothing_and_shows_suppression(db):
     # Given the messy file imported, and a STOP from one number
