@@ -15,7 +15,7 @@ from peewee import IntegrityError
 
 import landlines
 from events import record_event
-from models import EarlyStatus, Message, utcnow
+from models import EarlyStatus, Message, TrialSend, utcnow
 
 #: Delivery statuses Twilio reports for a message, by rank: a status only ever moves to a
 #: higher rank, so a late ``sent`` after ``delivered`` (or any replay) changes nothing.
@@ -61,6 +61,9 @@ def report_delivery(message_sid: str, status: str, error_code: str | None) -> tu
     if campaign_id is not None:
         landlines.mark_from_report(message_sid, error_code)
         return changed, campaign_id
+    if TrialSend.update(delivery_status=status, delivery_error_code=error_code or None).where(
+            TrialSend.twilio_sid == message_sid).execute():
+        return False, None  # a test send's report: kept on its row, counted nowhere
     try:
         EarlyStatus.create(sid=message_sid, status=status, error_code=error_code or None)
     except IntegrityError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 from links import new_link_code
-from models import Message, QRCode
+from models import Message, QRCode, TrialSend
 
 
 def message_codes_in_use(codes: list[str]) -> set[str]:
@@ -22,11 +22,13 @@ def message_codes_in_use(codes: list[str]) -> set[str]:
 
 
 def codes_in_use(codes: list[str]) -> set[str]:
-    """The codes of ``codes`` that a message's link or a customer's QR code has."""
+    """The codes of ``codes`` that a message's link, a customer's QR code or a test send's
+    link has."""
     if not codes:
         return set()
     return message_codes_in_use(codes) | {
-        code for (code,) in QRCode.select(QRCode.code).where(QRCode.code.in_(codes)).tuples()}
+        code for (code,) in QRCode.select(QRCode.code).where(QRCode.code.in_(codes)).tuples()} | {
+        code for (code,) in TrialSend.select(TrialSend.link_code).where(TrialSend.link_code.in_(codes)).tuples()}
 
 
 def unused_codes(count: int) -> list[str]:

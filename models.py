@@ -313,15 +313,17 @@ class TrialSend(BaseModel):
     customer_id = IntegerField(null=True)
     to_phone = CharField(max_length=20)
     body = TextField()
-    link_code = CharField(max_length=16)
+    link_code = CharField(max_length=16, unique=True)
     segments = IntegerField(default=1)
     #: sent or failed
     status = CharField(max_length=16)
-    twilio_sid = CharField(max_length=40, null=True)
+    twilio_sid = CharField(max_length=40, null=True, index=True)
     error_code = CharField(max_length=32, null=True)
     reason = TextField(null=True)
+    #: What Twilio's status callback last said of it (``delivery.py``).
+    delivery_status = CharField(max_length=16, null=True)
+    delivery_error_code = CharField(max_length=16, null=True)
     created_at = DateTimeField(default=utcnow)
-
 
 
 class InboundMessage(BaseModel):

@@ -34,7 +34,7 @@ import qr_page
 from delivery import DELIVERY_RANK, report_delivery
 from errors import InvalidPhone
 from inbound import help_reply, opt_out_action, stopped_reply
-from models import Click, Message, MessageStatus, OptOutEvent, QRCode, configure_database, database
+from models import Click, Message, MessageStatus, OptOutEvent, QRCode, TrialSend, configure_database, database
 from settings import Settings, get_settings
 from sms import mask_phone, normalize_phone
 from webguard import ERROR_CODE, SHORT_CODE, TWILIO_SID, WebFlask, install, printable
@@ -105,6 +105,14 @@ def link_target(code: str) -> tuple[int | None, int | None, str | None]:
     if qr is None:
         return None, None, None
     return qr.customer_id, last_sent_campaign(qr.customer_id), qr.code
+
+
+def trial_link_target(code: str) -> str | None:
+    """The QR code a test send's link leads to: that of the customer whose message it showed
+    (None for a sample customer, or a code no test send has)."""
+    row = (TrialSend.select(QRCode.code).join(QRCode, on=(QRCode.customer == TrialSend.customer_id))
+           .where(TrialSend.link_code == code).tuples().first())
+    return row[0] if row else None
 
 
 def last_sent_campaign(customer_id: int) -> int | None:
@@ -251,7 +259,10 @@ def create_app(settings: Settings | None = None) -> Flask:
             abort(404)
         customer_id, campaign_id, qr_code = link_target(code)
         if qr_code is None:
-            abort(404)
+            qr_code = trial_link_target(code)  # a test send's link: the page, never a click
+            if qr_code is None:
+                abort(404)
+            return redirect(settings.qr_display_url.replace("{code}", quote(qr_code, safe="")), code=302)
         user_agent = request.headers.get("User-Agent")
         if request.method == "GET" and not is_bot(user_agent):
             kept = "".join(ch for ch in user_agent if ch.isprintable())[:300]

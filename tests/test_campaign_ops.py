@@ -5,6 +5,7 @@ both databases and through the command line."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import re
@@ -17,14 +18,16 @@ import analytics
 import campaign_admin
 import cli
 import consent
+import delivery
 import fanout
 from actors.campaign_ops import send_test_message, slot_taker
 from campaign_export import export_campaign
 from campaigns import Refused
 from errors import TransientError
-from models import (Campaign, CampaignAnalytics, CampaignStatus, Click, Customer, Message, MessageStatus, TrialSend,
-                    utcnow)
+from models import (Campaign, CampaignAnalytics, CampaignStatus, Click, Customer, EarlyStatus, Event, Message, MessageStatus,
+                    QRCode, TrialSend, utcnow)
 from tests.conftest import join_all, wait_for
+from tests.test_web import QR_PAGE, web  # noqa: F401  (the web fixture)
 from tests.factories import make_campaign, make_customers, phone_for
 
 OPERATOR = "+12125550199"
@@ -269,3 +272,33 @@ def test_retry_through_the_cli_says_what_it_did(db, stub_broker, stub_worker):
     assert (nothing.exit_code, nothing.output) == (
         0, f"campaign {campaign_id}: nothing to retry (no send failed for a reason a retry can cure)\n")
     assert (refused.exit_code, refused.output) == (1, f"Error: campaign {draft} is a draft: nothing to retry\n")
+
+
+def test_a_test_sends_link_opens_the_customers_qr_page_without_a_click(web, twilio_backend, fake_twilio):
+    # Given a test send of customer 0's message
+    ids = make_customers(1)
+    trial = send_test_message(make_campaign(), to=OPERATOR, customer_id=ids[0])
+
+    # When the operator opens its link
+    answer = web.http.get(f"{web.base}/q/{trial.link_code}", allow_redirects=False, timeout=10,
+                          headers={"User-Agent": "Mozilla/5.0 (iPhone)"})
+
+    # Then it leads to that customer's QR-code page, and no click is counted for anyone
+    code = QRCode.get(QRCode.customer == ids[0]).code
+    assert (answer.status_code, answer.headers["Location"]) == (302, QR_PAGE.replace("{code}", code))
+    assert Click.select().count() == 0
+
+
+def test_a_test_sends_delivery_report_is_kept_on_its_row_not_left_unknown(web, twilio_backend, fake_twilio):
+    # Given a test send
+    ids = make_customers(1)
+    trial = send_test_message(make_campaign(), to=OPERATOR, customer_id=ids[0])
+
+    # When Twilio reports it delivered, and a day passes
+    assert web.status(trial.twilio_sid, "delivered").status_code == 200
+    delivery.apply_early_statuses(now=utcnow() + dt.timedelta(days=1, seconds=1))
+
+    # Then the report is on the test's row, nothing waits for it, and no warning is left
+    assert TrialSend.get_by_id(trial.id).delivery_status == "delivered"
+    assert EarlyStatus.select().count() == 0
+    assert Event.select().where(Event.code == "unknown_sid_status").count() == 0
