@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, NamedTuple, Protocol
 
 import message_state
+import message_types
 from batching import Combiner
 from models import CampaignStatus, HotStatement, Message, MessageStatus, utcnow
 from quiet import QuietHours, recipient_zone
@@ -173,7 +174,7 @@ def claim_rendered_many(requests: list[ClaimRequest]) -> list[tuple[LoadedMessag
     return results
 
 
-def _loaded(row: message_state.Claimed) -> LoadedMessage:
+def _loaded(row: message_types.Claimed) -> LoadedMessage:
     return LoadedMessage(
         id=row.id, status=MessageStatus.SENDING, to_phone=row.to_phone, body=row.body, segments=row.segments,
         sending_at=None,

@@ -16,7 +16,7 @@ import landlines
 from audience import Audience, recently_texted
 import message_state
 import senders
-from message_state import SkipReason
+from message_types import SkipReason
 from campaigns import fail_campaign
 from errors import MessageTooLong, PermanentError, TemplateError
 from events import record_event

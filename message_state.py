@@ -12,7 +12,6 @@ message can never make it twice.
 from __future__ import annotations
 
 import datetime as dt
-from typing import NamedTuple
 
 from peewee import fn
 
@@ -20,44 +19,7 @@ from models import (
     Campaign, CampaignStatus, Customer, HotStatement, Landline, Message, MessageStatus, QRCode, Suppression, database,
     db_datetime, is_postgres, utcnow, write_transaction,
 )
-
-
-class SkipReason:
-    UNSUBSCRIBED = "unsubscribed"
-    MISSING_PHONE = "missing_phone"
-    INVALID_PHONE = "invalid_phone"
-    NO_QR_CODE = "no_qr_code"
-    SUPPRESSED = "suppressed"
-    DUPLICATE_PHONE = "duplicate_phone"
-    FREQUENCY_CAP = "frequency_cap"
-    LANDLINE = "landline"
-    MISSING_ATTRIBUTE = "missing_attribute"
-    CUSTOMER_DELETED = "customer_deleted"
-
-
-class Claimed(NamedTuple):
-    """What a claim of a message rendered at the fan-out returns."""
-
-    id: int
-    to_phone: str
-    body: str
-    segments: int
-    campaign_id: int
-    customer_id: int
-    campaign_zone: str | None
-    customer_zone: str | None
-    #: The campaign's sender (``senders.py``), None for a campaign that has none yet.
-    campaign_sender: str | None = None
-
-
-class SentRecord(NamedTuple):
-    """A send the SMS service accepted, to be recorded (``record_sent`` takes many)."""
-
-    message_id: int
-    sid: str
-    segments: int
-    campaign_id: int | None
-
+from message_types import Claimed, SentRecord
 
 #: The campaign's sender, read with the claim (a messaging service wins, as in ``senders.of``).
 _SENDER = ('(SELECT COALESCE(c."messaging_service_sid", c."from_number") FROM "campaign" c '
@@ -415,3 +377,4 @@ def retry_undelivered(campaign_id: int, codes: tuple[str, ...], *, sent_before: 
         if changed:
             moved.append((message_id, sid, code))
     return moved
+

@@ -15,7 +15,7 @@ from peewee import CharField, TextField
 from errors import InvalidPhone, MessageTooLong, PermanentError, TemplateError
 import languages
 from links import SAMPLE_LINK_CODE, short_url
-from message_state import SkipReason
+from message_types import SkipReason
 from models import Campaign, CustomAttribute, Customer
 from overflow import FitRules
 from quiet import zone

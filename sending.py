@@ -23,7 +23,7 @@ from claims import BatchSlots, LoadedMessage, QuietNow, QuietPolicy, claim_rende
 from errors import MaybeSent, MessageTooLong, PermanentError, RecipientOptedOut, SenderError, TemplateError, TransientError
 from events import record_event
 from links import new_link_code
-from message_state import SentRecord, SkipReason
+from message_types import SentRecord, SkipReason
 from models import CampaignStatus, Message, MessageStatus, database, utcnow
 from rendering import compose_message, has_values, used_attributes
 from sms import mask_phone

@@ -10,7 +10,7 @@ import dramatiq
 import sending
 from batching import WriteBehind
 from claims import QuietPolicy
-from message_state import SentRecord
+from message_types import SentRecord
 from metrics import MetricsDebouncer
 from quiet import QuietHours
 from settings import get_settings

@@ -9,7 +9,7 @@ import pytest
 
 import fanout
 from audience import Audience
-from message_state import SkipReason
+from message_types import SkipReason
 from models import Campaign, CustomerTag, Message, MessageStatus, utcnow
 from reports import preview
 from tests.factories import make_campaign, make_customers, phone_for

@@ -7,7 +7,7 @@ from __future__ import annotations
 import consent
 import fanout
 from importer import import_customers
-from message_state import SkipReason
+from message_types import SkipReason
 from models import Customer, Message, MessageStatus, OptOutEvent, Suppression
 from schema import create_schema
 from tests.factories import make_campaign, make_customers

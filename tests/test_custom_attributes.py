@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import fanout
 from errors import MessageTooLong, TemplateError
 from importer import FileError, import_customers
-from message_state import SkipReason
+from message_types import SkipReason
 from models import Campaign, Message, MessageStatus
 from rendering import check_campaign
 from reports import preview

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import fanout
 import sending
-from message_state import SkipReason
+from message_types import SkipReason
 from models import Customer, Message, MessageStatus, database, is_postgres
 from schema import create_schema, message_customer_on_delete
 from tests.factories import make_campaign, make_customers

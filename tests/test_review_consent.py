@@ -5,7 +5,7 @@ from __future__ import annotations
 import consent
 import fanout
 import message_state
-from message_state import SkipReason
+from message_types import SkipReason
 from models import Customer, Message, MessageStatus, utcnow
 from schema import create_schema
 from tests.factories import make_campaign, make_customers

@@ -22,7 +22,7 @@ from werkzeug.serving import make_server
 import actors
 import analytics
 import fanout
-import message_state
+import message_types
 import delivery
 import models
 import sending
@@ -325,7 +325,7 @@ def test_a_report_that_overtakes_its_sid_is_applied_once_the_sid_is_recorded(web
     assert sorted(e.status for e in EarlyStatus.select()) == ["delivered", "sent"]
 
     # And then the record is written and the campaign's metrics update runs
-    sending.write_sent([message_state.SentRecord(row.id, sid, 1, campaign_id)])
+    sending.write_sent([message_types.SentRecord(row.id, sid, 1, campaign_id)])
     actors.update_metrics(campaign_id)
 
     # Then the delivery is recorded as if it had come in order, counted, and no longer kept
