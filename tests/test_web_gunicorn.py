@@ -83,7 +83,7 @@ class Gunicorn:
             try:
                 if requests.get(self.base + "/q/ZZZZZZZZ", timeout=2).status_code == 404 and booted >= 2:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or too busy to answer in 2 s
                 pass
             time.sleep(0.2)
         raise AssertionError("gunicorn did not answer:\n" + self.output())
@@ -250,6 +250,8 @@ def peak_rss_kib(pid: int) -> int:
 def test_the_body_limit_holds_the_workers_memory_chunked_too(gunicorn):
     workers = gunicorn.worker_pids()
     assert len(workers) == 2
+    for _ in range(8):  # each worker's first requests load what it loads lazily: not the body's cost
+        post(gunicorn, "/twilio/inbound", {"From": "x"})
     before = {pid: peak_rss_kib(pid) for pid in workers}
 
     # 64 MiB announced and sent (it took a worker to 392 MB with 100 MB): 413
@@ -284,7 +286,7 @@ def test_the_body_limit_holds_the_workers_memory_chunked_too(gunicorn):
     assert chunked.status_code == 413 and chunked.request.headers["Transfer-Encoding"] == "chunked"
 
     grown = {pid: peak_rss_kib(pid) - before[pid] for pid in workers}
-    assert max(grown.values()) < 16 * 1024, grown  # KiB
+    assert max(grown.values()) < 32 * 1024, grown  # KiB: a 64 MiB body read whole would grow it by 64 MiB
     # And a normal STOP is still served by the same workers
     assert post(gunicorn, "/twilio/inbound", inbound_stop(phone_for(1))).status_code == 200
 
