@@ -30,12 +30,13 @@ class Source:
 
 def customers_for_phone(e164: str) -> list[int]:
     """Customers with this number: by their stored E.164 number, their raw phone when it was
-    stored in E.164, or a message sent (or about to be sent) to it."""
+    stored in E.164 and no E.164 form was written yet (a row written by hand), or a message
+    sent (or about to be sent) to it. Every part is read through an index."""
     sent_to = Message.select(Message.customer).where(
         Message.to_phone == e164,
         Message.twilio_sid.is_null(False) | Message.status.in_(MessageStatus.OPEN))  # texted, or about to be
     query = Customer.select(Customer.id).where(
-        (Customer.phone_e164 == e164) | (Customer.phone == e164) | Customer.id.in_(sent_to)
+        (Customer.phone_e164 == e164) | (Customer.phone_e164.is_null() & (Customer.phone == e164)) | Customer.id.in_(sent_to)
     )
     return [row.id for row in query.order_by(Customer.id)]
 
@@ -88,7 +89,8 @@ def opt_out_many(numbers: list[str], *, source: str, reason: str | None = None) 
         already = suppressed(numbers)
         holders: dict[int, str] = {}
         for customer_id, e164, phone in Customer.select(Customer.id, Customer.phone_e164, Customer.phone).where(
-                (Customer.phone_e164.in_(numbers) | Customer.phone.in_(numbers)) & Customer.sms_subscribed).tuples():
+                (Customer.phone_e164.in_(numbers) | (Customer.phone_e164.is_null() & Customer.phone.in_(numbers)))
+                & Customer.sms_subscribed).tuples():
             holders[customer_id] = e164 if e164 in numbers else phone
         for customer_id, phone in (Message.select(Message.customer, Message.to_phone).join(Customer)
                                    .where(Message.to_phone.in_(numbers), Customer.sms_subscribed,

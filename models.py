@@ -63,6 +63,11 @@ class Customer(BaseModel):
         return json.loads(self.attributes) if self.attributes else {}
 
 
+#: A row written by hand, before its number was stored in E.164, is found by its raw phone
+#: (``consent.customers_for_phone``): a small index, of those rows only.
+Customer.add_index(Customer.index(Customer.phone, name="customer_phone_without_e164").where(Customer.phone_e164.is_null()))
+
+
 class CustomerTag(BaseModel):
     customer = ForeignKeyField(Customer, backref="tags", on_delete="CASCADE")
     tag = CharField(max_length=64, index=True)
