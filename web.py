@@ -31,6 +31,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 import consent
 import inbox
 import qr_page
+from dashboard.blueprint import register as register_dashboard
 from delivery import DELIVERY_RANK, report_delivery
 from errors import InvalidPhone
 from inbound import help_reply, opt_out_action, stopped_reply
@@ -271,6 +272,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         return redirect(settings.qr_display_url.replace("{code}", quote(qr_code, safe="")), code=302)
 
     qr_page.register(app, qr_display_url=settings.qr_display_url)
+    register_dashboard(app, settings)  # the operators' pages under /dashboard (or a 503 without a secret key)
     return app
 
 
