@@ -11,6 +11,8 @@ from sends_series import Bar
 
 WIDTH, HEIGHT = 600, 180
 LEFT, BOTTOM, TOP = 44, 22, 8
+#: The chart is divided in at least this many slots.
+MIN_SLOTS = 30
 
 
 def _n(value: float) -> str:
@@ -23,7 +25,7 @@ def sends_per_minute(bars: list[Bar]) -> Markup:
         return Markup('<p class="muted">No sends yet.</p>')
     peak = max(bar.per_minute for bar in bars) or 1.0
     plot_w, plot_h = WIDTH - LEFT - 4, HEIGHT - BOTTOM - TOP
-    step = plot_w / len(bars)
+    step = plot_w / max(len(bars), MIN_SLOTS)  # a short series keeps thin bars
     parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
              f'aria-label="sends per minute, peak {escape(_n(peak))}">']
     parts.append(f'<line x1="{LEFT}" y1="{TOP + plot_h}" x2="{WIDTH - 4}" y2="{TOP + plot_h}" class="axis"/>')
@@ -38,7 +40,8 @@ def sends_per_minute(bars: list[Bar]) -> Markup:
                      f'({bar.sends:,} sent)</title></rect>')
     first, last = bars[0].start, bars[-1].start
     parts.append(f'<text x="{LEFT}" y="{HEIGHT - 6}" class="label">{first:%H:%M}</text>')
-    parts.append(f'<text x="{WIDTH - 4}" y="{HEIGHT - 6}" text-anchor="end" class="label">{last:%H:%M} UTC</text>')
+    parts.append(f'<text x="{min(LEFT + len(bars) * step, WIDTH - 4):.1f}" y="{HEIGHT - 6}" text-anchor="end" '
+                 f'class="label">{last:%H:%M} UTC</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
 

@@ -82,13 +82,19 @@ def install(bp: Blueprint, settings: Settings) -> None:
         return render_template("customer_find.html", found=rows, masked=mask_phone(e164), history=history,
                                suppressed=Suppression.get_or_none(Suppression.phone_e164 == e164), problem=None)
 
+    @bp.route("/<path:rest>", methods=["GET", "POST"])
+    def unknown(rest: str):
+        """Any other path under /dashboard: 404, once signed in (signed out, the sign-in
+        page: which paths exist is not told)."""
+        abort(404)
+
     @bp.get("/customers/<int:customer_id>")
     def customer(customer_id: int):
         person = Customer.get_or_none(Customer.id == customer_id)
         if person is None:
             abort(404, f"customer {customer_id} does not exist")
         e164 = person.phone_e164
-        messages = list(Message.select(Message, Campaign.name).join(Campaign)
+        messages = list(Message.select(Message, Campaign.id, Campaign.name).join(Campaign)
                         .where(Message.customer == customer_id).order_by(Message.id.desc()).limit(HISTORY_SHOWN))
         consent_changes = OptOutEvent.customer == customer_id
         if e164:
