@@ -30,6 +30,7 @@ def register(app: Flask, settings: Settings) -> None:
             abort(503, OFF)
 
         app.add_url_rule(PREFIX, "dashboard_off", off, methods=["GET", "POST"])
+        app.add_url_rule(PREFIX + "/", "dashboard_off_home", off, methods=["GET", "POST"])
         app.add_url_rule(PREFIX + "/<path:rest>", "dashboard_off_path", off, methods=["GET", "POST"])
         return
     accounts = Accounts(settings.dashboard_users)
