@@ -142,9 +142,8 @@ class Settings:
                                            lambda v: 0 < len(v) <= 320, optional=True))
     #: The dashboard's operators (``dashboard/accounts.py``): ``name:<hash>`` entries separated by
     #: commas, each hash made by ``python -m cli dashboard hash-password``.
-    dashboard_users: str = setting("", text("`name:<hash>` entries separated by commas (`python -m cli dashboard "
-                                            "hash-password` makes a hash)", dashboard_users_ok, optional=True,
-                                            hidden=True), repr=False)
+    dashboard_users: str = setting("", text("`name:<hash>` entries separated by commas (see `cli dashboard hash-password`)",
+                                            dashboard_users_ok, optional=True, hidden=True), repr=False)
     #: Signs the dashboard's session cookies; without it the dashboard is not served.
     dashboard_secret_key: Secret = setting(Secret(""), Range("at least 32 characters (empty: no dashboard)"), repr=False)
 
