@@ -31,7 +31,6 @@ from twilio.twiml.messaging_response import MessagingResponse
 import consent
 import inbox
 import qr_page
-from dashboard.blueprint import register as register_dashboard
 from delivery import DELIVERY_RANK, report_delivery
 from errors import InvalidPhone
 from inbound import help_reply, opt_out_action, stopped_reply
@@ -134,6 +133,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # The workers' broker: a metrics request from here reaches the same queues.
     import actors  # noqa: F401
     from actors.services import request_metrics_update
+    from dashboard.blueprint import register as register_dashboard  # its actions use the same broker
 
     if not logging.getLogger().handlers:  # under gunicorn: our lines on stderr, like the workers'
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [PID %(process)d] [%(name)s] [%(levelname)s] %(message)s")

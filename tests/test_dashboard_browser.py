@@ -176,7 +176,7 @@ def test_an_operator_signs_in_and_the_pages_show_the_figures_of_campaign_status(
     assert page.query_selector(f"tr[data-campaign='{draft_id}']") is not None
     shot(page, "campaigns")
     # And the campaign page's figures are those of campaigns.status_report
-    page.click(f"text=Winter deals")
+    page.click("text=Winter deals")
     report = campaigns.status_report(campaign_id)
     shown_figures = figures(page)
     assert {name: shown_figures[name] for name in FIGURES} == {name: shown(report[name]) for name in FIGURES}
