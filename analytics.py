@@ -7,6 +7,7 @@ import json
 
 from peewee import fn
 
+import sends_series
 from campaigns import pause_campaign
 from models import Campaign, CampaignAnalytics, CampaignStatus, Click, Message, MessageStatus, utcnow
 
@@ -70,6 +71,7 @@ def recompute_analytics(campaign_id: int) -> CampaignAnalytics | None:
         .on_conflict(conflict_target=[CampaignAnalytics.campaign], update=values)
         .execute()
     )
+    sends_series.refresh(campaign_id)  # the dashboard's chart: the minutes since the last refresh
     if campaign.status == CampaignStatus.SENDING and campaign.fanout_done_at is not None and values["pending"] == 0:
         open_rows = Message.select(Message.id).where(Message.campaign == campaign_id, Message.status.in_(MessageStatus.OPEN))
         (

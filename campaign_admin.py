@@ -19,14 +19,15 @@ RUN_COLUMNS = frozenset({
 })
 
 #: The figures ``list_campaigns`` gives from each campaign's analytics.
-COUNTS = ("targeted", "sent", "failed", "skipped")
+COUNTS = ("targeted", "sent", "failed", "skipped", "pending", "delivered", "unique_clicks")
 
 
-def list_campaigns(*, batch_size: int = 500) -> Iterator[dict]:
-    """Every campaign, newest first: id, name, status, created, and its targeted, sent,
-    failed and skipped counts as its analytics last recorded them (0 before any fan-out).
+def list_campaigns(*, batch_size: int = 500, before_id: int | None = None) -> Iterator[dict]:
+    """Every campaign (with an id under ``before_id``, if given), newest first: id, name,
+    status, created, and its targeted, sent, failed, skipped, pending, delivered and
+    unique_clicks counts as its analytics last recorded them (0 before any fan-out).
     One query per batch, whatever the size of the message table."""
-    last_id = None
+    last_id = before_id
     while True:
         query = (
             Campaign.select(Campaign.id, Campaign.name, Campaign.status, Campaign.created_at,

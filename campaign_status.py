@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
+from typing import Callable
 
 from limits import parse as parse_limit
 from peewee import fn
@@ -31,7 +33,7 @@ PROGRESS_WIDTH = 30
 
 def status_report(
     campaign_id: int, *, now: dt.datetime | None = None, settings: Settings | None = None,
-    rate_window_s: float = progress.MAX_WINDOW_S,
+    rate_window_s: float = progress.MAX_WINDOW_S, counts: Callable[[int], "Counts"] | None = None,
 ) -> dict:
     """The campaign's status as plain data (JSON-ready; times as ISO strings in UTC).
 
@@ -41,24 +43,15 @@ def status_report(
         settings: the global limit (``SMS_RATE_LIMIT``), ``QUIET_HOURS`` and
             ``DEFAULT_TIME_ZONE`` are read from it (default: the environment's).
         rate_window_s: the longest window the rate is measured over.
+        counts: where the counts come from: ``row_counts`` (the default: the rows, exact
+            now) or ``kept_counts`` (the analytics' kept aggregates, as of their last
+            recompute: what the dashboard reads, whatever the campaign's size).
     """
     now = now or utcnow()
     settings = settings or get_settings()
     campaign = Campaign.get_by_id(campaign_id)
-    counts = {status: 0 for status in MessageStatus.ALL}
-    by_reason: dict[str, dict[str, int]] = {MessageStatus.SKIPPED: {}, MessageStatus.FAILED: {}}
-    open_segments = 0
-    grouped = (
-        Message.select(Message.status, Message.error_code, fn.COUNT(Message.id), fn.SUM(Message.segments))
-        .where(Message.campaign == campaign_id).group_by(Message.status, Message.error_code).tuples()
-    )
-    for status, code, n, segments in grouped:
-        counts[status] = counts.get(status, 0) + n
-        if status in by_reason:
-            reasons = by_reason[status]
-            reasons[code or "unknown"] = reasons.get(code or "unknown", 0) + n
-        elif status in MessageStatus.OPEN:
-            open_segments += int(segments or n)
+    kept = counts(campaign_id) if counts is not None else row_counts(campaign_id)
+    counts, by_reason, open_segments = kept.by_status, kept.by_reason, kept.open_segments
     total = sum(counts.values())
     open_rows = counts[MessageStatus.PENDING] + counts[MessageStatus.SENDING]
     done = total - open_rows
@@ -100,6 +93,59 @@ def status_report(
         "progress": f"[{'#' * filled}{'.' * (PROGRESS_WIDTH - filled)}] {done}/{total}",
         "now": _iso(now),
     }
+
+
+@dataclass
+class Counts:
+    """A campaign's messages by status, the skipped and failed ones by reason, and the
+    segments of its open rows (for the ETA's segments per message)."""
+
+    by_status: dict[str, int]
+    by_reason: dict[str, dict[str, int]]
+    open_segments: int
+
+
+def row_counts(campaign_id: int) -> Counts:
+    """The counts from the message rows (one grouped query over the campaign's rows)."""
+    counts = {status: 0 for status in MessageStatus.ALL}
+    by_reason: dict[str, dict[str, int]] = {MessageStatus.SKIPPED: {}, MessageStatus.FAILED: {}}
+    open_segments = 0
+    grouped = (
+        Message.select(Message.status, Message.error_code, fn.COUNT(Message.id), fn.SUM(Message.segments))
+        .where(Message.campaign == campaign_id).group_by(Message.status, Message.error_code).tuples()
+    )
+    for status, code, n, segments in grouped:
+        counts[status] = counts.get(status, 0) + n
+        if status in by_reason:
+            reasons = by_reason[status]
+            reasons[code or "unknown"] = reasons.get(code or "unknown", 0) + n
+        elif status in MessageStatus.OPEN:
+            open_segments += int(segments or n)
+    return Counts(counts, by_reason, open_segments)
+
+
+#: Open rows whose segments ``kept_counts`` averages (read from the open rows' index).
+SEGMENT_SAMPLE = 500
+
+
+def kept_counts(campaign_id: int) -> Counts:
+    """The counts as the campaign's analytics last recorded them (``CampaignAnalytics``,
+    recomputed by the workers about once per ``METRICS_DELAY_MS``): one row, whatever the
+    campaign's size. Open rows are all counted ``pending`` (the analytics do not tell
+    ``sending`` apart); their segments are estimated from up to ``SEGMENT_SAMPLE`` of them."""
+    row = CampaignAnalytics.get_or_none(CampaignAnalytics.campaign == campaign_id)
+    counts = {status: 0 for status in MessageStatus.ALL}
+    if row is None:
+        return Counts(counts, {MessageStatus.SKIPPED: {}, MessageStatus.FAILED: {}}, 0)
+    counts.update({MessageStatus.PENDING: row.pending, MessageStatus.SENT: row.sent, MessageStatus.FAILED: row.failed,
+                   MessageStatus.SKIPPED: row.skipped, MessageStatus.CANCELLED: row.cancelled})
+    open_segments = 0
+    if row.pending:
+        sample = [segments or 1 for (segments,) in Message.select(Message.segments).where(
+            Message.campaign == campaign_id, Message.status.in_(list(MessageStatus.OPEN))).limit(SEGMENT_SAMPLE).tuples()]
+        open_segments = round(row.pending * sum(sample) / len(sample)) if sample else row.pending
+    return Counts(counts, {MessageStatus.SKIPPED: json.loads(row.skipped_by_reason),
+                           MessageStatus.FAILED: json.loads(row.failed_by_reason)}, open_segments)
 
 
 def held_by_quiet_hours(campaign: Campaign, *, now: dt.datetime, quiet_hours: QuietHours | None) -> list[dict]:

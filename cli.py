@@ -17,11 +17,7 @@ from cli_campaign_ops import (CUSTOMER_ID, campaign_clone, campaign_delete, camp
                               campaign_retry, campaign_test)
 from cli_checks import CAMPAIGN_ID, OperatorGroup, Seconds, StartTime, Text, broker_ready
 from cli_customers import customers
-
-#: The options that fill a new campaign's fields, as its checks name them.
-CREATE_OPTIONS = {"name": "--name", "template": "--template", "rate_limit": "--rate-limit", "time_zone": "--time-zone",
-                  "language": "--language"}
-
+from cli_dashboard import dashboard
 
 def _bootstrap():
     """Import the broker setup (and with it the settings) only when a command runs; a bad
@@ -104,32 +100,21 @@ def campaign_create(name: str, template: str, rate_limit: str | None, time_zone:
     """Create a draft campaign after checking it (its template, its limit, its zone, its audience,
     its sender)."""
     _bootstrap()
-    import senders
-    from audience import Audience
+    from campaign_drafts import create_draft
     from errors import PermanentError
-    from overflow import parse_overflow
-    from rendering import check_draft
-    from models import Campaign, connection
+    from models import connection
     from settings import get_settings
 
-    settings = get_settings()
-    try:
-        audience = Audience.parse(all_of=all_tags, any_of=any_tags, none_of=none_tags)
-        sender = senders.check(from_number=from_number, messaging_service_sid=messaging_service_sid) or settings.sender
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
-        policy, allowed = parse_overflow(on_overflow)
-    except PermanentError as exc:
-        raise click.ClickException(exc.reason) from None
-    draft = Campaign(name=name, template=template, rate_limit=rate_limit, time_zone=time_zone,
-                     audience=audience.to_json(), frequency_cap_h=cap_h, smart_encoding=smart_encoding,
-                     on_overflow=policy if allowed == 1 else f"{policy}:{allowed}", language=language.strip().lower(),
-                     **senders.columns(sender))
     with connection():  # the custom attributes imports declared are placeholders too
-        check_draft(draft, settings.short_url_base, settings.sms_rate_limit, labels=CREATE_OPTIONS)
-        draft.save()
-    click.echo(draft.id)
+        try:
+            campaign_id = create_draft(
+                settings=get_settings(), name=name, template=template, rate_limit=rate_limit, time_zone=time_zone,
+                all_tags=all_tags, any_tags=any_tags, none_tags=none_tags, cap_h=cap_h, on_overflow=on_overflow,
+                smart_encoding=smart_encoding, language=language, from_number=from_number,
+                messaging_service_sid=messaging_service_sid)
+        except PermanentError as exc:
+            raise click.ClickException(exc.reason) from None
+    click.echo(campaign_id)
 
 
 @campaign.command("preview")
@@ -292,6 +277,7 @@ def sweep() -> None:
 
 
 main.add_command(customers)
+main.add_command(dashboard)
 campaign.add_command(campaign_test)
 campaign.add_command(campaign_retry)
 campaign.add_command(campaign_export)

@@ -342,9 +342,21 @@ class InboundMessage(BaseModel):
     received_at = DateTimeField(default=utcnow)
 
 
+class SendsPerMinute(BaseModel):
+    """A campaign's sends per minute of ``sent_at`` (``sends_series.py``): kept by the analytics
+    recompute from the index on (campaign, sent_at), read by the dashboard's chart."""
+
+    campaign = ForeignKeyField(Campaign, on_delete="CASCADE", index=False)  # led by the unique index
+    minute = DateTimeField()
+    sends = IntegerField(default=0)
+
+    class Meta:
+        indexes = ((("campaign", "minute"), True),)
+
+
 MODELS = [Customer, CustomerTag, CustomAttribute, QRCode, Campaign, Message, CampaignAnalytics, Event, OptOutEvent, Click,
           EarlyStatus, Suppression, Landline, InboundMessage,
-          TrialSend]
+          TrialSend, SendsPerMinute]
 
 
 __all__ = [

@@ -19,7 +19,7 @@ from typing import Mapping
 from errors import ConfigurationError
 from prices import prices_ok
 from settings_checks import (
-    RATE_LIMIT, Range, check, choice, e164_ok, mask_url, namespace_ok, number, parse_number, quiet_hours_ok,
+    RATE_LIMIT, Range, check, choice, dashboard_users_ok, e164_ok, mask_url, namespace_ok, number, parse_number, quiet_hours_ok,
     rate_limit_ok, region_ok, sid_ok, text, url, zone_ok,
 )
 
@@ -140,10 +140,17 @@ class Settings:
     #: empty: the language's own (``languages.py``).
     sms_help_reply: str = setting("", text("1 to 320 characters (empty: the language's own reply)",
                                            lambda v: 0 < len(v) <= 320, optional=True))
+    #: The dashboard's operators (``dashboard/accounts.py``): ``name:<hash>`` entries separated by
+    #: commas, each hash made by ``python -m cli dashboard hash-password``.
+    dashboard_users: str = setting("", text("`name:<hash>` entries separated by commas (see `cli dashboard hash-password`)",
+                                            dashboard_users_ok, optional=True, hidden=True), repr=False)
+    #: Signs the dashboard's session cookies; without it the dashboard is not served.
+    dashboard_secret_key: Secret = setting(Secret(""), Range("at least 32 characters (empty: no dashboard)"), repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.twilio_auth_token, Secret):
-            object.__setattr__(self, "twilio_auth_token", Secret(self.twilio_auth_token))
+        for name in ("twilio_auth_token", "dashboard_secret_key"):
+            if not isinstance(getattr(self, name), Secret):
+                object.__setattr__(self, name, Secret(getattr(self, name)))
 
     @property
     def rate_limits(self) -> dict[str, str]:
@@ -193,6 +200,9 @@ class Settings:
                 f"ERROR_STORM_MIN_ATTEMPTS={self.error_storm_min_attempts} is out of range: must be at most "
                 f"ERROR_STORM_WINDOW ({self.error_storm_window}), or the auto-pause could never trigger"
             )
+        if self.dashboard_secret_key and len(self.dashboard_secret_key.reveal()) < 32:
+            raise ConfigurationError("DASHBOARD_SECRET_KEY must be at least 32 characters (e.g. python -c "
+                                     "'import secrets; print(secrets.token_urlsafe(32))')")
         if self.sms_backend == "twilio":
             self._validate_twilio()
 

@@ -31,6 +31,8 @@ class Range:
     test: Callable[[str], bool] | None = None
     #: The empty string (unset) is allowed.
     optional: bool = False
+    #: The value is not shown in the error (password hashes).
+    hidden: bool = False
 
 
 def number(low: float, high: float, unit: str = "") -> Range:
@@ -46,8 +48,8 @@ def url(*schemes: str, phrase: str = "", optional: bool = False) -> Range:
     return Range(phrase or f"an {' or '.join(schemes)} URL", schemes=schemes, optional=optional)
 
 
-def text(phrase: str, test: Callable[[str], bool], *, optional: bool = False) -> Range:
-    return Range(phrase, test=test, optional=optional)
+def text(phrase: str, test: Callable[[str], bool], *, optional: bool = False, hidden: bool = False) -> Range:
+    return Range(phrase, test=test, optional=optional, hidden=hidden)
 
 
 def _num(value: float) -> str:
@@ -68,7 +70,7 @@ def check(name: str, type_name: str, value, rng: Range) -> None:
         raise ConfigurationError(f"{name} must be a string, not {type(value).__name__}")
     if value == "" and rng.optional:
         return
-    shown = mask_url(value) if rng.schemes else repr(value)
+    shown = mask_url(value) if rng.schemes else "(not shown)" if rng.hidden else repr(value)
     if rng.choices and value not in rng.choices:
         raise ConfigurationError(f"{name}={shown} must be {phrase}")
     if rng.schemes and not _url_ok(value, rng.schemes):
@@ -169,6 +171,32 @@ def namespace_ok(value: str) -> bool:
 
 def sid_ok(prefix: str) -> Callable[[str], bool]:
     return lambda value: bool(_SID.match(value)) and value.startswith(prefix)
+
+
+#: An operator's name in ``DASHBOARD_USERS``.
+OPERATOR_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+#: A werkzeug.security hash: ``method$salt$hash`` (scrypt or pbkdf2).
+PASSWORD_HASH = re.compile(r"(scrypt|pbkdf2):[A-Za-z0-9:]+\$[^$,\s]+\$[0-9a-f]+")
+
+
+def dashboard_users(value: str) -> dict[str, str]:
+    """``DASHBOARD_USERS`` as {name: hash}; ValueError naming the first bad entry."""
+    users: dict[str, str] = {}
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        name, _, hashed = entry.partition(":")
+        if not OPERATOR_NAME.fullmatch(name) or not PASSWORD_HASH.fullmatch(hashed) or name in users:
+            raise ValueError(f"entry {name[:64]!r} is not name:<scrypt or pbkdf2 hash> (or the name is repeated)")
+        users[name] = hashed
+    return users
+
+
+def dashboard_users_ok(value: str) -> bool:
+    try:
+        return bool(dashboard_users(value))
+    except ValueError:
+        return False
 
 
 def e164_ok(value: str) -> bool:

@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # The workers' broker: a metrics request from here reaches the same queues.
     import actors  # noqa: F401
     from actors.services import request_metrics_update
+    from dashboard.blueprint import register as register_dashboard  # its actions use the same broker
 
     if not logging.getLogger().handlers:  # under gunicorn: our lines on stderr, like the workers'
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [PID %(process)d] [%(name)s] [%(levelname)s] %(message)s")
@@ -271,6 +272,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         return redirect(settings.qr_display_url.replace("{code}", quote(qr_code, safe="")), code=302)
 
     qr_page.register(app, qr_display_url=settings.qr_display_url)
+    register_dashboard(app, settings)  # the operators' pages under /dashboard (or a 503 without a secret key)
     return app
 
 
