@@ -35,8 +35,9 @@ Answer = tuple[str, int, int]  # (token, cost, age_ms)
 # still in flight) has passed, because the entries it lost might have filled it. (A replica
 # promoted after missing the last writes still has the epoch key: the entries it missed
 # are not made up for.) Returns, per request, -1 if a stop key exists, 0 when its cost was
-# taken from every window, else the ms until the blocking entry leaves (a request behind a
-# blocked one is not served before it); then the watched key's PTTL.
+# taken from every window, else the ms until the blocking entry leaves, or for an entry
+# still in flight until it would leave were it answered now (a hint: the next try checks
+# again); a request behind a blocked one is not served before it. Then the watched key's PTTL.
 _ACQUIRE = """
 local t = redis.call('time')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -88,8 +89,12 @@ for r = first_request, #ARGV, 2 do
         table.sort(scores, function(x, y) return x > y end)
         bound = scores[limit - cost + 1]
       end
-      if bound and tonumber(bound) > now - window_ms then
-        wait = math.max(wait, math.ceil(tonumber(bound)) + window_ms - now)
+      bound = tonumber(bound)
+      if bound and bound > now - window_ms then
+        -- A request still in flight (its bound lies ahead) is likely answered soon: try
+        -- again when it would be free had it been answered at once.
+        if bound > now + margin then bound = math.max(now, bound - in_flight) end
+        wait = math.max(wait, math.ceil(bound) + window_ms - now)
       end
     end
     if wait > 0 then
@@ -248,7 +253,10 @@ class MemoryWindows:
                     for key, limit, window_ms in windows:
                         scores = sorted(self._entries.setdefault(key, {}).values(), reverse=True)
                         if len(scores) > limit - cost and scores[limit - cost] > now - window_ms:
-                            wait = max(wait, int(scores[limit - cost]) + window_ms - now)
+                            bound = scores[limit - cost]
+                            if bound > now + margin_ms:  # in flight: try again as if answered now
+                                bound = max(now, bound - in_flight_ms)
+                            wait = max(wait, int(bound) + window_ms - now)
                     if wait:
                         blocked = wait
                     else:

@@ -109,7 +109,7 @@ class RateLimit(Middleware):
         *,
         limits: Mapping[str, str],
         windows: RedisWindows | MemoryWindows | None = None,
-        margin_ms: int = 50,
+        margin_ms: int = 5,
         in_flight_ms: int | None = None,
         hold_ms: int = 500,
         lead_ms: int = 300,
