@@ -96,6 +96,8 @@ class RateLimit(Middleware):
       lead_ms(int): A message deferred to a reserved slot is woken this much early (less
         than ``hold_ms``) and then waits in the thread, so that a late wake-up by the
         broker's delay queue does not leave its slot unused.
+      sleep, monotonic: The thread's sleep and the clock answers are timed on (tests inject
+        their own).
 
     A message may also carry ``extra_rate_limit``, a ``[key, limit]`` pair checked first,
     such as a campaign's own slower limit, and ``stop_group``: while that group is stopped
@@ -114,6 +116,7 @@ class RateLimit(Middleware):
         hold_ms: int = 500,
         lead_ms: int = 300,
         sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.limits: dict[str, RateLimitItem] = {name: parse(value) for name, value in limits.items()}
@@ -127,6 +130,7 @@ class RateLimit(Middleware):
         self.hold_ms = hold_ms
         self.lead_ms = min(lead_ms, hold_ms)
         self.sleep = sleep
+        self.monotonic = monotonic
         self._line_seen_until = 0.0
         self._combiners: dict[tuple, Combiner] = {}
 
@@ -217,7 +221,7 @@ class RateLimit(Middleware):
         provider later. Sent with the next try of this process on any of those windows."""
         if self.in_flight_ms is None:
             return
-        at = time.monotonic() if at is None else at
+        at = self.monotonic() if at is None else at
         with self._answers_lock:
             if sum(len(pending) for pending in self._answers.values()) >= 100_000:
                 self._answers.clear()  # windows nobody asks for any more: their units stay bounded
@@ -228,7 +232,7 @@ class RateLimit(Middleware):
         """The answers pending for ``keys``, taken off: (token, cost, age_ms, keys, at)."""
         if self.in_flight_ms is None:
             return []
-        now = time.monotonic()
+        now = self.monotonic()
         found: dict[str, tuple[int, float]] = {}
         with self._answers_lock:
             for key in keys:
