@@ -119,17 +119,17 @@ def run(fake: FakeTwilio, proxy: DelayingProxy, args, tmp: str, *, bound: str) -
     from tests.factories import make_campaign, make_customers
 
     fake.reset()
-    database_url = f"sqlite:///{tmp}/bench-jitter-{bound}.db"
+    ns = namespace(f"bench-jitter-{bound}")
+    database_url = f"sqlite:///{tmp}/{ns}.db"
     configure_database(database_url)
     create_schema()
     with database.connection_context():
         make_customers(args.messages)
         campaign_id = make_campaign()
-    ns = namespace(f"bench-jitter-{bound}")
     env = worker_env(fake, ns=ns, database_url=database_url, TWILIO_API_BASE_URL=proxy.base_url,
                      SMS_RATE_LIMIT=f"{args.limit} per {args.window} seconds", RATE_LIMIT_BOUND=bound,
                      RATE_LIMIT_MARGIN_MS="50" if bound == "slot" else os.environ.get("RATE_LIMIT_MARGIN_MS", "5"))
-    workers = Workers("actors", env, f"{tmp}/workers-{bound}.log")
+    workers = Workers("actors", env, f"{tmp}/{ns}.log")
     client = redis.Redis.from_url(REDIS_URL)
     broker = RedisBroker(url=REDIS_URL, namespace=ns)
     try:
