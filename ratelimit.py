@@ -5,11 +5,17 @@ message's retries and ends in the dead-letter queue once a backlog outlasts them
 throttled message is re-enqueued for a moment when it can go and acknowledged: a
 deferral, never a retry.
 
-- **Exact where it matters**: the slot is taken by the actor immediately before the HTTP
-  call (``Gate.acquire``), not when the message is picked up, so the database work in
-  between cannot bunch sends up. The moving window is enforced over ``period + margin_ms``
-  so the little jitter left between the slot and Twilio's receipt cannot push two windows'
-  sends into one. Check and count are one Lua call, on Redis's own clock.
+- **Exact where Twilio counts**: the slot is taken by the actor immediately before the
+  HTTP call (``Gate.acquire``), not when the message is picked up, so the database work in
+  between cannot bunch sends up. A unit taken stays in the window until a window after the
+  latest moment its request can have reached Twilio: its answer (``Gate.answered``,
+  reported with this process's next try, so it costs no round trip), or ``in_flight_ms``
+  after the slot while no answer has been reported; plus ``margin_ms`` for clock
+  granularity. So a request delayed on its way (a new TLS connection, a slow proxy)
+  delays the units that follow it, instead of landing in the next window's burst.
+  (``in_flight_ms=None`` is the older rule, exact where the slot is taken: a unit is held
+  ``margin_ms`` past its slot, whatever the answer.) Check and count are one Lua call, on
+  Redis's own clock (``rate_windows``).
 - **No thundering herd**: a throttled message takes the next slot in a line of reservations
   spaced ``period / amount`` apart and sleeps until then, so deferred messages wake one by
   one at the rate the limit allows; a message without a reservation may not jump the line.
@@ -27,8 +33,9 @@ import logging
 import math
 import random
 import threading
+import itertools
 import time
-from collections import deque
+import uuid
 from typing import Callable, Mapping
 
 from dramatiq.logging import get_logger
@@ -36,90 +43,11 @@ from dramatiq.middleware import Middleware, SkipMessage
 from limits import RateLimitItem, parse
 
 from batching import Combiner
+from rate_windows import MemoryWindows, RedisWindows
+
+__all__ = ["Gate", "MemoryWindows", "RateLimit", "RedisWindows", "Stopped", "Throttled", "pacing", "slower"]
 
 DEFERRED_MARK = "_deferred_by_rate_limit"
-
-# Moving windows, all or nothing, for a batch of requests in arrival order: each window key
-# is a list of entry times (ms), newest first, trimmed to its limit. KEYS: the stop keys, the
-# windows, the epoch key, then the watched key if any. ARGV: the number of stop keys, whether
-# a key is watched, the number of windows, (limit, window_ms) per window, then each cost.
-# The epoch key holds the time this Redis first served the limiter: a Redis that restarted
-# empty has none, and then grants nothing until one window has passed, because the entries
-# it lost might have filled it. (A replica promoted after missing the last writes still has
-# the epoch key: the entries it missed are not made up for.)
-# Returns, per request, -1 if a stop key exists, 0 when its cost was taken from every window,
-# else the ms until the last blocking entry leaves (a request behind a blocked one is not
-# served before it); then the watched key's PTTL.
-_ACQUIRE = """
-local t = redis.call('time')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local stops, watched, windows = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local ttl = -2
-if watched == 1 then ttl = redis.call('pttl', KEYS[#KEYS]) end
-local first_cost = 4 + 2 * windows
-local results = {}
-local stopped = false
-for i = 1, stops do
-  if redis.call('exists', KEYS[i]) == 1 then stopped = true end
-end
-local epoch = tonumber(redis.call('get', KEYS[stops + windows + 1]) or '-1')
-if epoch < 0 then
-  epoch = now
-  redis.call('set', KEYS[stops + windows + 1], now)
-end
-local blocked = 0
-for r = first_cost, #ARGV do
-  local cost = tonumber(ARGV[r])
-  local wait = blocked
-  if stopped then
-    wait = -1
-  elseif blocked == 0 then
-    for w = 1, windows do
-      local limit, window_ms = tonumber(ARGV[2 * w + 2]), tonumber(ARGV[2 * w + 3])
-      if now < epoch + window_ms then
-        wait = math.max(wait, epoch + window_ms - now)
-      end
-      local entry = redis.call('lindex', KEYS[stops + w], limit - cost)
-      if entry and tonumber(entry) > now - window_ms then
-        wait = math.max(wait, tonumber(entry) + window_ms - now)
-      end
-    end
-    if wait > 0 then
-      blocked = wait
-    else
-      for w = 1, windows do
-        local key = KEYS[stops + w]
-        local limit, window_ms = tonumber(ARGV[2 * w + 2]), tonumber(ARGV[2 * w + 3])
-        for j = 1, cost do redis.call('lpush', key, now) end
-        redis.call('ltrim', key, 0, limit - 1)
-        redis.call('pexpire', key, window_ms)
-      end
-    end
-  end
-  results[#results + 1] = wait
-end
-results[#results + 1] = ttl
-return results
-"""
-
-# The line of reservations: returns the ms from now to the slot taken, at least
-# ARGV[1] ms away and ARGV[2] ms after the previous one.
-_RESERVE = """
-local t = redis.call('time')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local tail = tonumber(redis.call('get', KEYS[1]) or '0')
-local slot = math.max(now + tonumber(ARGV[1]), tail + tonumber(ARGV[2]))
-redis.call('set', KEYS[1], slot, 'px', slot - now + tonumber(ARGV[3]))
-return slot - now
-"""
-
-# How far ahead of now the line reaches, in ms (0 when nobody waits).
-_BACKLOG = """
-local t = redis.call('time')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local tail = tonumber(redis.call('get', KEYS[1]) or '0')
-return math.max(0, tail - now)
-"""
 
 
 class Stopped(Exception):
@@ -136,125 +64,6 @@ class Throttled(Exception):
         super().__init__(f"rate limited for {delay_ms} ms")
         self.delay_ms = delay_ms
         self.reserved = reserved
-
-
-class RedisWindows:
-    """Moving windows and reservation lines in Redis, shared by every process.
-
-    After Redis comes back without the limiter's keys (a restart without persistence, a
-    flush) nothing is granted until one window has passed, since the entries it lost could
-    have filled the window: the ``epoch`` key records when this Redis first served the
-    limiter. A new Redis waits one window too, and so does a campaign's own limit (a
-    ``/day`` limit waits a day). A replica promoted after missing the last writes keeps the
-    epoch key, so the entries it missed are not made up for: that bound is not kept.
-
-    Parameters:
-      client: A redis-py client.
-      prefix(str): The prefix of every key.
-    """
-
-    def __init__(self, client, *, prefix: str) -> None:
-        self.prefix = prefix
-        self.epoch_key = f"{prefix}:epoch"
-        self._client = client
-        self._acquire = client.register_script(_ACQUIRE)
-        self._reserve = client.register_script(_RESERVE)
-        self._backlog = client.register_script(_BACKLOG)
-
-    def acquire(
-        self, windows: list[tuple[str, int, int]], cost: int, stops: tuple[str, ...] = (), *, watch: str | None = None,
-    ) -> tuple[int, int | None]:
-        """Take ``cost`` from every (key, limit, window_ms) or none. Returns 0, the ms to
-        wait, or -1 when one of the ``stops`` is set; and the PTTL of the ``watch`` key
-        (a full key name, read in the same round trip), or None when none is watched."""
-        waits, ttl_ms = self.acquire_many(windows, [cost], stops, watch=watch)
-        return waits[0], ttl_ms
-
-    def acquire_many(
-        self, windows: list[tuple[str, int, int]], costs: list[int], stops: tuple[str, ...] = (), *, watch: str | None = None,
-    ) -> tuple[list[int], int | None]:
-        """``acquire`` for several requests in one round trip, served in order."""
-        args = [len(stops), 1 if watch else 0, len(windows)]
-        for _key, limit, window_ms in windows:
-            args += [limit, window_ms]
-        args += costs
-        keys = [f"{self.prefix}:stop:{key}" for key in stops] + [f"{self.prefix}:window:{key}" for key, _l, _w in windows]
-        keys.append(self.epoch_key)
-        if watch:
-            keys.append(watch)
-        *waits, ttl_ms = self._acquire(keys=keys, args=args)
-        return [int(wait) for wait in waits], int(ttl_ms) if watch else None
-
-    def set_stop(self, key: str, stopped: bool) -> None:
-        if stopped:
-            self._client.set(f"{self.prefix}:stop:{key}", 1, ex=30 * 86400)
-        else:
-            self._client.delete(f"{self.prefix}:stop:{key}")
-
-    def reserve(self, key: str, earliest_ms: int, step_ms: int, ttl_ms: int) -> int:
-        return int(self._reserve(keys=[f"{self.prefix}:line:{key}"], args=[earliest_ms, step_ms, ttl_ms]))
-
-    def backlog_ms(self, key: str) -> int:
-        return int(self._backlog(keys=[f"{self.prefix}:line:{key}"]))
-
-
-class MemoryWindows:
-    """The same in one process, for tests and a Redis-less demo."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock
-        self._entries: dict[str, deque] = {}
-        self._tails: dict[str, int] = {}
-        self._stops: set[str] = set()
-        self._lock = threading.Lock()
-
-    def _now_ms(self) -> int:
-        return int(self.clock() * 1000)
-
-    def set_stop(self, key: str, stopped: bool) -> None:
-        with self._lock:
-            (self._stops.add if stopped else self._stops.discard)(key)
-
-    def acquire(
-        self, windows: list[tuple[str, int, int]], cost: int, stops: tuple[str, ...] = (), *, watch: str | None = None,
-    ) -> tuple[int, int | None]:
-        """As ``RedisWindows.acquire``; nothing is shared to watch, so the TTL is None."""
-        waits, _ttl = self.acquire_many(windows, [cost], stops, watch=watch)
-        return waits[0], None
-
-    def acquire_many(
-        self, windows: list[tuple[str, int, int]], costs: list[int], stops: tuple[str, ...] = (), *, watch: str | None = None,
-    ) -> tuple[list[int], None]:
-        with self._lock:
-            if any(key in self._stops for key in stops):
-                return [-1] * len(costs), None
-            now = self._now_ms()
-            waits, blocked = [], 0
-            for cost in costs:
-                wait = blocked
-                if not blocked:
-                    for key, limit, window_ms in windows:
-                        entries = self._entries.setdefault(key, deque(maxlen=limit))
-                        if len(entries) > limit - cost and entries[limit - cost] > now - window_ms:
-                            wait = max(wait, entries[limit - cost] + window_ms - now)
-                    if wait:
-                        blocked = wait
-                    else:
-                        for key, _limit, _window_ms in windows:
-                            self._entries[key].extendleft([now] * cost)
-                waits.append(wait)
-            return waits, None
-
-    def reserve(self, key: str, earliest_ms: int, step_ms: int, ttl_ms: int) -> int:
-        with self._lock:
-            now = self._now_ms()
-            slot = max(now + earliest_ms, self._tails.get(key, 0) + step_ms)
-            self._tails[key] = slot
-            return slot - now
-
-    def backlog_ms(self, key: str) -> int:
-        with self._lock:
-            return max(0, self._tails.get(key, 0) - self._now_ms())
 
 
 class _DropDeferralWarnings(logging.Filter):
@@ -275,13 +84,20 @@ class RateLimit(Middleware):
       limits(Mapping[str, str]): Named limits, for example ``{"sms": "10/minute"}``. An
         actor opts in with the actor option ``rate_limit="sms"``.
       windows: ``RedisWindows`` so the limit holds across processes, or ``MemoryWindows``.
-      margin_ms(int): Added to every window, to absorb the jitter between taking a slot
-        and the provider receiving the request.
+      margin_ms(int): Added to the latest time a request can reach the provider (clock
+        granularity and drift; with ``in_flight_ms=None``, the whole allowance for the
+        jitter between taking a slot and the provider receiving the request).
+      in_flight_ms(int | None): How long after its slot a request whose answer has not been
+        reported may still reach the provider (the HTTP timeout); once answered, the
+        answer's time bounds it. None: answers are not used, a request is held
+        ``margin_ms`` past its slot (exact where the slot is taken, not at the provider).
       hold_ms(int): A wait up to this long is slept in the worker thread rather than
         sent back to the broker.
       lead_ms(int): A message deferred to a reserved slot is woken this much early (less
         than ``hold_ms``) and then waits in the thread, so that a late wake-up by the
         broker's delay queue does not leave its slot unused.
+      sleep, monotonic: The thread's sleep and the clock answers are timed on (tests inject
+        their own).
 
     A message may also carry ``extra_rate_limit``, a ``[key, limit]`` pair checked first,
     such as a campaign's own slower limit, and ``stop_group``: while that group is stopped
@@ -295,18 +111,26 @@ class RateLimit(Middleware):
         *,
         limits: Mapping[str, str],
         windows: RedisWindows | MemoryWindows | None = None,
-        margin_ms: int = 50,
+        margin_ms: int = 5,
+        in_flight_ms: int | None = None,
         hold_ms: int = 500,
         lead_ms: int = 300,
         sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.limits: dict[str, RateLimitItem] = {name: parse(value) for name, value in limits.items()}
         self.windows = windows if windows is not None else MemoryWindows()
         self.margin_ms = margin_ms
+        self.in_flight_ms = in_flight_ms
+        self._token_prefix = f"{uuid.uuid4().hex[:10]}-"
+        self._tokens = itertools.count()
+        self._answers: dict[str, dict[str, tuple[int, float]]] = {}
+        self._answers_lock = threading.Lock()
         self.hold_ms = hold_ms
         self.lead_ms = min(lead_ms, hold_ms)
         self.sleep = sleep
+        self.monotonic = monotonic
         self._line_seen_until = 0.0
         self._combiners: dict[tuple, Combiner] = {}
 
@@ -338,7 +162,7 @@ class RateLimit(Middleware):
             gate.defer(Throttled(self.reserve(*gate.line, 1, earliest_ms=0), reserved=True))
 
     def saw_full_window(self, item: RateLimitItem) -> None:
-        self._line_seen_until = time.monotonic() + 2 * self.window_ms(item) / 1000
+        self._line_seen_until = time.monotonic() + 2 * (self.window_ms(item) + self.margin_ms) / 1000
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
         _current_gate.set(None)
@@ -358,8 +182,14 @@ class RateLimit(Middleware):
         return checks
 
     def take(self, windows: list[tuple[str, int, int]], cost: int, stops: tuple[str, ...], watch: str | None):
-        """``windows.acquire`` for one thread; threads asking for the same limits at the
-        same moment share one round trip (served in the order they asked)."""
+        """``windows.acquire`` for one thread: (wait_ms, watched PTTL). Its request, if any,
+        is bounded by ``in_flight_ms`` (no answer is reported for it)."""
+        return self.take_token(windows, cost, stops, watch)[:2]
+
+    def take_token(self, windows: list[tuple[str, int, int]], cost: int, stops: tuple[str, ...], watch: str | None):
+        """``take``, and the token its units were taken under (for ``answered``); threads
+        asking for the same limits at the same moment share one round trip (served in
+        the order they asked)."""
         key = (tuple(windows), stops, watch)
         combiner = self._combiners.get(key)
         if combiner is None:
@@ -368,17 +198,59 @@ class RateLimit(Middleware):
             combiner = self._combiners.setdefault(key, Combiner(functools.partial(self.take_many, windows, stops, watch)))
         return combiner.submit(cost)
 
-    def take_many(self, windows, stops, watch, costs: list[int]) -> list[tuple[int, int | None]]:
-        """``windows.acquire`` for a batch of costs, in one round trip, served in order."""
-        waits, watched_ttl_ms = self.windows.acquire_many(windows, costs, stops, watch=watch)
-        return [(wait, watched_ttl_ms) for wait in waits]
+    def take_many(self, windows, stops, watch, costs: list[int]) -> list[tuple[int, int | None, str]]:
+        """``windows.acquire`` for a batch of costs, in one round trip, served in order:
+        (wait_ms, watched PTTL, token) each. The round trip also carries the answers this
+        process has seen for these windows since its last try."""
+        tokens = [f"{self._token_prefix}{next(self._tokens)}" for _ in costs]
+        answers = self._answers_for([key for key, _limit, _window_ms in windows])
+        try:
+            waits, watched_ttl_ms = self.windows.acquire_many(
+                windows, costs, stops, watch=watch, tokens=tokens, answers=[a[:3] for a in answers],
+                margin_ms=self.margin_ms, in_flight_ms=self.in_flight_ms or 0,
+            )
+        except BaseException:
+            for token, cost, _age_ms, keys, at in answers:
+                self.answered(keys, token, cost, at=at)  # applying one twice does no harm
+            raise
+        return [(wait, watched_ttl_ms, token) for wait, token in zip(waits, tokens)]
+
+    def answered(self, keys: list[str], token: str, cost: int, *, at: float | None = None) -> None:
+        """The request that took ``cost`` units of the windows ``keys`` under ``token`` has
+        been answered (at ``at``, on ``time.monotonic``; default now): it cannot reach the
+        provider later. Sent with the next try of this process on any of those windows."""
+        if self.in_flight_ms is None:
+            return
+        at = self.monotonic() if at is None else at
+        with self._answers_lock:
+            if sum(len(pending) for pending in self._answers.values()) >= 100_000:
+                self._answers.clear()  # windows nobody asks for any more: their units stay bounded
+            for key in keys:
+                self._answers.setdefault(key, {})[token] = (cost, at)
+
+    def _answers_for(self, keys: list[str]) -> list[tuple[str, int, int, list[str], float]]:
+        """The answers pending for ``keys``, taken off: (token, cost, age_ms, keys, at)."""
+        if self.in_flight_ms is None:
+            return []
+        now = self.monotonic()
+        found: dict[str, tuple[int, float]] = {}
+        with self._answers_lock:
+            for key in keys:
+                found.update(self._answers.pop(key, {}))
+        # The age is rounded down: the bound Redis makes of it is never early.
+        return [(token, cost, int((now - at) * 1000), keys, at) for token, (cost, at) in found.items()]
 
     def window_ms(self, item: RateLimitItem) -> int:
-        return item.get_expiry() * 1000 + self.margin_ms
+        """The window of a limit (the margin is added to each entry's bound)."""
+        return item.get_expiry() * 1000
+
+    def step_ms(self, item: RateLimitItem, cost: int = 1) -> float:
+        """The spacing of the line of reservations: a window and the margin per limit."""
+        return (self.window_ms(item) + self.margin_ms) * cost / item.amount
 
     def reserve(self, key: str, item: RateLimitItem, cost: int, *, earliest_ms: int) -> int:
-        step_ms = math.ceil(self.window_ms(item) * cost / item.amount)
-        return self.windows.reserve(key, earliest_ms, step_ms, self.window_ms(item) + 60_000)
+        ttl_ms = self.window_ms(item) + self.margin_ms + (self.in_flight_ms or 0) + 60_000
+        return self.windows.reserve(key, earliest_ms, math.ceil(self.step_ms(item, cost)), ttl_ms)
 
     def stop(self, group: str, stopped: bool = True) -> None:
         """Refuse (or allow again) slots to messages whose ``stop_group`` option is
@@ -404,28 +276,31 @@ class Gate:
         self.stop_key = str(group) if group else None
         self.windows = [(key, item.amount, middleware.window_ms(item)) for key, item in checks]
         self.stops = (self.stop_key,) if self.stop_key else ()
+        self._taken: tuple[str, int] | None = None
 
     @property
     def group(self) -> tuple:
         """Gates with equal groups take their slots from the same windows and stop key."""
         return (tuple(self.windows), self.stops)
 
-    def take_many(self, costs: list[int], *, watch: str | None = None) -> list[tuple[int, int | None] | None]:
+    def take_many(self, costs: list[int], *, watch: str | None = None) -> list[tuple[int, int | None, str] | None]:
         """One try at the slots of several messages of this gate's group, in order, in one
-        round trip: (wait_ms, watched PTTL) for each, to pass to its ``acquire(first=)``;
-        None for a cost no limit could ever grant (its ``acquire`` says so)."""
+        round trip: (wait_ms, watched PTTL, token) for each, to pass to its
+        ``acquire(first=)``; None for a cost no limit could ever grant (its ``acquire``
+        says so)."""
         fits = [all(cost <= item.amount for _key, item in self.checks) for cost in costs]
         fitting = [cost for cost, ok in zip(costs, fits) if ok]
         tries = iter(self.middleware.take_many(self.windows, self.stops, watch, fitting) if fitting else ())
         return [next(tries) if ok else None for ok in fits]
 
-    def acquire(self, cost: int = 1, *, watch: str | None = None, first: tuple[int, int | None] | None = None) -> int | None:
+    def acquire(self, cost: int = 1, *, watch: str | None = None, first: tuple | None = None) -> int | None:
         """Take ``cost`` units of every limit now, or within ``hold_ms``; else Throttled.
 
         Returns the PTTL (ms) of the Redis key ``watch`` as the slot was taken, read in the
         same round trip (None without one, or without Redis): a caller that would otherwise
         ask Redis about that key right after gets the answer for free. ``first`` is the
-        outcome of a first try already made by ``take_many``.
+        outcome of a first try already made by ``take_many``. Call ``answered`` once the
+        provider has answered the request the slot was for.
         """
         mw = self.middleware
         for _key, item in self.checks:
@@ -434,9 +309,9 @@ class Gate:
         hold_until = time.monotonic() + mw.hold_ms / 1000
         while True:
             if first is not None:
-                (wait_ms, watched_ttl_ms), first = first, None
+                (wait_ms, watched_ttl_ms, token), first = first, None
             else:
-                wait_ms, watched_ttl_ms = mw.take(self.windows, cost, self.stops, watch)
+                wait_ms, watched_ttl_ms, token = mw.take_token(self.windows, cost, self.stops, watch)
             if wait_ms < 0:
                 raise Stopped(self.stop_key)
             if wait_ms == 0:
@@ -445,12 +320,20 @@ class Gate:
             if time.monotonic() + wait_ms / 1000 > hold_until:
                 if self.reserved:
                     # Keep its place, but do not wake with every other early bird at once.
-                    step_ms = mw.window_ms(self.line[1]) / self.line[1].amount
-                    raise Throttled(wait_ms + int(random.uniform(0, step_ms)), reserved=True)
+                    raise Throttled(wait_ms + int(random.uniform(0, mw.step_ms(self.line[1]))), reserved=True)
                 raise Throttled(mw.reserve(*self.line, cost, earliest_ms=wait_ms), reserved=True)
             mw.sleep(wait_ms / 1000)
         self.message.options.pop("rate_reserved", None)
+        self._taken = (token, cost)
         return watched_ttl_ms
+
+    def answered(self) -> None:
+        """The provider has answered the request this gate's slot was for (any answer: it
+        had the request), so that request cannot be counted there later than now. Nothing
+        when no slot was taken."""
+        if self._taken is not None:
+            (token, cost), self._taken = self._taken, None
+            self.middleware.answered([key for key, _limit, _window_ms in self.windows], token, cost)
 
     def defer(self, throttled: Throttled):
         """Re-enqueue the message for its slot and skip it (acknowledged, not retried)."""

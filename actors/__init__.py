@@ -65,6 +65,7 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
         RateLimit(
             limits=settings.rate_limits, windows=windows,
             margin_ms=settings.rate_limit_margin_ms, hold_ms=settings.rate_limit_hold_ms,
+            in_flight_ms=int(settings.twilio_timeout_s * 1000) if settings.rate_limit_bound == "answer" else None,
             lead_ms=settings.rate_limit_lead_ms,
         )
     )

@@ -66,6 +66,8 @@ def send_sms(message_id: int) -> None:
         defer_until(current, exc.until_utc, services.quiet.clock())
     except TransientError as exc:
         raise dramatiq.Retry(exc.reason, delay=exc.retry_after_ms) from None
+    if gate is not None:
+        gate.answered()  # Twilio answered (or no request was made): the slot's bound is now
     if observability.enabled():
         reason = outcome_code(message_id) if outcome.status in (MessageStatus.FAILED, MessageStatus.SKIPPED) else None
         observability.count_outcome(outcome.status, campaign_id=outcome.campaign_id, reason=reason)
@@ -93,18 +95,18 @@ class SlotTaker:
     def group(self, campaign_id: int) -> tuple:
         return (self.gate.group, self.debouncer.key(campaign_id))
 
-    def take_many(self, costs: list[int], campaign_id: int) -> list[tuple[int, int | None, float] | None]:
+    def take_many(self, costs: list[int], campaign_id: int) -> list[tuple | None]:
         seen_at = time.monotonic()
         tries = self.gate.take_many(costs, watch=self.debouncer.key(campaign_id))
         return [None if taken is None else (*taken, seen_at) for taken in tries]
 
-    def __call__(self, cost: int, campaign_id: int, first: tuple[int, int | None, float] | None = None) -> None:
+    def __call__(self, cost: int, campaign_id: int, first: tuple | None = None) -> None:
         if first is None:
             seen_at = time.monotonic()
             ttl_ms = self.gate.acquire(cost, watch=self.debouncer.key(campaign_id))
         else:
-            wait_ms, first_ttl_ms, seen_at = first
-            ttl_ms = self.gate.acquire(cost, watch=self.debouncer.key(campaign_id), first=(wait_ms, first_ttl_ms))
+            *taken, seen_at = first  # the gate's (wait_ms, watched PTTL, token), then when
+            ttl_ms = self.gate.acquire(cost, watch=self.debouncer.key(campaign_id), first=tuple(taken))
         self.debouncer.saw_ttl(campaign_id, ttl_ms, seen_at=seen_at)
 
 

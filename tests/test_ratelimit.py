@@ -311,3 +311,115 @@ def test_a_redis_that_lost_the_windows_grants_nothing_until_one_window_has_passe
     assert 900 < wait_ms <= 1_000
     time.sleep(wait_ms / 1000 + 0.01)
     assert windows.acquire_many(limit, [1, 1, 1])[0] == [0, 0, 0]
+
+
+def _sliding_max(stamps: list[float], window_s: float) -> int:
+    """The most stamps in any half-open window of ``window_s`` (checked at every stamp)."""
+    stamps = sorted(stamps)
+    return max(sum(1 for u in stamps if t <= u < t + window_s) for t in stamps)
+
+
+@pytest.mark.parametrize("bound, most", [("answer", 3), ("slot", 6)])
+def test_a_request_slow_to_reach_the_provider_holds_its_unit_until_its_answer(clock, bound, most):
+    # Given a limit of 3 per 2 s, held a window past each request's answer (or, the older
+    # rule, a window past its slot), on an injected clock
+    broker = StubBroker(middleware=[])
+    middleware = RateLimit(limits={"sms": "3 per 2 seconds"}, windows=MemoryWindows(clock), margin_ms=0,
+                           in_flight_ms=10_000 if bound == "answer" else None, hold_ms=250, lead_ms=0,
+                           sleep=clock.sleep, monotonic=clock)
+    broker.add_middleware(middleware)
+
+    @dramatiq.actor(broker=broker, queue_name="q", rate_limit="sms")
+    def limited_actor(n):
+        pass
+
+    def slot(n):
+        """A slot for message n as soon as the limiter gives one (a deferral waits its delay)."""
+        middleware.before_process_message(broker, MessageProxy(limited_actor.message(n)))
+        gate = RateLimit.current_gate()
+        while True:
+            try:
+                gate.acquire(1)
+                return gate
+            except Throttled as exc:
+                clock.now += exc.delay_ms / 1000
+
+    # When the first three requests take 300 ms to reach the provider (new connections),
+    # which stamps and answers each as it arrives, and the next three arrive at once
+    arrivals = []
+    first = [slot(n) for n in range(3)]
+    clock.now += 0.3
+    for gate in first:
+        arrivals.append(clock.now)
+        gate.answered()
+    for n in range(3, 6):
+        gate = slot(n)
+        arrivals.append(clock.now)
+        gate.answered()
+
+    # Then the provider never sees more than 3 in a 2 s window when the unit is held past
+    # the answer; held past the slot, it sees 6 (the defect: exact at the slot only)
+    assert _sliding_max(arrivals, 2.0) == most
+    assert round(min(arrivals[3:]) - max(arrivals[:3]), 3) == (2.0 if bound == "answer" else 1.7)
+
+
+def _redis_time_ms(client) -> int:
+    seconds, micros = client.time()
+    return seconds * 1000 + micros // 1000
+
+
+def test_redis_holds_a_unit_in_flight_and_frees_it_a_window_after_its_answer(served_windows):
+    # Given a limit of 3 per second, full (the fixture's three units, taken without tokens)
+    client, windows, limit, prefix = served_windows
+    client.delete(f"{prefix}:units:sms")
+    in_flight = {"margin_ms": 5, "in_flight_ms": 10_000}
+
+    # When three requests take their units, still in flight (no answer reported)
+    before_ms = _redis_time_ms(client)
+    waits, _ = windows.acquire_many(limit, [1, 1, 1], tokens=["a", "b", "c"], **in_flight)
+    (hint_ms,), _ = windows.acquire_many(limit, [1], tokens=["d"], **in_flight)
+
+    # Then each unit is bounded by the in-flight time, and a fourth request is refused; its
+    # wait is a hint (as if the requests were answered now: about a window), not 11 s
+    assert waits == [0, 0, 0]
+    scores = [score for _member, score in client.zrange(f"{prefix}:units:sms", 0, -1, withscores=True)]
+    assert len(scores) == 3 and all(score >= before_ms + 10_005 for score in scores)
+    assert 900 < hint_ms <= 1_005
+
+    # When the answers come with the next try, answered 300 ms ago
+    (wait_ms,), _ = windows.acquire_many(limit, [1], tokens=["d"], answers=[("a", 1, 300), ("b", 1, 300), ("c", 1, 300)], **in_flight)
+
+    # Then the units are bounded by their answer: the fourth waits for the rest of the
+    # window after it (about 700 ms), and once answers a window old come, it is granted
+    assert 600 < wait_ms <= 705
+    (wait_ms,), _ = windows.acquire_many(limit, [1], tokens=["d"], answers=[("a", 1, 1_200), ("b", 1, 1_200), ("c", 1, 1_200)], **in_flight)
+    assert wait_ms == 0
+
+
+def test_a_redis_that_lost_the_windows_also_waits_for_the_requests_that_were_in_flight(served_windows):
+    # Given a full window of requests that may still be on their way (10 s in flight)
+    client, windows, limit, prefix = served_windows
+
+    # When Redis restarts without its data
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+
+    # Then nothing is granted until a window and the in-flight time have passed
+    (wait_ms,), _ = windows.acquire_many(limit, [1], tokens=["x"], margin_ms=5, in_flight_ms=10_000)
+    assert 10_900 < wait_ms <= 11_005
+
+
+def test_the_list_of_an_older_version_counts_while_it_lasts(served_windows):
+    # Given the window an older version keeps (a list of slot times, newest first), full
+    client, windows, limit, prefix = served_windows
+    client.delete(f"{prefix}:units:sms")
+    now_ms = _redis_time_ms(client)
+    client.rpush(f"{prefix}:window:sms", now_ms, now_ms, now_ms)
+
+    # When this version asks for a unit of the same limit
+    (wait_ms,), _ = windows.acquire_many(limit, [1], tokens=["n"], margin_ms=5)
+
+    # Then it waits for those units too; once the list is gone, it is granted
+    assert 900 < wait_ms <= 1_005
+    client.delete(f"{prefix}:window:sms")
+    assert windows.acquire_many(limit, [1], tokens=["n"], margin_ms=5)[0] == [0]

@@ -161,7 +161,7 @@ def test_a_batch_of_claims_takes_its_slots_in_one_round_trip_after_quiet_hours(d
     firsts = [first for _, first in results]
     assert isinstance(firsts[3], claims.QuietNow)
     assert [first[0] for i, first in enumerate(firsts) if i != 3] == [0, 0, 0, 0]
-    assert client.llen(f"{prefix}:window:sms") == 4
+    assert client.zcard(f"{prefix}:units:sms") == 4
 
 
 class QuietThatFailsFor:
@@ -193,4 +193,4 @@ def test_an_error_about_one_message_of_a_batch_stays_with_that_message(db, count
     # raises, undoing its claim) and no slot
     firsts = [first for _, first in results]
     assert firsts[0][0] == 0 and firsts[2][0] == 0 and isinstance(firsts[1], LookupError)
-    assert client.llen(f"{prefix}:window:sms") == 2
+    assert client.zcard(f"{prefix}:units:sms") == 2
