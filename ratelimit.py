@@ -191,6 +191,17 @@ class RedisWindows:
         else:
             self._client.delete(f"{self.prefix}:stop:{key}")
 
+    def hold(self, key: str, ttl_ms: int) -> bool:
+        """A stop that lifts itself after ``ttl_ms``; True if ``key`` was not held before."""
+        return self._client.set(f"{self.prefix}:stop:{key}", 1, px=max(1, int(ttl_ms)), get=True) is None
+
+    def held_ms(self, keys: list[str]) -> int:
+        """The longest time left of the holds ``keys`` (0: none is held)."""
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.pttl(f"{self.prefix}:stop:{key}")
+        return max([int(ttl) for ttl in pipe.execute()] + [0])
+
     def reserve(self, key: str, earliest_ms: int, step_ms: int, ttl_ms: int) -> int:
         return int(self._reserve(keys=[f"{self.prefix}:line:{key}"], args=[earliest_ms, step_ms, ttl_ms]))
 
@@ -206,6 +217,7 @@ class MemoryWindows:
         self._entries: dict[str, deque] = {}
         self._tails: dict[str, int] = {}
         self._stops: set[str] = set()
+        self._holds: dict[str, int] = {}  # key -> when its hold ends (ms)
         self._lock = threading.Lock()
 
     def _now_ms(self) -> int:
@@ -214,6 +226,22 @@ class MemoryWindows:
     def set_stop(self, key: str, stopped: bool) -> None:
         with self._lock:
             (self._stops.add if stopped else self._stops.discard)(key)
+
+    def hold(self, key: str, ttl_ms: int) -> bool:
+        with self._lock:
+            now = self._now_ms()
+            fresh = self._holds.get(key, 0) <= now
+            self._holds[key] = now + max(1, int(ttl_ms))
+            return fresh
+
+    def held_ms(self, keys: list[str]) -> int:
+        with self._lock:
+            now = self._now_ms()
+            return max([self._holds.get(key, 0) - now for key in keys] + [0])
+
+    def _stopped(self, stops: tuple[str, ...]) -> bool:
+        now = self._now_ms()
+        return any(key in self._stops or self._holds.get(key, 0) > now for key in stops)
 
     def acquire(
         self, windows: list[tuple[str, int, int]], cost: int, stops: tuple[str, ...] = (), *, watch: str | None = None,
@@ -226,7 +254,7 @@ class MemoryWindows:
         self, windows: list[tuple[str, int, int]], costs: list[int], stops: tuple[str, ...] = (), *, watch: str | None = None,
     ) -> tuple[list[int], None]:
         with self._lock:
-            if any(key in self._stops for key in stops):
+            if self._stopped(stops):
                 return [-1] * len(costs), None
             now = self._now_ms()
             waits, blocked = [], 0
@@ -285,7 +313,9 @@ class RateLimit(Middleware):
 
     A message may also carry ``extra_rate_limit``, a ``[key, limit]`` pair checked first,
     such as a campaign's own slower limit, and ``stop_group``: while that group is stopped
-    (``RateLimit.stop``) its messages get no slot and ``acquire`` raises ``Stopped``. The actor takes its slot with
+    (``RateLimit.stop``) its messages get no slot and ``acquire`` raises ``Stopped``; the
+    same for each of its ``hold_groups`` while held (``RateLimit.hold``, a stop that lifts
+    itself). The actor takes its slot with
     ``RateLimit.current_gate().acquire(cost)`` right before the rate-limited call; when it
     raises ``Throttled``, the actor calls ``gate.defer(exc)``.
     """
@@ -385,6 +415,15 @@ class RateLimit(Middleware):
         ``group``: a pause takes effect at the very last step before sending."""
         self.windows.set_stop(group, stopped)
 
+    def hold(self, group: str, ttl_ms: int) -> bool:
+        """``stop`` for ``ttl_ms`` only, for the messages that list ``group`` in their
+        ``hold_groups`` option (Twilio's signals, ``signal_actions``); True if it was not held."""
+        return self.windows.hold(group, ttl_ms)
+
+    def held_ms(self, groups: list[str]) -> int:
+        """The longest time left of the holds of ``groups`` (0: none)."""
+        return self.windows.held_ms(groups)
+
 
 class Gate:
     """One message's passage through its limits.
@@ -403,7 +442,8 @@ class Gate:
         group = message.options.get("stop_group")
         self.stop_key = str(group) if group else None
         self.windows = [(key, item.amount, middleware.window_ms(item)) for key, item in checks]
-        self.stops = (self.stop_key,) if self.stop_key else ()
+        holds = tuple(str(hold) for hold in message.options.get("hold_groups") or ())
+        self.stops = ((self.stop_key,) if self.stop_key else ()) + holds
 
     @property
     def group(self) -> tuple:

@@ -11,6 +11,8 @@ import campaigns
 import delivery
 import dispatch
 import fanout
+import senders
+import twilio_signals
 from actors.services import get_services, request_metrics_update
 from actors.sms import send_sms
 from actors.stops import stop_campaign, stop_group
@@ -64,10 +66,12 @@ def dispatch_campaign(campaign_id: int, token: str) -> None:
         return
     max_inflight, again_ms = pacing(slower(services.sms_rate_limit, campaign.rate_limit))
     quiet = services.quiet
+    held_ms = services.signals.held_ms(senders.of(campaign)) if services.signals is not None else 0
     result = dispatch.dispatch(
         campaign_id, token, enqueue=enqueue_sends, max_inflight=max_inflight,
         requeue_after_s=max(services.requeue_after_s, 6 * again_ms / 1000),
         quiet_hours=quiet.hours if quiet else None, clock=quiet.clock if quiet else utcnow,
+        held_ms=held_ms,
     )
     if not result.again:
         return
@@ -96,6 +100,9 @@ def update_metrics(campaign_id: int) -> None:
     storm = services.error_storm
     if analytics.check_error_storm(campaign_id, window=storm[0], min_attempts=storm[1], ratio=storm[2]):
         stop_campaign(campaign_id)
+    filtering = services.filtering_storm
+    if analytics.check_filtering_storm(campaign_id, window=filtering[0], min_outcomes=filtering[1], ratio=filtering[2]):
+        stop_campaign(campaign_id)
 
 
 def sweep() -> campaigns.SweepResult:
@@ -120,8 +127,9 @@ def sweep() -> campaigns.SweepResult:
 
 
 def enqueue_sends(campaign: Campaign, message_ids: list[int]) -> None:
-    """One ``send_sms`` per message, with the campaign's stop group and its own rate limit."""
-    options = {"stop_group": stop_group(campaign.id)}
+    """One ``send_sms`` per message, with the campaign's stop group, the holds of its sender
+    (``twilio_signals.hold_groups``) and its own rate limit."""
+    options = {"stop_group": stop_group(campaign.id), "hold_groups": twilio_signals.hold_groups(senders.of(campaign))}
     if campaign.rate_limit:
         options["extra_rate_limit"] = [f"campaign:{campaign.id}", campaign.rate_limit]
     for message_id in message_ids:
