@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import dramatiq
 
 import sending
-from actors import stops
+from actors.stops import hold, held_ms, stop_campaign
 from batching import WriteBehind
 from claims import QuietPolicy
 from message_types import SentRecord
@@ -73,7 +73,7 @@ def get_services() -> Services:
             filtering_storm=(settings.filtering_storm_window, settings.filtering_storm_min_outcomes,
                              settings.filtering_storm_ratio),
             signals=SignalActions(
-                hold=stops.hold, held_ms=stops.held_ms, stop_campaign=stops.stop_campaign,
+                hold=hold, held_ms=held_ms, stop_campaign=stop_campaign,
                 global_rate_limit=settings.sms_rate_limit, retry_after_max_s=settings.twilio_retry_after_max_s,
             ),
             quiet=quiet_policy(settings),
