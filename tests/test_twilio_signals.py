@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+import redis
 from dramatiq import Worker
 
 import actors
@@ -19,12 +20,12 @@ from claims import QuietPolicy
 from errors import HoldError, PermanentError, SenderError, TransientError
 from models import Campaign, CampaignStatus, Event, Message, MessageStatus
 from quiet import QuietHours, zone
-from ratelimit import RateLimit
+from ratelimit import RateLimit, RedisWindows
 from settings import Secret, Settings
 from signal_actions import SignalActions
 from smsservice import classify_twilio_error, make_backend
 from tests.conftest import FROM_NUMBER, join_all, twilio_settings, wait_for
-from tests.endpoints import POSTGRES_URL
+from tests.endpoints import POSTGRES_URL, REDIS_URL
 from tests.factories import TEMPLATE, make_customers, phone_for
 from tests.test_web import PUBLIC, QR_PAGE, TOKEN, Server
 from twilio_signals import Action
@@ -377,11 +378,6 @@ def test_the_validity_period_ends_when_the_recipients_quiet_hours_start(db, stub
 
 def test_a_hold_in_redis_refuses_slots_until_it_lifts_itself(unique_namespace):
     # Given the limiter's windows in the real Redis
-    import redis
-
-    from ratelimit import RedisWindows
-    from tests.endpoints import REDIS_URL
-
     client = redis.Redis.from_url(REDIS_URL)
     windows = RedisWindows(client, prefix=f"{unique_namespace}:ratelimit")
     try:
