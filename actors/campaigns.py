@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 #: While every row left waits for quiet hours, the dispatcher looks again this often at most
 #: (and at least three times per sweeper's stale cut-off, so it is not taken for stalled).
 QUIET_RECHECK_MS = 30_000
+#: While the fan-out has recorded nothing the dispatcher could enqueue yet, it looks again this soon.
+FANOUT_RECHECK_MS = 1_000
 
 
 @dramatiq.actor(queue_name="campaigns", max_retries=5, min_backoff=5_000, time_limit=6 * 3_600_000)
@@ -76,6 +78,10 @@ def dispatch_campaign(campaign_id: int, token: str) -> None:
     if not result.again:
         return
     delay_ms = again_ms
+    if result.enqueued == 0 and result.inflight == 0 and result.quiet_until is None and campaign.fanout_done_at is None:
+        # Started before the fan-out's first rows were committed: look again soon, not a
+        # whole half window later (30 s at 1/minute).
+        delay_ms = min(again_ms, FANOUT_RECHECK_MS)
     if result.enqueued == 0 and result.inflight == 0 and result.quiet_until is not None:
         # Everything left waits for quiet hours to end: look again then, but often enough
         # that the heartbeat stays fresh for the sweeper.
