@@ -104,6 +104,32 @@ def check_error_storm(campaign_id: int, *, window: int, min_attempts: int, ratio
     return pause_campaign(campaign_id, f"error storm: {failed} of the last {len(recent)} attempts failed")
 
 
+#: Twilio's code for a message filtered by the carrier (``twilio_signals``).
+FILTERED = "30007"
+
+
+def check_filtering_storm(campaign_id: int, *, window: int, min_outcomes: int, ratio: float) -> bool:
+    """Pause the campaign on a spike of carrier filtering (30007): at least ``ratio`` of its
+    last ``window`` outcomes, once ``min_outcomes`` are in. An outcome is a delivery report,
+    or a refusal of the create (a row failed after an attempt); a report or refusal saying
+    30007 counts as filtered. Carriers filter on content and sender reputation, so the rest
+    of the list would be filtered too, and every filtered message costs the sender more."""
+    outcome = Message.delivery_status.is_null(False) | ((Message.status == MessageStatus.FAILED) & (Message.attempts > 0))
+    recent = list(
+        Message.select(Message.delivery_error_code, Message.error_code)
+        .where(Message.campaign == campaign_id, outcome)
+        .order_by(Message.updated_at.desc(), Message.id.desc())
+        .limit(window)
+        .tuples()
+    )
+    filtered = sum(1 for delivery_code, code in recent if FILTERED in (delivery_code, code))
+    if len(recent) < min_outcomes or filtered == 0 or filtered < ratio * len(recent):
+        return False
+    return pause_campaign(
+        campaign_id, f"carrier filtering: {filtered} of the last {len(recent)} outcomes were Twilio 30007 "
+                     "(message filtered by the carrier); review the text and the sender's registration, then resume")
+
+
 def analytics_dict(campaign_id: int) -> dict:
     """The campaign's status and analytics as plain data, for the shell, the CLI and tests."""
     campaign = Campaign.get_by_id(campaign_id)

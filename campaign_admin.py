@@ -15,7 +15,7 @@ from models import Campaign, CampaignAnalytics, CampaignStatus, utcnow
 #: (every other column, a setting added later included, is copied).
 RUN_COLUMNS = frozenset({
     "id", "name", "status", "status_reason", "send_at", "dispatch_token", "heartbeat_at", "fanout_done_at",
-    "fanout_beat_at", "zones", "started_at", "completed_at", "created_at",
+    "fanout_beat_at", "zones", "started_at", "completed_at", "created_at", "slowed_at",
 })
 
 #: The figures ``list_campaigns`` gives from each campaign's analytics.

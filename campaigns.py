@@ -17,6 +17,7 @@ from typing import Callable
 
 import campaign_status
 import message_state
+import senders
 from errors import CampaignError
 from events import record_event
 from peewee import fn
@@ -134,6 +135,33 @@ def pause_campaign(campaign_id: int, reason: str) -> bool:
     if changed:
         record_event(campaign_id, "campaign_paused", reason, level="warning")
     return bool(changed)
+
+
+def pause_sender_campaigns(sender: str | None, reason: str, *, campaign_id: int | None = None) -> list[int]:
+    """Pause every sending campaign of ``sender`` (a number or a messaging service) with the
+    reason, each with its event; ``campaign_id`` too, whatever its sender (one whose sender is
+    not fixed yet). Returns the campaigns paused now."""
+    of_sender = Campaign.select(Campaign.id).where(Campaign.status == CampaignStatus.SENDING)
+    if sender is None:
+        ids = [campaign_id] if campaign_id is not None else []
+    else:
+        column = Campaign.messaging_service_sid if senders.is_service(sender) else Campaign.from_number
+        ids = [row.id for row in of_sender.where(column == sender)]
+        if campaign_id is not None and campaign_id not in ids:
+            ids.append(campaign_id)
+    return [cid for cid in ids if pause_campaign(cid, reason)]
+
+
+def slow_down(campaign_id: int, *, rate_limit: str, previous: str | None, cooldown_s: float,
+              now: dt.datetime | None = None) -> bool:
+    """Give the campaign the slower ``rate_limit``, if it still has ``previous`` and was not
+    slowed in the last ``cooldown_s`` (one conditional UPDATE: concurrent reports of one burst
+    slow it once)."""
+    now = now or utcnow()
+    same = Campaign.rate_limit.is_null() if previous is None else (Campaign.rate_limit == previous)
+    cooled = Campaign.slowed_at.is_null() | (Campaign.slowed_at < now - dt.timedelta(seconds=cooldown_s))
+    return bool(Campaign.update(rate_limit=rate_limit, slowed_at=now).where(
+        Campaign.id == campaign_id, same, cooled, Campaign.status.not_in(CampaignStatus.FINISHED)).execute())
 
 
 def resume_campaign(campaign_id: int) -> str | None:

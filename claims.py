@@ -44,6 +44,14 @@ class QuietPolicy:
         if until is not None:
             raise QuietNow(until)
 
+    def seconds_until_quiet(self, message: "LoadedMessage") -> float:
+        """How long until the recipient's quiet hours start (0 inside them)."""
+        zone = recipient_zone(
+            message.to_phone, customer_zone=message.customer.time_zone,
+            campaign_zone=message.campaign.time_zone, default_zone=self.default_zone,
+        )
+        return self.hours.seconds_until_start(self.clock(), zone)
+
 
 @dataclass
 class LoadedMessage:

@@ -31,6 +31,7 @@ def dispatch(
     requeue_after_s: float,
     quiet_hours: QuietHours | None = None,
     clock: Callable[[], dt.datetime] = utcnow,
+    held_ms: int = 0,
 ) -> DispatchResult:
     """Enqueue sends so that at most ``max_inflight`` of the campaign are in the broker.
 
@@ -46,11 +47,17 @@ def dispatch(
     it stays pending, untouched, until its window ends, and is then enqueued at the
     campaign's pace like any other. The chain goes on while any row is open, so a campaign
     waiting for a window is not taken for a stalled one.
+
+    While the campaign's sends are held (``held_ms`` > 0: one of Twilio's signals,
+    ``signal_actions``), nothing is enqueued: the chain only keeps its sign of life, and says
+    when the hold ends (as ``quiet_until``).
     """
     campaign = Campaign.get_or_none(Campaign.id == campaign_id)
     if campaign is None or campaign.dispatch_token != token or campaign.status != CampaignStatus.SENDING:
         return DispatchResult()
     Campaign.update(heartbeat_at=utcnow()).where(Campaign.id == campaign_id).execute()
+    if held_ms > 0:
+        return DispatchResult(again=True, quiet_until=utcnow() + dt.timedelta(milliseconds=held_ms))
     stale_before = utcnow() - dt.timedelta(seconds=requeue_after_s)
     queued = Message.select(Message.id).where(
         Message.campaign == campaign_id, Message.status == MessageStatus.PENDING, Message.queued_at.is_null(False)

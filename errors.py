@@ -4,6 +4,11 @@
 - ``TransientError``: the same request may succeed later; the message is retried with backoff.
 - ``SenderError``: the sender or account is misconfigured; every further message of the
   campaign would fail the same way, so the campaign is paused with ``reason``.
+- ``HoldError``: Twilio says to stop sending for a while (a daily cap); the message goes back
+  to pending, unsent, and the sender's or the account's traffic is held.
+
+An error from one of Twilio's signals (``twilio_signals.SIGNALS``) carries its ``signal``,
+which ``signal_actions`` acts on beyond the one message (a hold, a pause, a slow-down).
 
 ``code`` is a short machine-readable slug (or a Twilio error code) stored beside the reason.
 """
@@ -18,6 +23,8 @@ class CampaignError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.code = None if code is None else str(code)
+        #: The ``twilio_signals.Signal`` this error is, if any (set by the classification).
+        self.signal = None
 
 
 class PermanentError(CampaignError):
@@ -55,6 +62,11 @@ class MaybeSent(TransientError):
 
 class SenderError(CampaignError):
     """The sender or the account is misconfigured: pause the campaign, fail nobody."""
+
+
+class HoldError(CampaignError):
+    """Twilio refused the message because a daily cap is reached (30027, 63038): nothing was
+    sent; the message waits, unsent, until the hold ends."""
 
 
 class ConfigurationError(CampaignError):

@@ -131,6 +131,8 @@ class Campaign(BaseModel):
     #: set; fixed at creation, or at the start for a campaign created without one.
     from_number = CharField(max_length=20, null=True)
     messaging_service_sid = CharField(max_length=34, null=True)
+    #: When Twilio's 30022 last lowered ``rate_limit`` (``signal_actions``): once a minute at most.
+    slowed_at = DateTimeField(null=True)
 
     def recipient_zones(self) -> list[str]:
         """The time zones of the campaign's recipients, as far as the fan-out got."""

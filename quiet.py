@@ -52,6 +52,22 @@ class QuietHours:
         raise AssertionError("unreachable: the next day's end is always in the future")
 
 
+    def seconds_until_start(self, now_utc: dt.datetime, zone: ZoneInfo) -> float:
+        """Seconds from ``now_utc`` (naive UTC) until the window next starts in ``zone``
+        (0 inside it)."""
+        if self.next_allowed_utc(now_utc, zone) is not None:
+            return 0.0
+        now_aware = now_utc.replace(tzinfo=dt.timezone.utc)
+        local = now_aware.astimezone(zone)
+        for days in (0, 1, 2):
+            # A start inside a skipped hour (spring) is read as the instant after the gap.
+            start = dt.datetime.combine(local.date() + dt.timedelta(days=days), self.start, tzinfo=zone)
+            seconds = (start.astimezone(dt.timezone.utc) - now_aware).total_seconds()
+            if seconds > 0:
+                return seconds
+        raise AssertionError("unreachable: a window starts within two days")
+
+
 @lru_cache(maxsize=512)
 def zone(name: str | None) -> ZoneInfo | None:
     if not name:

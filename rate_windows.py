@@ -201,6 +201,17 @@ class RedisWindows:
         else:
             self._client.delete(f"{self.prefix}:stop:{key}")
 
+    def hold(self, key: str, ttl_ms: int) -> bool:
+        """A stop that lifts itself after ``ttl_ms``; True if ``key`` was not held before."""
+        return self._client.set(f"{self.prefix}:stop:{key}", 1, px=max(1, int(ttl_ms)), get=True) is None
+
+    def held_ms(self, keys: list[str]) -> int:
+        """The longest time left of the holds ``keys`` (0: none is held)."""
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.pttl(f"{self.prefix}:stop:{key}")
+        return max([int(ttl) for ttl in pipe.execute()] + [0])
+
     def reserve(self, key: str, earliest_ms: int, step_ms: int, ttl_ms: int) -> int:
         return int(self._reserve(keys=[f"{self.prefix}:line:{key}"], args=[earliest_ms, step_ms, ttl_ms]))
 
@@ -216,6 +227,7 @@ class MemoryWindows:
         self._entries: dict[str, dict[str, float]] = {}
         self._tails: dict[str, int] = {}
         self._stops: set[str] = set()
+        self._holds: dict[str, int] = {}  # key -> when its hold ends (ms)
         self._lock = threading.Lock()
 
     def _now_ms(self) -> int:
@@ -224,6 +236,22 @@ class MemoryWindows:
     def set_stop(self, key: str, stopped: bool) -> None:
         with self._lock:
             (self._stops.add if stopped else self._stops.discard)(key)
+
+    def hold(self, key: str, ttl_ms: int) -> bool:
+        with self._lock:
+            now = self._now_ms()
+            fresh = self._holds.get(key, 0) <= now
+            self._holds[key] = now + max(1, int(ttl_ms))
+            return fresh
+
+    def held_ms(self, keys: list[str]) -> int:
+        with self._lock:
+            now = self._now_ms()
+            return max([self._holds.get(key, 0) - now for key in keys] + [0])
+
+    def _stopped(self, stops: tuple[str, ...]) -> bool:
+        now = self._now_ms()
+        return any(key in self._stops or self._holds.get(key, 0) > now for key in stops)
 
     def acquire(
         self, windows: list[Window], cost: int, stops: tuple[str, ...] = (), *, watch: str | None = None,
@@ -244,7 +272,7 @@ class MemoryWindows:
                     for j in range(1, cost + 1):
                         if f"{token}:{j}" in entries:
                             entries[f"{token}:{j}"] = now - max(0, int(age_ms)) + margin_ms
-            if any(key in self._stops for key in stops):
+            if self._stopped(stops):
                 return [-1] * len(costs), None
             waits, blocked = [], 0
             for token, cost in zip(_tokens(tokens, costs), costs):

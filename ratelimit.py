@@ -101,7 +101,9 @@ class RateLimit(Middleware):
 
     A message may also carry ``extra_rate_limit``, a ``[key, limit]`` pair checked first,
     such as a campaign's own slower limit, and ``stop_group``: while that group is stopped
-    (``RateLimit.stop``) its messages get no slot and ``acquire`` raises ``Stopped``. The actor takes its slot with
+    (``RateLimit.stop``) its messages get no slot and ``acquire`` raises ``Stopped``; the
+    same for each of its ``hold_groups`` while held (``RateLimit.hold``, a stop that lifts
+    itself). The actor takes its slot with
     ``RateLimit.current_gate().acquire(cost)`` right before the rate-limited call; when it
     raises ``Throttled``, the actor calls ``gate.defer(exc)``.
     """
@@ -257,6 +259,15 @@ class RateLimit(Middleware):
         ``group``: a pause takes effect at the very last step before sending."""
         self.windows.set_stop(group, stopped)
 
+    def hold(self, group: str, ttl_ms: int) -> bool:
+        """``stop`` for ``ttl_ms`` only, for the messages that list ``group`` in their
+        ``hold_groups`` option (Twilio's signals, ``signal_actions``); True if it was not held."""
+        return self.windows.hold(group, ttl_ms)
+
+    def held_ms(self, groups: list[str]) -> int:
+        """The longest time left of the holds of ``groups`` (0: none)."""
+        return self.windows.held_ms(groups)
+
 
 class Gate:
     """One message's passage through its limits.
@@ -275,7 +286,8 @@ class Gate:
         group = message.options.get("stop_group")
         self.stop_key = str(group) if group else None
         self.windows = [(key, item.amount, middleware.window_ms(item)) for key, item in checks]
-        self.stops = (self.stop_key,) if self.stop_key else ()
+        holds = tuple(str(hold) for hold in message.options.get("hold_groups") or ())
+        self.stops = ((self.stop_key,) if self.stop_key else ()) + holds
         self._taken: tuple[str, int] | None = None
 
     @property

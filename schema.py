@@ -26,6 +26,7 @@ ADDED_COLUMNS = (
     ("campaign", "language", lambda: CharField(max_length=8, null=True)),
     ("campaign", "from_number", lambda: CharField(max_length=20, null=True)),
     ("campaign", "messaging_service_sid", lambda: CharField(max_length=34, null=True)),
+    ("campaign", "slowed_at", lambda: DateTimeField(null=True)),
     ("customer", "external_ref", lambda: CharField(max_length=100, null=True)),
     ("customer", "region", lambda: CharField(max_length=2, null=True)),
     ("customer", "consent_at", lambda: DateTimeField(null=True)),

@@ -20,7 +20,9 @@ import message_state
 import senders
 from batching import Combiner
 from claims import BatchSlots, LoadedMessage, QuietNow, QuietPolicy, claim_rendered, load_for_send
-from errors import MaybeSent, MessageTooLong, PermanentError, RecipientOptedOut, SenderError, TemplateError, TransientError
+from errors import (
+    HoldError, MaybeSent, MessageTooLong, PermanentError, RecipientOptedOut, SenderError, TemplateError, TransientError,
+)
 from events import record_event
 from links import new_link_code
 from message_types import SentRecord, SkipReason
@@ -90,6 +92,8 @@ class _How:
     record_sent: Callable[[SentRecord], None] | None
     max_attempts: int
     default_sender: str | None = None
+    #: Acts on Twilio's signals beyond the one message (``signal_actions.SignalActions``).
+    signals: object | None = None
 
 
 def send_message(
@@ -104,6 +108,7 @@ def send_message(
     record_sent: Callable[[SentRecord], None] | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     default_sender: str | None = None,
+    signals=None,
 ) -> SendOutcome:
     """Check, claim, send and record one message: the spec's sequence.
 
@@ -129,8 +134,13 @@ def send_message(
 
     Every send and lookup uses the campaign's sender, read with the message; a campaign
     that has none yet is given ``default_sender`` (this worker's setting) once, on its row.
+
+    An answer that is one of Twilio's signals (``twilio_signals``) is acted on by
+    ``signals`` (``signal_actions.SignalActions``) beyond this message: a hold, a pause of
+    the sender's campaigns, a slower campaign. Each send tells the backend how long the
+    message may wait at Twilio before the recipient's quiet hours start (``ValidityPeriod``).
     """
-    how = _How(backend, acquire_slot, reconcile_after_s, quiet, record_sent, max_attempts, default_sender)
+    how = _How(backend, acquire_slot, reconcile_after_s, quiet, record_sent, max_attempts, default_sender, signals)
     message, first = claim_rendered(message_id, deferrals, acquire_slot, quiet)
     if message is not None:
         outcome = SendOutcome(message_id, MessageStatus.SENDING, campaign_id=message.campaign.id)
@@ -226,8 +236,33 @@ def _send_claimed(message, body, segments, outcome: SendOutcome, how: _How, firs
             # window's end, a stopped campaign never (resume dispatches it), else now.
             message_state.put_back(message_id, queued_at=getattr(exc, "queued_at", utcnow()), undo_attempt=True)
             raise
+    sender = _sender(message, how)
     try:
-        sent = how.backend.send(to=message.to_phone, body=body, sender=_sender(message, how))
+        valid_for_s = quiet.seconds_until_quiet(message) if quiet is not None else None
+        sent = how.backend.send(to=message.to_phone, body=body, sender=sender, valid_for_s=valid_for_s)
+    except (PermanentError, SenderError, HoldError, TransientError) as exc:
+        if exc.signal is not None and how.signals is not None:
+            acted = how.signals.act(exc.signal, campaign_id=message.campaign.id, sender=sender,
+                                    retry_after_s=(exc.retry_after_ms / 1000) if getattr(exc, "retry_after_ms", None) else None)
+            if acted.hold_ms is not None and isinstance(exc, TransientError):
+                exc.retry_after_ms = acted.hold_ms  # this message comes back when the hold ends
+        return _failed_send(exc, message, outcome, how)
+    record = SentRecord(message_id, sent.sid, sent.segments or segments, message.campaign.id)
+    if how.record_sent is None:
+        _sent_records.submit(record)
+    else:
+        how.record_sent(record)
+        outcome.written_behind = True
+    outcome.status = MessageStatus.SENT
+    return outcome
+
+
+def _failed_send(exc: Exception, message, outcome: SendOutcome, how: _How) -> SendOutcome:
+    """Record a send Twilio refused, by the error's class (``errors.py``); a transient one is
+    raised again for the caller's retry."""
+    message_id = message.id
+    try:
+        raise exc
     except RecipientOptedOut as exc:
         message_state.fail(message_id, MessageStatus.SENDING, code=exc.code, reason=exc.reason)
         consent.opt_out(message.to_phone, source=consent.Source.TWILIO_21610, reason=exc.reason)
@@ -244,6 +279,11 @@ def _send_claimed(message, body, segments, outcome: SendOutcome, how: _How, firs
         outcome.pause_reason = f"sender error {exc.code}: {exc.reason}"
         outcome.status, outcome.detail = MessageStatus.PENDING, exc.reason
         return outcome
+    except HoldError as exc:
+        # Not sent: pending again, for the dispatcher to enqueue once the hold ends.
+        message_state.put_back(message_id, queued_at=None, undo_attempt=False)
+        outcome.status, outcome.detail = MessageStatus.PENDING, exc.reason
+        return outcome
     except MaybeSent as exc:
         message_state.note_maybe_sent(message_id, code=exc.code, reason=exc.reason)
         logger.warning("message %s to %s: maybe sent (%s); will look it up at Twilio", message_id, mask_phone(message.to_phone), exc.reason)
@@ -253,14 +293,6 @@ def _send_claimed(message, body, segments, outcome: SendOutcome, how: _How, firs
         message_state.retry_later(message_id, code=exc.code, reason=exc.reason)
         logger.warning("message %s to %s: transient error %s: %s", message_id, mask_phone(message.to_phone), exc.code, exc.reason)
         raise
-    record = SentRecord(message_id, sent.sid, sent.segments or segments, message.campaign.id)
-    if how.record_sent is None:
-        _sent_records.submit(record)
-    else:
-        how.record_sent(record)
-        outcome.written_behind = True
-    outcome.status = MessageStatus.SENT
-    return outcome
 
 
 def _sender(message, how: _How) -> str | None:

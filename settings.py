@@ -101,6 +101,10 @@ class Settings:
     twilio_api_base_url: str = setting("", url(*HTTP, phrase="an http(s) URL", optional=True))
     twilio_status_callback_url: str = setting("", url(*HTTP, phrase="an http(s) URL", optional=True))
     twilio_timeout_s: float = setting(10.0, number(0.1, 30, SECONDS))
+    #: Twilio's ``ValidityPeriod`` of every message (less when the recipient's quiet hours start sooner).
+    sms_validity_period_s: int = setting(14_400, number(1, 36_000, SECONDS))
+    #: A 429's ``Retry-After`` holds every send that long, at most this long.
+    twilio_retry_after_max_s: int = setting(60, number(1, 3_600, SECONDS))
     sms_backend: str = setting("console", choice(*SMS_BACKENDS))
     short_url_base: str = setting("http://localhost:8000/q", url(*HTTP, phrase="an http(s) URL"))
     public_base_url: str = setting("", url(*HTTP, phrase="an http(s) URL", optional=True))
@@ -132,6 +136,12 @@ class Settings:
     error_storm_window: int = setting(50, number(1, 10_000))
     error_storm_min_attempts: int = setting(20, Range("1 to `ERROR_STORM_WINDOW`", low=1, high=10_000))
     error_storm_ratio: float = setting(0.8, Range("above 0, up to 1", low=0, high=1))
+    #: A spike of carrier filtering (30007) pauses the campaign: at least ``FILTERING_STORM_RATIO``
+    #: of its last ``FILTERING_STORM_WINDOW`` outcomes (delivery reports and refusals), once
+    #: ``FILTERING_STORM_MIN_OUTCOMES`` are in.
+    filtering_storm_window: int = setting(50, number(1, 10_000))
+    filtering_storm_min_outcomes: int = setting(20, Range("1 to `FILTERING_STORM_WINDOW`", low=1, high=10_000))
+    filtering_storm_ratio: float = setting(0.2, Range("above 0, up to 1", low=0, high=1))
     prometheus: str = setting("off", choice("on", "off"))
     dramatiq_heartbeat_timeout_ms: int = setting(60_000, number(1_000, 3_600_000, "ms"))
     dramatiq_maintenance_chance: int = setting(1000, number(1, 1_000_000))
@@ -207,6 +217,14 @@ class Settings:
         if self.dashboard_secret_key and len(self.dashboard_secret_key.reveal()) < 32:
             raise ConfigurationError("DASHBOARD_SECRET_KEY must be at least 32 characters (e.g. python -c "
                                      "'import secrets; print(secrets.token_urlsafe(32))')")
+        if self.filtering_storm_ratio <= 0:
+            raise ConfigurationError(
+                f"FILTERING_STORM_RATIO={self.filtering_storm_ratio!r} is out of range: must be above 0, up to 1")
+        if self.filtering_storm_min_outcomes > self.filtering_storm_window:
+            raise ConfigurationError(
+                f"FILTERING_STORM_MIN_OUTCOMES={self.filtering_storm_min_outcomes} is out of range: must be at most "
+                f"FILTERING_STORM_WINDOW ({self.filtering_storm_window}), or the auto-pause could never trigger"
+            )
         if self.sms_backend == "twilio":
             self._validate_twilio()
 

@@ -7,6 +7,7 @@ import datetime as dt
 import itertools
 import logging
 import sys
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,7 +19,8 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 import senders
-from errors import MaybeSent, PermanentError, RecipientOptedOut, SenderError, TransientError
+import twilio_signals
+from errors import HoldError, MaybeSent, PermanentError, RecipientOptedOut, SenderError, TransientError
 from settings import Settings
 from segments import measure
 from sms import mask_phone
@@ -58,12 +60,21 @@ SENDER_ERRORS = {
     21704: "the messaging service has no phone numbers in its sender pool",
     30002: "the Twilio account is suspended",
 }
+#: Twilio's bounds of ``ValidityPeriod``, in seconds.
+VALIDITY_PERIOD_MAX_S = 36_000
 #: Throttling and queue-overflow errors that clear by themselves.
 TRANSIENT_ERRORS = {20429: "too many requests", 30001: "Twilio's queue overflowed"}
 
 
-def classify_twilio_error(status: int, code: int | None, message: str = "") -> Exception:
-    """Map one Twilio error answer onto PermanentError / TransientError / SenderError."""
+def classify_twilio_error(status: int, code: int | None, message: str = "", *, retry_after_s: float | None = None) -> Exception:
+    """Map one Twilio error answer onto PermanentError / TransientError / SenderError /
+    HoldError; an answer that is one of Twilio's signals (``twilio_signals``) carries it.
+    ``retry_after_s``: the answer's ``Retry-After``, if any."""
+    signal = twilio_signals.signal_for(code, status)
+    if signal is not None:
+        exc = _signal_error(signal, status, code, retry_after_s)
+        exc.signal = signal
+        return exc
     detail = message or "no message"
     if code == OPTED_OUT:
         return RecipientOptedOut("recipient has opted out (replied STOP)", code=code)
@@ -79,6 +90,45 @@ def classify_twilio_error(status: int, code: int | None, message: str = "") -> E
     if status in (401, 403):
         return SenderError(f"Twilio refused the request (HTTP {status}): {detail}", code=code or status)
     return PermanentError(f"Twilio rejected the message (HTTP {status}, code {code}): {detail}", code=code or status)
+
+
+def _signal_error(signal: twilio_signals.Signal, status: int, code: int | None, retry_after_s: float | None) -> Exception:
+    action = twilio_signals.Action
+    if signal.action is action.HOLD_ALL_BRIEFLY:
+        retry_ms = int(retry_after_s * 1000) if retry_after_s else None
+        return TransientError(TRANSIENT_ERRORS[20429], code=code or 429, retry_after_ms=retry_ms)
+    if signal.action is action.PAUSE_SENDER:
+        return SenderError(signal.reason, code=code)
+    if signal.action in (action.HOLD_SENDER_UNTIL_CAP_RESET, action.HOLD_ALL_FOR_A_DAY):
+        return HoldError(signal.reason, code=code)
+    if signal.action is action.COUNT_FILTERING:
+        return PermanentError(RECIPIENT_ERRORS[30007], code=code)
+    return TransientError(signal.reason, code=code)  # SLOW_CAMPAIGN: this message later, slower
+
+
+class SignalHttpClient(TwilioHttpClient):
+    """twilio's HTTP client, keeping each thread's last ``Retry-After`` header: the client's
+    exceptions carry the status and the code, not the headers."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._answers = threading.local()
+
+    def request(self, *args, **kwargs):
+        self._answers.retry_after = None
+        response = super().request(*args, **kwargs)
+        headers = getattr(response, "headers", None) or {}
+        self._answers.retry_after = headers.get("Retry-After") or headers.get("retry-after")
+        return response
+
+    def retry_after_s(self) -> float | None:
+        """The ``Retry-After`` of this thread's last answer, in seconds (None: none)."""
+        return twilio_signals.retry_after_s(getattr(self._answers, "retry_after", None), dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
+
+
+def _retry_after_of(client: Client) -> float | None:
+    http_client = getattr(client, "http_client", None)
+    return http_client.retry_after_s() if isinstance(http_client, SignalHttpClient) else None
 
 
 def classify_transport_error(exc: requests.RequestException) -> Exception:
@@ -107,7 +157,10 @@ class SendResult:
 class SmsBackend(Protocol):
     """``sender`` is the campaign's (``senders.py``); None means the backend's own default."""
 
-    def send(self, *, to: str, body: str, sender: str | None = None) -> SendResult: ...
+    def send(self, *, to: str, body: str, sender: str | None = None, valid_for_s: float | None = None) -> SendResult:
+        """``valid_for_s``: how long the message may still wait in the provider's queue
+        before it should rather not arrive (the recipient's quiet hours start); None: no bound
+        but the backend's own."""
 
     def find_sent(self, *, to: str, body: str, since: dt.datetime, sender: str | None = None) -> SendResult | None:
         """The message with this body sent to ``to`` from ``sender`` since ``since`` (naive UTC), if any."""
@@ -116,23 +169,33 @@ class SmsBackend(Protocol):
 class TwilioBackend:
     """Sends through the real ``twilio`` client; every failure leaves as a project error."""
 
-    def __init__(self, client: Client, *, sender: dict[str, str], status_callback_url: str = "") -> None:
+    def __init__(self, client: Client, *, sender: dict[str, str], status_callback_url: str = "",
+                 validity_period_s: int = 14_400) -> None:
         self.client = client
         self.sender = sender
         self.status_callback_url = status_callback_url or None
+        self.validity_period_s = validity_period_s
 
     def _fields(self, sender: str | None) -> dict[str, str]:
         return self.sender if sender is None else senders.twilio_fields(sender)
 
-    def send(self, *, to: str, body: str, sender: str | None = None) -> SendResult:
+    def validity_period(self, valid_for_s: float | None) -> int:
+        """Twilio's ``ValidityPeriod`` (1 to 36000 s): ``SMS_VALIDITY_PERIOD_S``, or less when
+        the recipient's quiet hours start sooner, so that a message left waiting in Twilio's
+        queue expires (30036) rather than arrive inside them or hours late."""
+        seconds = self.validity_period_s if valid_for_s is None else min(self.validity_period_s, int(valid_for_s))
+        return max(1, min(VALIDITY_PERIOD_MAX_S, seconds))
+
+    def send(self, *, to: str, body: str, sender: str | None = None, valid_for_s: float | None = None) -> SendResult:
         try:
             message = self.client.messages.create(
-                to=to, body=body, status_callback=self.status_callback_url, **self._fields(sender)
+                to=to, body=body, status_callback=self.status_callback_url,
+                validity_period=self.validity_period(valid_for_s), **self._fields(sender)
             )
         except TwilioRestException as exc:
-            raise classify_twilio_error(exc.status, exc.code, exc.msg) from None
+            raise classify_twilio_error(exc.status, exc.code, exc.msg, retry_after_s=_retry_after_of(self.client)) from None
         except TwilioServiceException as exc:
-            raise classify_twilio_error(exc.status, exc.code, exc.title) from None
+            raise classify_twilio_error(exc.status, exc.code, exc.title, retry_after_s=_retry_after_of(self.client)) from None
         except requests.RequestException as exc:
             raise classify_transport_error(exc) from None
         except (TwilioException, ValueError, KeyError) as exc:
@@ -187,7 +250,7 @@ class ConsoleBackend:
     def __init__(self, stream=None) -> None:
         self.stream = stream
 
-    def send(self, *, to: str, body: str, sender: str | None = None) -> SendResult:
+    def send(self, *, to: str, body: str, sender: str | None = None, valid_for_s: float | None = None) -> SendResult:
         length = measure(body)
         lines = body.splitlines() or [""]
         text = f"[console sms] to {mask_phone(to)} ({length.encoding}, {length.units} units):\n" + "".join(
@@ -210,7 +273,7 @@ class NullBackend:
         self._prefix = "NU" + uuid.uuid4().hex[:16]
         self._serial = itertools.count()
 
-    def send(self, *, to: str, body: str, sender: str | None = None) -> SendResult:
+    def send(self, *, to: str, body: str, sender: str | None = None, valid_for_s: float | None = None) -> SendResult:
         return SendResult(sid=f"{self._prefix}{next(self._serial):016x}", status="sent", segments=None)
 
     def find_sent(self, *, to: str, body: str, since: dt.datetime, sender: str | None = None) -> SendResult | None:
@@ -219,7 +282,7 @@ class NullBackend:
 
 def make_twilio_client(settings: Settings) -> Client:
     """The one place a Twilio client is built: explicit timeout, optional local base URL."""
-    http_client = TwilioHttpClient(timeout=settings.twilio_timeout_s)
+    http_client = SignalHttpClient(timeout=settings.twilio_timeout_s)
     client = Client(settings.twilio_account_sid, settings.twilio_auth_token.reveal(), http_client=http_client)
     if settings.twilio_api_base_url:
         client.api.base_url = settings.twilio_api_base_url.rstrip("/")
@@ -244,4 +307,5 @@ def make_backend(settings: Settings) -> SmsBackend:
         make_twilio_client(settings),
         sender=settings.twilio_sender,
         status_callback_url=settings.twilio_status_callback_url,
+        validity_period_s=settings.sms_validity_period_s,
     )

@@ -132,7 +132,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
     # The workers' broker: a metrics request from here reaches the same queues.
     import actors  # noqa: F401
-    from actors.services import request_metrics_update
+    from actors.services import get_services, request_metrics_update
     from dashboard.blueprint import register as register_dashboard  # its actions use the same broker
 
     if not logging.getLogger().handlers:  # under gunicorn: our lines on stderr, like the workers'
@@ -156,6 +156,18 @@ def create_app(settings: Settings | None = None) -> Flask:
             request_metrics_update(campaign_id)
         except Exception:  # the change is committed; the next update will count it
             logger.exception("campaign %s: could not request an analytics update", campaign_id)
+
+    def act_on_signal(campaign_id: int, error_code: str | None) -> None:
+        """A report whose ErrorCode is one of Twilio's signals (a daily cap, an unregistered
+        sender, a carrier rate limit): acted on once, when it changes the message."""
+        if error_code is None:
+            return
+        try:
+            signals = get_services().signals
+            if signals is not None:
+                signals.on_delivery_report(campaign_id, error_code)
+        except Exception:  # the report is recorded; the next report of the same kind acts
+            logger.exception("campaign %s: could not act on Twilio error %s", campaign_id, printable(error_code, 20))
 
     def verified() -> bool:
         """True when X-Twilio-Signature signs the public URL Twilio called and the form."""
@@ -205,6 +217,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             # until the SID is known, then applied by the campaign's metrics update.
             logger.info("status callback for %s (%s) before its SID is recorded: kept", sid, status)
         elif changed:
+            act_on_signal(campaign_id, error_code)
             ask_metrics(campaign_id)
         return Response("", 200)
 

@@ -11,6 +11,8 @@ import campaigns
 import delivery
 import dispatch
 import fanout
+import senders
+import twilio_signals
 from actors.services import get_services, request_metrics_update
 from actors.sms import send_sms
 from actors.stops import stop_campaign, stop_group
@@ -23,6 +25,8 @@ logger = logging.getLogger(__name__)
 #: While every row left waits for quiet hours, the dispatcher looks again this often at most
 #: (and at least three times per sweeper's stale cut-off, so it is not taken for stalled).
 QUIET_RECHECK_MS = 30_000
+#: While the fan-out has recorded nothing the dispatcher could enqueue yet, it looks again this soon.
+FANOUT_RECHECK_MS = 1_000
 
 
 @dramatiq.actor(queue_name="campaigns", max_retries=5, min_backoff=5_000, time_limit=6 * 3_600_000)
@@ -64,14 +68,20 @@ def dispatch_campaign(campaign_id: int, token: str) -> None:
         return
     max_inflight, again_ms = pacing(slower(services.sms_rate_limit, campaign.rate_limit))
     quiet = services.quiet
+    held_ms = services.signals.held_ms(senders.of(campaign)) if services.signals is not None else 0
     result = dispatch.dispatch(
         campaign_id, token, enqueue=enqueue_sends, max_inflight=max_inflight,
         requeue_after_s=max(services.requeue_after_s, 6 * again_ms / 1000),
         quiet_hours=quiet.hours if quiet else None, clock=quiet.clock if quiet else utcnow,
+        held_ms=held_ms,
     )
     if not result.again:
         return
     delay_ms = again_ms
+    if result.enqueued == 0 and result.inflight == 0 and result.quiet_until is None and campaign.fanout_done_at is None:
+        # Started before the fan-out's first rows were committed: look again soon, not a
+        # whole half window later (30 s at 1/minute).
+        delay_ms = min(again_ms, FANOUT_RECHECK_MS)
     if result.enqueued == 0 and result.inflight == 0 and result.quiet_until is not None:
         # Everything left waits for quiet hours to end: look again then, but often enough
         # that the heartbeat stays fresh for the sweeper.
@@ -95,6 +105,9 @@ def update_metrics(campaign_id: int) -> None:
     analytics.recompute_analytics(campaign_id)
     storm = services.error_storm
     if analytics.check_error_storm(campaign_id, window=storm[0], min_attempts=storm[1], ratio=storm[2]):
+        stop_campaign(campaign_id)
+    filtering = services.filtering_storm
+    if analytics.check_filtering_storm(campaign_id, window=filtering[0], min_outcomes=filtering[1], ratio=filtering[2]):
         stop_campaign(campaign_id)
 
 
@@ -120,8 +133,9 @@ def sweep() -> campaigns.SweepResult:
 
 
 def enqueue_sends(campaign: Campaign, message_ids: list[int]) -> None:
-    """One ``send_sms`` per message, with the campaign's stop group and its own rate limit."""
-    options = {"stop_group": stop_group(campaign.id)}
+    """One ``send_sms`` per message, with the campaign's stop group, the holds of its sender
+    (``twilio_signals.hold_groups``) and its own rate limit."""
+    options = {"stop_group": stop_group(campaign.id), "hold_groups": twilio_signals.hold_groups(senders.of(campaign))}
     if campaign.rate_limit:
         options["extra_rate_limit"] = [f"campaign:{campaign.id}", campaign.rate_limit]
     for message_id in message_ids:

@@ -8,12 +8,14 @@ from dataclasses import dataclass, replace
 import dramatiq
 
 import sending
+from actors.stops import hold, held_ms, stop_campaign
 from batching import WriteBehind
 from claims import QuietPolicy
 from message_types import SentRecord
 from metrics import MetricsDebouncer
 from quiet import QuietHours
 from settings import get_settings
+from signal_actions import SignalActions
 from smsservice import SmsBackend, make_backend
 
 
@@ -37,6 +39,10 @@ class Services:
     frequency_cap_h: int = 0
     #: The sender given to a campaign that has none when it starts (``senders.py``).
     default_sender: str | None = None
+    #: Acts on Twilio's signals (holds, pauses of a sender's campaigns, slow-downs).
+    signals: SignalActions | None = None
+    #: FILTERING_STORM_WINDOW, _MIN_OUTCOMES, _RATIO: a spike of 30007 pauses the campaign.
+    filtering_storm: tuple[int, int, float] = (50, 20, 0.2)
 
 
 _services: Services | None = None
@@ -64,6 +70,12 @@ def get_services() -> Services:
             requeue_after_s=settings.requeue_after_s,
             sweep_stale_after_s=settings.sweep_stale_after_s,
             error_storm=(settings.error_storm_window, settings.error_storm_min_attempts, settings.error_storm_ratio),
+            filtering_storm=(settings.filtering_storm_window, settings.filtering_storm_min_outcomes,
+                             settings.filtering_storm_ratio),
+            signals=SignalActions(
+                hold=hold, held_ms=held_ms, stop_campaign=stop_campaign,
+                global_rate_limit=settings.sms_rate_limit, retry_after_max_s=settings.twilio_retry_after_max_s,
+            ),
             quiet=quiet_policy(settings),
             sent_records=WriteBehind(
                 sending.write_sent, on_written=_request_metrics, on_exit=sending.release_connection,

@@ -47,7 +47,7 @@ def send_sms(message_id: int) -> None:
             deferrals=deferrals, acquire_slot=SlotTaker(gate, services.debouncer) if gate is not None else None,
             reconcile_after_s=services.reconcile_after_s, quiet=services.quiet,
             record_sent=services.sent_records.put, max_attempts=_settings.sms_max_retries,
-            default_sender=services.default_sender,
+            default_sender=services.default_sender, signals=services.signals,
         )
     except Throttled as exc:
         count_deferral("rate_limit")

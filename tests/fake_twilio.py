@@ -55,6 +55,10 @@ ERROR_MESSAGES = {
     21614: "'To' number is not a valid mobile number",
     21617: "The concatenated message body exceeds the 1600 character limit.",
     21659: "The 'From' number is not a Twilio phone number or Short Code country mismatch.",
+    30027: "US A2P 10DLC - T-Mobile Daily Message Limit Reached",
+    30032: "Toll-Free Number Has Not Been Verified",
+    30034: "US A2P 10DLC - Message from an Unregistered Number",
+    63038: "Account exceeded the daily messages limit",
 }
 _DEFAULT_STATUS = {20003: 401, 20404: 404, 20429: 429, 20500: 500}
 
@@ -270,6 +274,7 @@ class FakeTwilio:
             self._fail_numbers: dict[str, tuple[int, int, str | None]] = {}
             self._fail_all: tuple[int, int, str | None] | None = None
             self._rate_429 = self._rate_500 = 0.0
+            self._throttles: collections.deque[str | None] = collections.deque()
             self._pending: collections.deque[str] = collections.deque()
             self._hang: dict[str, float] = {}
             self._list_faults: collections.deque[tuple[str, float]] = collections.deque()
@@ -312,6 +317,12 @@ class FakeTwilio:
             raise ValueError("rates must be >= 0 and sum to <= 1")
         with self._lock:
             self._rate_429, self._rate_500 = rate_429, rate_500
+
+    def throttle(self, count: int, retry_after: str | None = "1") -> None:
+        """The next ``count`` creates are answered 429 (20429) with this ``Retry-After``
+        header (None: without one); nothing is accepted. Calls queue up in order."""
+        with self._lock:
+            self._throttles.extend([retry_after] * count)
 
     def accept_then_fail(self, count: int, mode: str = "drop") -> None:
         """The next ``count`` valid creates are accepted (recorded, listable) but
@@ -456,6 +467,9 @@ class FakeTwilio:
             elif to in self._fail_numbers:
                 code, status, msg = self._fail_numbers[to]
                 rejection = (status, code, msg)
+            elif self._throttles:
+                retry_after = self._throttles.popleft()
+                rejection, extra = (429, 20429, None), ({"Retry-After": retry_after} if retry_after else {})
             elif not self._pending and (self._rate_429 or self._rate_500):
                 r = self._rng.random()
                 if r < self._rate_429:
@@ -469,6 +483,7 @@ class FakeTwilio:
                     "sid": sid, "to": to, "from": f.get("From") or None,
                     "messaging_service_sid": f.get("MessagingServiceSid") or None,
                     "body": text, "status_callback": f.get("StatusCallback") or None,
+                    "validity_period": f.get("ValidityPeriod") or None,
                     "accepted_at": now, "num_segments": num_segments(text),
                 }
                 self._index[sid] = len(self._messages)
@@ -490,6 +505,7 @@ class FakeTwilio:
                 "to": to, "body": text, "http_status": status, "code": code,
                 "at": now, "outcome": outcome, "sid": sid,
                 "from": f.get("From") or None, "messaging_service_sid": f.get("MessagingServiceSid") or None,
+                "validity_period": f.get("ValidityPeriod") or None,
             })
         if self.latency_s > 0 or hang_s > 0:
             time.sleep(self.latency_s + hang_s)

@@ -311,10 +311,10 @@ def test_defect_10_a_worker_whose_clock_is_behind_does_not_open_the_in_flight_gu
     released, in_twilio = threading.Event(), threading.Event()
 
     class SlowBackend:
-        def send(self, *, to, body, sender=None):
+        def send(self, *, to, body, sender=None, valid_for_s=None):
             in_twilio.set()
             released.wait(10)
-            return twilio_backend.send(to=to, body=body, sender=sender)
+            return twilio_backend.send(to=to, body=body, sender=sender, valid_for_s=valid_for_s)
 
         def find_sent(self, **kwargs):
             return twilio_backend.find_sent(**kwargs)

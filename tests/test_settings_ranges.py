@@ -90,15 +90,17 @@ def test_each_number_is_accepted_at_both_ends_of_its_range_and_refused_just_outs
     # RECONCILE_AFTER_S is also held to twice TWILIO_TIMEOUT_S, and ERROR_STORM_MIN_ATTEMPTS
     # to ERROR_STORM_WINDOW: give those their partner's loosest value.
     partners = {"RECONCILE_AFTER_S": {"TWILIO_TIMEOUT_S": "0.1"}, "ERROR_STORM_MIN_ATTEMPTS": {"ERROR_STORM_WINDOW": "10000"},
-                "TWILIO_TIMEOUT_S": {"RECONCILE_AFTER_S": "86400"}, "ERROR_STORM_WINDOW": {"ERROR_STORM_MIN_ATTEMPTS": "1"}}
+                "TWILIO_TIMEOUT_S": {"RECONCILE_AFTER_S": "86400"}, "ERROR_STORM_WINDOW": {"ERROR_STORM_MIN_ATTEMPTS": "1"},
+                "FILTERING_STORM_MIN_OUTCOMES": {"FILTERING_STORM_WINDOW": "10000"},
+                "FILTERING_STORM_WINDOW": {"FILTERING_STORM_MIN_OUTCOMES": "1"}}
     env = partners.get(variable, {})
     step = 1 if kind == "int" else 0.001
     for value in (rng.low, rng.high):
-        if variable == "ERROR_STORM_RATIO" and value == 0:
+        if variable in ("ERROR_STORM_RATIO", "FILTERING_STORM_RATIO") and value == 0:
             continue  # (0, 1]: 0 itself is out
         text = str(int(value)) if kind == "int" else repr(float(value))
         assert getattr(Settings.from_env({**env, variable: text}), variable.lower()) == value
-    for value in (rng.low - step, rng.high + step) if variable != "ERROR_STORM_RATIO" else (0, 1.001):
+    for value in (rng.low - step, rng.high + step) if not variable.endswith("_STORM_RATIO") else (0, 1.001):
         with pytest.raises(ConfigurationError, match=variable):
             Settings.from_env({**env, variable: str(value)})
 
