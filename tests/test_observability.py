@@ -4,7 +4,6 @@ write; ``status --watch`` prints nothing but its reports."""
 
 from __future__ import annotations
 
-import io
 import subprocess
 
 import pytest
@@ -18,6 +17,7 @@ from smsservice import ConsoleBackend
 from tests.conftest import join_all
 from tests.factories import make_campaign, make_customers, phone_for
 from tests.test_cli_campaign import run_cli
+from tests.recording import Recording
 
 BASE = "https://x.test/q"
 
@@ -72,16 +72,6 @@ def test_status_watch_of_a_finished_campaign_prints_its_report_once_and_nothing_
 
 
 # ------------------------------------------------------------------- the console backend
-class Recording(io.StringIO):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[str] = []
-
-    def write(self, text: str) -> int:
-        self.writes.append(text)
-        return super().write(text)
-
-
 def test_the_console_backend_prints_the_whole_message_footer_included_in_one_write():
     # (before: only the first line, in a print of several writes)
     # Given the console backend writing to a stream of its own

@@ -24,6 +24,7 @@ from models import Campaign, CampaignStatus, Click, Message, MessageStatus
 from settings import Settings
 from status_screen import CLEAR_BELOW, CLEAR_LINE, HOME, SHOW_CURSOR, Screen, format_status
 from tests.factories import make_campaign, make_customers
+from tests.recording import Recording
 
 T0 = dt.datetime(2026, 1, 15, 17, 0, 0)  # noon in New York: outside quiet hours
 BASE = "https://x.test/q"
@@ -252,16 +253,6 @@ def test_many_zones_are_summed_up_after_the_first_ones():
 
 
 # ------------------------------------------------------------------------ the watch screen
-class Recording(io.StringIO):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[str] = []
-
-    def write(self, text: str) -> int:
-        self.writes.append(text)
-        return super().write(text)
-
-
 def test_on_a_terminal_each_report_is_redrawn_in_place_in_one_write():
     # Given a terminal
     stream = Recording()
