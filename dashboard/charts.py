@@ -39,9 +39,10 @@ def sends_per_minute(bars: list[Bar]) -> Markup:
                      f'height="{h:.1f}" class="bar"><title>{escape(when)}: {escape(_n(bar.per_minute))}/min '
                      f'({bar.sends:,} sent)</title></rect>')
     first, last = bars[0].start, bars[-1].start
-    parts.append(f'<text x="{LEFT}" y="{HEIGHT - 6}" class="label">{first:%H:%M}</text>')
-    parts.append(f'<text x="{min(LEFT + len(bars) * step, WIDTH - 4):.1f}" y="{HEIGHT - 6}" text-anchor="end" '
-                 f'class="label">{last:%H:%M} UTC</text>')
+    if len(bars) > 1:
+        parts.append(f'<text x="{LEFT}" y="{HEIGHT - 6}" class="label">{first:%H:%M}</text>')
+    parts.append(f'<text x="{max(min(LEFT + len(bars) * step, WIDTH - 4), LEFT + 90):.1f}" y="{HEIGHT - 6}" '
+                 f'text-anchor="end" class="label">{last:%H:%M} UTC</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
 
