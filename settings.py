@@ -101,6 +101,10 @@ class Settings:
     twilio_api_base_url: str = setting("", url(*HTTP, phrase="an http(s) URL", optional=True))
     twilio_status_callback_url: str = setting("", url(*HTTP, phrase="an http(s) URL", optional=True))
     twilio_timeout_s: float = setting(10.0, number(0.1, 30, SECONDS))
+    #: Requests in flight to Twilio at once, across every worker process and dyno (``twilio_permits.py``).
+    twilio_max_concurrent: int = setting(100, number(1, 10_000))
+    #: Database connections per process, whatever its threads (a pool; threads waiting on Twilio hold none).
+    database_max_connections: int = setting(8, number(1, 100))
     sms_backend: str = setting("console", choice(*SMS_BACKENDS))
     short_url_base: str = setting("http://localhost:8000/q", url(*HTTP, phrase="an http(s) URL"))
     public_base_url: str = setting("", url(*HTTP, phrase="an http(s) URL", optional=True))
