@@ -199,7 +199,7 @@ class PermitPool:
         if self._told or ceiling is None or limit_per_s <= ceiling:
             return None
         self._told = True
-        return (f"the SMS rate limit ({limit_per_s:g}/s) cannot be reached: TWILIO_MAX_CONCURRENT={self.cap} "
+        return (f"the SMS rate limit ({limit_per_s:,.0f}/s) cannot be reached: TWILIO_MAX_CONCURRENT={self.cap} "
                 f"requests in flight at {self._mean_hold_s * 1000:.0f} ms each allow at most {ceiling:.0f}/s; "
                 f"raise TWILIO_MAX_CONCURRENT to {math.ceil(limit_per_s * self._mean_hold_s)} (if the account allows) "
                 f"or lower the limit")

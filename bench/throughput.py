@@ -185,7 +185,7 @@ class Result:
 
 
 def run(fake, tmp: str, *, n: int, latency_s: float, dynos: int, threads: int, rate_limit: str = "1000000/second",
-        max_concurrent: int = 100_000, label: str = "run") -> Result:
+        max_concurrent: int = 10_000, label: str = "run") -> Result:
     """Send ``n`` messages of one campaign through ``dynos`` worker commands."""
     import fanout
     from models import Campaign, Message, MessageStatus, database
@@ -213,6 +213,8 @@ def run(fake, tmp: str, *, n: int, latency_s: float, dynos: int, threads: int, r
     try:
         with Sampler(groups) as sampler:
             def done():
+                if not all(group.alive() for group in groups):
+                    raise RuntimeError(f"{label}: a worker group exited: {groups[0].tail(600)}")
                 with database.connection_context():
                     return Message.select().where(Message.status == MessageStatus.SENT).count() >= len(ids)
             if not wait_until(done, 900, 0.5):
