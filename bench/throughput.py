@@ -249,8 +249,8 @@ def main(argv=None) -> int:
     # A SIGTERM (timeout, Ctrl-C's cousin) unwinds, so that the worker groups are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=64, help="threads per worker process, one dyno")
-    parser.add_argument("--dyno-threads", type=int, default=32, help="threads per worker process, four dynos")
+    parser.add_argument("--threads", type=int, default=96, help="threads per worker process, one dyno")
+    parser.add_argument("--dyno-threads", type=int, default=48, help="threads per worker process, four dynos")
     parser.add_argument("--seconds", type=float, default=12.0, help="about how long each run of this design lasts")
     parser.add_argument("--skip-today", action="store_true", help="leave out today's design")
     parser.add_argument("--skip-default-cap", action="store_true", help="leave out four dynos at the default cap")
