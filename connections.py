@@ -62,14 +62,16 @@ def sync_clock(conn=None) -> None:
     _clock.measure(read)
 
 
-def make_database(url: str):
+def make_database(url: str, *, max_connections: int = 8):
     """A peewee database for ``url``. SQLite gets WAL and a busy timeout so that several
-    worker threads and processes can share one file; PostgreSQL gets a connection pool, so
-    the connection opened and closed around each message is a checkout, not a handshake."""
+    worker threads and processes can share one file; PostgreSQL gets a pool of at most
+    ``max_connections`` per process (a thread that finds none free waits up to 10 s), so the
+    connection opened and closed around each database step is a checkout, not a handshake."""
     if url.startswith("sqlite"):
         return connect_url(url, pragmas=SQLITE_PRAGMAS, timeout=10)
     params = parse_url(url)
-    return PooledPostgres(params.pop("database"), max_connections=64, stale_timeout=300, timeout=10, **params)
+    return PooledPostgres(params.pop("database"), max_connections=max_connections, stale_timeout=300, timeout=10,
+                          **params)
 
 
 class PreparingConnection(psycopg2.extensions.connection):
@@ -134,12 +136,12 @@ class HotStatement:
         return db.execute_sql(plain, params)
 
 
-def configure_database(url: str):
+def configure_database(url: str, *, max_connections: int = 8):
     """Point the models at ``url`` (idempotent for the same URL) and return the database."""
     current = database.obj
     if current is not None and getattr(current, "_project_url", None) == url:
         return current
-    db = make_database(url)
+    db = make_database(url, max_connections=max_connections)
     db._project_url = url
     database.initialize(db)
     _clock.forget()

@@ -18,30 +18,32 @@ from settings import mask_url
 
 
 class DatabaseConnection(Middleware):
-    """Give each worker thread a database connection, kept from one message to the next.
+    """Database connections for worker threads, from the process's small pool
+    (``DATABASE_MAX_CONNECTIONS``), whatever the number of threads.
 
-    A message that fails returns its thread's connection to the pool, which drops it if the
-    driver saw it die: after a database restart, the messages that met a dead connection
-    are retried and the next ones connect again. Keeping the connection otherwise spares
-    every message a pool checkout.
+    A thread takes a connection when its first statement runs (peewee connects on demand)
+    and gives it back after each message, and before each request to Twilio
+    (``actors.services``): a thread waiting on the network holds none, so a process can keep
+    many more requests in flight than it has connections. A connection that died (a
+    database restart) is dropped by the pool when it is given back, so the next message
+    connects again; the message that met it is retried.
     """
 
     def __init__(self, *, db=database) -> None:
         self.logger = get_logger(__name__, type(self))
         self.db = db
 
-    def before_process_message(self, broker, message):
-        self.db.connect(reuse_if_open=True)
-
     def after_process_message(self, broker, message, *, result=None, exception=None):
-        if exception is not None:
-            self._close()
+        self._close()
+
+    def after_skip_message(self, broker, message):
+        self._close()
 
     def before_worker_thread_shutdown(self, broker, thread):
         self._close()
 
     def _close(self) -> None:
-        if not self.db.is_closed():
+        if not self.db.is_closed() and not self.db.in_transaction():
             self.db.close()
 
 

@@ -105,6 +105,10 @@ class Settings:
     sms_validity_period_s: int = setting(14_400, number(1, 36_000, SECONDS))
     #: A 429's ``Retry-After`` holds every send that long, at most this long.
     twilio_retry_after_max_s: int = setting(60, number(1, 3_600, SECONDS))
+    #: Requests in flight to Twilio at once, across every worker process and dyno (``twilio_permits.py``).
+    twilio_max_concurrent: int = setting(100, number(1, 10_000))
+    #: Database connections per process, whatever its threads (a pool; threads waiting on Twilio hold none).
+    database_max_connections: int = setting(8, number(1, 100))
     sms_backend: str = setting("console", choice(*SMS_BACKENDS))
     short_url_base: str = setting("http://localhost:8000/q", url(*HTTP, phrase="an http(s) URL"))
     public_base_url: str = setting("", url(*HTTP, phrase="an http(s) URL", optional=True))

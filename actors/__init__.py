@@ -123,7 +123,7 @@ except ConfigurationError as exc:
     exit_if_worker_process(exc)
     raise
 dramatiq.set_broker(broker)
-configure_database(settings.database_url)
+configure_database(settings.database_url, max_connections=settings.database_max_connections)
 
 from actors.services import close_services  # noqa: E402
 from actors.sms import send_sms, send_sms_exhausted  # noqa: E402

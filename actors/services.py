@@ -3,6 +3,7 @@ in one call (tests inject a backend pointed at a fake Twilio, for example)."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 
 import dramatiq
@@ -14,9 +15,11 @@ from claims import QuietPolicy
 from message_types import SentRecord
 from metrics import MetricsDebouncer
 from quiet import QuietHours
+from models import database
 from settings import get_settings
 from signal_actions import SignalActions
 from smsservice import SmsBackend, make_backend
+from twilio_permits import MemoryPermits, PermitPool, RedisPermits
 
 
 @dataclass(frozen=True)
@@ -43,17 +46,36 @@ class Services:
     signals: SignalActions | None = None
     #: FILTERING_STORM_WINDOW, _MIN_OUTCOMES, _RATIO: a spike of 30007 pauses the campaign.
     filtering_storm: tuple[int, int, float] = (50, 20, 0.2)
+    #: This process's share of TWILIO_MAX_CONCURRENT (None: no cap, as in-process tests).
+    permits: PermitPool | None = None
 
 
 _services: Services | None = None
+_building = threading.Lock()
 
 
 def get_services() -> Services:
+    """This process's services, built once (the first messages of a worker's threads ask
+    at the same moment: one builds, the others wait for it)."""
+    if _services is None:
+        with _building:
+            if _services is None:
+                _build_services()
+    return _services
+
+
+def _build_services() -> None:
     global _services
     if _services is None:
         settings = get_settings()
+        redis_client = getattr(dramatiq.get_broker(), "redis_client", None)
         _services = Services(
-            backend=make_backend(settings),
+            backend=ConnectionFreeWhileWaiting(make_backend(settings)),
+            permits=PermitPool(
+                RedisPermits(redis_client, prefix=f"{settings.dramatiq_namespace}:twilio-permits")
+                if redis_client is not None else MemoryPermits(),
+                cap=settings.twilio_max_concurrent, max_wait_s=120.0,
+            ),
             debouncer=MetricsDebouncer(
                 redis=getattr(dramatiq.get_broker(), "redis_client", None),
                 delay_ms=settings.metrics_delay_ms,
@@ -82,7 +104,27 @@ def get_services() -> Services:
                 refused=sending.refused, name="sent-records",
             ),
         )
-    return _services
+
+
+class ConnectionFreeWhileWaiting:
+    """An ``SmsBackend`` whose calling thread gives its database connection back to the
+    pool before each request (unless a transaction is open): a thread waiting on Twilio
+    holds none, so many requests in flight share a few connections."""
+
+    def __init__(self, backend: SmsBackend) -> None:
+        self.backend = backend
+
+    def _let_go(self) -> None:
+        if not database.is_closed() and not database.in_transaction():
+            database.close()
+
+    def send(self, **kwargs):
+        self._let_go()
+        return self.backend.send(**kwargs)
+
+    def find_sent(self, **kwargs):
+        self._let_go()
+        return self.backend.find_sent(**kwargs)
 
 
 def _request_metrics(records: list[SentRecord]) -> None:
@@ -119,6 +161,8 @@ def close_services(timeout_s: float = 10.0) -> None:
     ``sending`` and are looked up at Twilio later."""
     if _services is not None:
         _services.sent_records.close(timeout_s)
+        if _services.permits is not None:
+            _services.permits.close()
 
 
 def reset_services() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 
 import dramatiq
@@ -14,11 +16,14 @@ from actors.services import get_services, request_metrics_update
 from actors.stops import stop_campaign
 from claims import QuietNow
 from errors import PermanentError, TransientError
+from events import record_event
+from limits import parse
 import observability
 from models import Message, MessageStatus
 from observability import count_deferral
 from ratelimit import Gate, RateLimit, Stopped, Throttled
 from settings import get_settings
+from twilio_permits import NoPermit
 
 _settings = get_settings()
 #: Dramatiq refuses delays of 7 days or more; quiet hours never need that much.
@@ -42,13 +47,18 @@ def send_sms(message_id: int) -> None:
     deferrals = current.options.get("deferrals", 0) if current is not None else 0
     gate = RateLimit.current_gate()
     try:
-        outcome = sending.send_message(
-            message_id, backend=services.backend, short_url_base=services.short_url_base,
-            deferrals=deferrals, acquire_slot=SlotTaker(gate, services.debouncer) if gate is not None else None,
-            reconcile_after_s=services.reconcile_after_s, quiet=services.quiet,
-            record_sent=services.sent_records.put, max_attempts=_settings.sms_max_retries,
-            default_sender=services.default_sender, signals=services.signals,
-        )
+        # The permit comes first: the slot is then taken right before the request, as when
+        # no cap is reached; a thread waiting for a permit holds no slot, no claim, no connection.
+        with services.permits.permit() if services.permits is not None else contextlib.nullcontext():
+            outcome = sending.send_message(
+                message_id, backend=services.backend, short_url_base=services.short_url_base,
+                deferrals=deferrals, acquire_slot=SlotTaker(gate, services.debouncer) if gate is not None else None,
+                reconcile_after_s=services.reconcile_after_s, quiet=services.quiet,
+                record_sent=services.sent_records.put, max_attempts=_settings.sms_max_retries,
+                default_sender=services.default_sender, signals=services.signals,
+            )
+    except NoPermit as exc:
+        raise dramatiq.Retry(str(exc), delay=1000) from None
     except Throttled as exc:
         count_deferral("rate_limit")
         gate.defer(exc)
@@ -68,6 +78,8 @@ def send_sms(message_id: int) -> None:
         raise dramatiq.Retry(exc.reason, delay=exc.retry_after_ms) from None
     if gate is not None:
         gate.answered()  # Twilio answered (or no request was made): the slot's bound is now
+    if services.permits is not None:
+        say_if_limit_unreachable(services.permits)
     if observability.enabled():
         reason = outcome_code(message_id) if outcome.status in (MessageStatus.FAILED, MessageStatus.SKIPPED) else None
         observability.count_outcome(outcome.status, campaign_id=outcome.campaign_id, reason=reason)
@@ -108,6 +120,20 @@ class SlotTaker:
             *taken, seen_at = first  # the gate's (wait_ms, watched PTTL, token), then when
             ttl_ms = self.gate.acquire(cost, watch=self.debouncer.key(campaign_id), first=tuple(taken))
         self.debouncer.saw_ttl(campaign_id, ttl_ms, seen_at=seen_at)
+
+
+def say_if_limit_unreachable(permits) -> None:
+    """Once per process, when ``SMS_RATE_LIMIT`` cannot be reached under
+    ``TWILIO_MAX_CONCURRENT`` at the hold times measured: a warning and an event."""
+    limit = _sms_limit()
+    sentence = permits.unreachable(limit.amount / limit.get_expiry())
+    if sentence is not None:
+        record_event(None, "twilio_concurrency_ceiling", sentence, level="warning")
+
+
+@functools.lru_cache(maxsize=1)
+def _sms_limit():
+    return parse(_settings.sms_rate_limit)
 
 
 def defer_until(message, until_utc, now_utc) -> None:

@@ -95,10 +95,13 @@ def _rfc2822(ts: float) -> str:
 
 
 class _Reply:
-    __slots__ = ("status", "payload", "headers", "drop")
+    """An answer, sent ``delay_s`` after the request was decided (the fake's latency)."""
 
-    def __init__(self, status=200, payload=None, headers=None, drop=False):
+    __slots__ = ("status", "payload", "headers", "drop", "delay_s")
+
+    def __init__(self, status=200, payload=None, headers=None, drop=False, delay_s=0.0):
         self.status, self.payload, self.headers, self.drop = status, payload, headers or {}, drop
+        self.delay_s = delay_s
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -145,6 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = self._read_body()
             reply = self.server.fake._handle(self.command, self.path, self.headers, body)
+            if reply.delay_s > 0:
+                time.sleep(reply.delay_s)
             if reply.drop:
                 # Abort: RST instead of a response, so `requests` raises ConnectionError.
                 self.close_connection = True
@@ -189,7 +194,15 @@ class FakeTwilio:
         auth_token: str = "test-auth-token",
         latency_s: float = 0.0,
         seed: int = 1234,
+        server: str = "threads",
     ):
+        """``server="async"`` serves from one event loop (``tests/fake_twilio_async.py``),
+        fast enough for the throughput benches; ``"threads"`` (a thread per connection) is
+        the tests' default."""
+        if server not in ("threads", "async"):
+            raise ValueError("server must be 'threads' or 'async'")
+        self.server_kind = server
+        self._async = None
         self.account_sid = account_sid
         self.auth_token = auth_token
         self._default_latency = latency_s
@@ -203,8 +216,13 @@ class FakeTwilio:
     # ------------------------------------------------------------ lifecycle
     def start(self) -> "FakeTwilio":
         """Bind an ephemeral port on 127.0.0.1 and serve in a daemon thread."""
-        if self._server is not None:
+        if self._server is not None or self._async is not None:
             raise RuntimeError("FakeTwilio already started")
+        if self.server_kind == "async":
+            from tests.fake_twilio_async import AsyncServer
+
+            self._async = AsyncServer(self).start()
+            return self
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.fake = self
         self._thread = threading.Thread(
@@ -217,6 +235,10 @@ class FakeTwilio:
     def stop(self) -> None:
         """Stop serving and cut open keep-alive connections, so a pooled client
         cannot keep talking to handler threads of a stopped fake."""
+        if self._async is not None:
+            self._async.stop()
+            self._async = None
+            return
         server, self._server = self._server, None
         if server is None:
             return
@@ -240,6 +262,8 @@ class FakeTwilio:
     @property
     def base_url(self) -> str:
         """Set as ``client.api.base_url`` (or the worker's Twilio base URL setting)."""
+        if self._async is not None:
+            return f"http://127.0.0.1:{self._async.port}"
         if self._server is None:
             raise RuntimeError("FakeTwilio not started")
         return f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -410,9 +434,10 @@ class FakeTwilio:
                 return _Reply(500, _error(500, 20500))
             if fault is not None and fault[0] == "429":
                 return _Reply(429, _error(429, 20429), {"Retry-After": "1"})
+            reply = self._list(parts.path, parse_qs(parts.query, keep_blank_values=True))
             if fault is not None:
-                time.sleep(fault[1])
-            return self._list(parts.path, parse_qs(parts.query, keep_blank_values=True))
+                reply.delay_s = fault[1]
+            return reply
         if m_one and method == "GET":
             if not self._authorized(headers, m_one.group(1)):
                 return _Reply(401, _error(401, 20003))
@@ -446,9 +471,9 @@ class FakeTwilio:
         return None
 
     def _create(self, path_sid: str, headers, body: bytes) -> _Reply:
-        """Decide and record the outcome on arrival, then sleep ``latency_s``.
+        """Decide and record the outcome on arrival; the answer goes ``latency_s`` later.
 
-        Recording before the sleep means a client that times out finds the
+        Recording before the wait means a client that times out finds the
         message already accepted and listable, like a real slow Twilio.
         """
         f = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
@@ -507,9 +532,7 @@ class FakeTwilio:
                 "from": f.get("From") or None, "messaging_service_sid": f.get("MessagingServiceSid") or None,
                 "validity_period": f.get("ValidityPeriod") or None,
             })
-        if self.latency_s > 0 or hang_s > 0:
-            time.sleep(self.latency_s + hang_s)
-        return _Reply(status or 0, payload, extra, drop)
+        return _Reply(status or 0, payload, extra, drop, delay_s=max(0.0, self.latency_s + hang_s))
 
     def _sender_lookup(self, m_numbers, m_service, headers, q: dict) -> _Reply:
         """``incoming_phone_numbers.list(phone_number=)`` and ``messaging.v1.services(sid).fetch()``."""
@@ -519,14 +542,13 @@ class FakeTwilio:
             fault, numbers, services = self._sender_check_fault, self._numbers, self._services
         if fault == "500":
             return _Reply(500, _error(500, 20500))
-        if fault == "slow":
-            time.sleep(2.0)
+        delay_s = 2.0 if fault == "slow" else 0.0
         if m_service:
             sid = m_service.group(1)
             if services is not None and sid not in services:
                 return _Reply(404, _error(404, 20404, f"The requested resource /Services/{sid} was not found"))
             return _Reply(200, {"sid": sid, "account_sid": self.account_sid, "friendly_name": "fake service",
-                                "url": f"https://messaging.twilio.com/v1/Services/{sid}", "links": {}})
+                                "url": f"https://messaging.twilio.com/v1/Services/{sid}", "links": {}}, delay_s=delay_s)
         wanted = (q.get("PhoneNumber") or [""])[0]
         if numbers is None:
             found = {wanted: True} if E164.match(wanted) else {}
@@ -538,7 +560,7 @@ class FakeTwilio:
         path = m_numbers.group(0)
         return _Reply(200, {"incoming_phone_numbers": items, "start": 0, "end": max(len(items) - 1, 0),
                             "page": 0, "page_size": 50, "first_page_uri": path, "next_page_uri": None,
-                            "previous_page_uri": None, "uri": path})
+                            "previous_page_uri": None, "uri": path}, delay_s=delay_s)
 
     def _resource(self, m: dict) -> dict:
         """A Message resource as the 2010 API returns it (status stays 'queued')."""

@@ -33,9 +33,10 @@ def make_client(fake: FakeTwilio, *, token: str | None = None, timeout: float = 
     return client
 
 
-@pytest.fixture(scope="module")
-def _server():
-    with FakeTwilio() as fake:
+@pytest.fixture(scope="module", params=["threads", "async"])
+def _server(request):
+    """Every test runs against both servers: the tests' threaded one and the benches' event loop."""
+    with FakeTwilio(server=request.param) as fake:
         yield fake
 
 
@@ -246,8 +247,9 @@ def test_concurrent_creates_from_16_threads(fake):
     assert fake.bodies_to("+15550070049") == ["7-49"]
 
 
-def test_stop_cuts_pooled_connections():
-    fake = FakeTwilio().start()
+@pytest.mark.parametrize("server", ["threads", "async"])
+def test_stop_cuts_pooled_connections(server):
+    fake = FakeTwilio(server=server).start()
     c = make_client(fake)
     c.messages.create(to="+15551230001", from_=FROM, body="x")  # opens a pooled conn
     fake.stop()
