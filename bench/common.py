@@ -138,3 +138,21 @@ def print_peak_ratio(peaks: dict[int, int], unit: str) -> None:
     if len(peaks) > 1:
         small, large = min(peaks), max(peaks)
         print(f"peak memory {large:,} / {small:,} {unit}: {peaks[large] / peaks[small]:.2f}")
+
+
+def seed_rendered_campaign(n: int) -> tuple[int, list[int]]:
+    """A fresh database with ``n`` customers and one campaign fanned out (its rows rendered,
+    its dispatcher's token set, so that only the sends are measured): (campaign id, the
+    pending message ids)."""
+    import fanout
+    from models import Campaign, Message, MessageStatus, database
+    from tests.factories import make_campaign, make_customers
+
+    reset_database()
+    with database.connection_context():
+        make_customers(n)
+        campaign_id = make_campaign()
+        fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
+        Campaign.update(dispatch_token="bench").where(Campaign.id == campaign_id).execute()
+        ids = [m.id for m in Message.select(Message.id).where(Message.status == MessageStatus.PENDING)]
+    return campaign_id, ids

@@ -24,7 +24,7 @@ import redis
 from dramatiq import Message as BrokerMessage
 from dramatiq.brokers.redis import RedisBroker
 
-from bench.common import POSTGRES_URL, REDIS_URL, Workers, delete_namespace, namespace, reset_database, wait_until, worker_env
+from bench.common import POSTGRES_URL, REDIS_URL, Workers, delete_namespace, namespace, seed_rendered_campaign, wait_until, worker_env
 from settings import Settings
 from tests.fake_twilio import FakeTwilio
 
@@ -66,18 +66,10 @@ def run_bare(n: int, tmp: str, fake) -> float:
 
 
 def run_project(n: int, tmp: str, fake, *, backend: str, latency_s: float = 0.0) -> float:
-    import fanout
-    from models import Campaign, Message, MessageStatus, database
+    from models import Message, MessageStatus, database
     from peewee import fn
-    from tests.factories import make_campaign, make_customers
 
-    reset_database()
-    with database.connection_context():
-        make_customers(n)
-        campaign_id = make_campaign()
-        fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
-        Campaign.update(dispatch_token="bench").where(Campaign.id == campaign_id).execute()
-        ids = [m.id for m in Message.select(Message.id).where(Message.status == MessageStatus.PENDING)]
+    campaign_id, ids = seed_rendered_campaign(n)
     ns = namespace("bench-send")
     enqueue_all(ns, "sms", "send_sms", ((i,) for i in ids))
     fake.latency_s = latency_s

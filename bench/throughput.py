@@ -29,7 +29,7 @@ import time
 
 import redis
 
-from bench.common import POSTGRES_URL, REDIS_URL, Workers, delete_namespace, namespace, reset_database, sliding_window_max, wait_until, worker_env
+from bench.common import POSTGRES_URL, REDIS_URL, Workers, delete_namespace, namespace, seed_rendered_campaign, sliding_window_max, wait_until, worker_env
 from bench.send_path import enqueue_all
 from tests.fake_twilio import FakeTwilio
 
@@ -187,17 +187,9 @@ class Result:
 def run(fake, tmp: str, *, n: int, latency_s: float, dynos: int, threads: int, rate_limit: str = "1000000/second",
         max_concurrent: int = 10_000, label: str = "run") -> Result:
     """Send ``n`` messages of one campaign through ``dynos`` worker commands."""
-    import fanout
-    from models import Campaign, Message, MessageStatus, database
-    from tests.factories import make_campaign, make_customers
+    from models import Message, MessageStatus, database
 
-    reset_database()
-    with database.connection_context():
-        make_customers(n)
-        campaign_id = make_campaign()
-        fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
-        Campaign.update(dispatch_token="bench").where(Campaign.id == campaign_id).execute()
-        ids = [m.id for m in Message.select(Message.id).where(Message.status == MessageStatus.PENDING)]
+    campaign_id, ids = seed_rendered_campaign(n)
     ns = namespace("bench-tp")
     client = redis.Redis.from_url(REDIS_URL)
     client.set(f"{ns}:ratelimit:epoch", 0)  # a Redis that has served the limiter for long
