@@ -172,14 +172,20 @@ def connection():
             database.close()
 
 
+def in_list(values: list) -> str:
+    """``IN (%s, %s, ...)`` for ``values``, written out by hand: for a batch's thousands of
+    values, the query builder cost more than the query."""
+    return f"IN ({', '.join([database.param] * len(values))})"
+
+
 def column_in(table: str, column: str, values: list, *, where: str = "", params: tuple = ()) -> set:
     """The ``column`` values of ``table`` that are in ``values`` (and meet ``where``, with
     ``params``), in one statement written out by hand: for a batch's few hundred values,
     the query builder cost more than the query."""
     if not values:
         return set()
-    p = database.param
-    sql = f'SELECT "{column}" FROM "{table}" WHERE "{column}" IN ({", ".join([p] * len(values))})'
+    sql = f'SELECT "{column}" FROM "{table}" WHERE "{column}" {in_list(values)}'
     if where:
         sql += f" AND {where}"
     return {row[0] for row in database.execute_sql(sql, [*values, *params]).fetchall()}
+

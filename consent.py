@@ -14,8 +14,10 @@ import logging
 from peewee import IntegrityError
 
 from errors import InvalidPhone
-from connections import column_in
-from models import Customer, Message, MessageStatus, OptOutEvent, Suppression, utcnow, write_transaction
+from bulk_rows import insert_rows
+from connections import column_in, in_list
+from models import (Customer, Message, MessageStatus, OptOutEvent, Suppression, database, db_datetime, utcnow,
+                    write_transaction)
 from sms import normalize_phone
 
 logger = logging.getLogger(__name__)
@@ -88,28 +90,32 @@ def opt_out_many(numbers: list[str], *, source: str, reason: str | None = None) 
     with write_transaction():
         already = suppressed(numbers)
         holders: dict[int, str] = {}
-        for customer_id, e164, phone in Customer.select(Customer.id, Customer.phone_e164, Customer.phone).where(
-                (Customer.phone_e164.in_(numbers) | (Customer.phone_e164.is_null() & Customer.phone.in_(numbers)))
-                & Customer.sms_subscribed).tuples():
-            holders[customer_id] = e164 if e164 in numbers else phone
-        for customer_id, phone in (Message.select(Message.customer, Message.to_phone).join(Customer)
-                                   .where(Message.to_phone.in_(numbers), Customer.sms_subscribed,
-                                          Message.twilio_sid.is_null(False) | Message.status.in_(MessageStatus.OPEN))
-                                   .tuples()):
+        wanted = set(numbers)
+        for customer_id, e164, phone in database.execute_sql(
+                f'SELECT "id", "phone_e164", "phone" FROM "customer" WHERE "sms_subscribed" = {database.param} '
+                f'AND ("phone_e164" {in_list(numbers)} OR ("phone_e164" IS NULL AND "phone" {in_list(numbers)}))',
+                [True, *numbers, *numbers]).fetchall():
+            holders[customer_id] = e164 if e164 in wanted else phone
+        open_statuses = sorted(MessageStatus.OPEN)
+        for customer_id, phone in database.execute_sql(
+                'SELECT m."customer_id", m."to_phone" FROM "message" m JOIN "customer" c ON c."id" = m."customer_id" '
+                f'WHERE m."to_phone" {in_list(numbers)} AND c."sms_subscribed" = {database.param} '
+                f'AND (m."twilio_sid" IS NOT NULL OR m."status" {in_list(open_statuses)})',
+                [*numbers, True, *open_statuses]).fetchall():
             holders.setdefault(customer_id, phone)
-        now = utcnow()
+        now = db_datetime(utcnow())
         fresh = [phone for phone in numbers if phone not in already]
+        held = set(holders.values())
         audit = [(cid, phone, "stop", source, now) for cid, phone in sorted(holders.items())]
-        audit += [(None, phone, "stop", source, now) for phone in fresh if phone not in set(holders.values())]
-        if audit:
-            OptOutEvent.insert_many(audit, fields=[OptOutEvent.customer, OptOutEvent.phone_e164, OptOutEvent.action,
-                                                   OptOutEvent.keyword, OptOutEvent.created_at]).execute()
-        if fresh:
-            Suppression.insert_many([(phone, source, (reason or "")[:200] or None, now) for phone in fresh],
-                                    fields=[Suppression.phone_e164, Suppression.source, Suppression.reason,
-                                            Suppression.created_at]).on_conflict_ignore().execute()
+        audit += [(None, phone, "stop", source, now) for phone in fresh if phone not in held]
+        insert_rows("optoutevent", ["customer_id", "phone_e164", "action", "keyword", "created_at"], audit)
+        insert_rows("suppression", ["phone_e164", "source", "reason", "created_at"],
+                    [(phone, source, (reason or "")[:200] or None, now) for phone in fresh], on_conflict_ignore=True)
         if holders:
-            return Customer.update(sms_subscribed=False, updated_at=now).where(Customer.id.in_(sorted(holders))).execute()
+            ids = sorted(holders)
+            return database.execute_sql(
+                f'UPDATE "customer" SET "sms_subscribed" = {database.param}, "updated_at" = {database.param} '
+                f'WHERE "id" {in_list(ids)}', [False, now, *ids]).rowcount
     return 0
 
 

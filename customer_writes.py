@@ -8,6 +8,8 @@ import json
 import sys
 
 import consent
+from bulk_rows import insert_rows, new_ids, write_new_rows
+from connections import in_list
 from customer_rows import CleanRow
 from link_codes import message_codes_in_use, unused_codes
 from models import Customer, CustomerTag, QRCode, database, db_datetime, utcnow, write_transaction
@@ -41,20 +43,21 @@ class Batch:
     def _read(self) -> None:
         refs = [r.external_ref for r in self.rows if r.external_ref]
         phones = [r.phone_e164 for r in self.rows if not r.external_ref]
-        self._by_ref = {c.external_ref: c for c in Customer.select().where(Customer.external_ref.in_(refs))} if refs else {}
+        self._by_ref = {c.external_ref: c for c in Customer.raw(
+            f'SELECT * FROM "customer" WHERE "external_ref" {in_list(refs)}', *refs)} if refs else {}
         self._by_phone: dict[str, Customer] = {}
         if phones:
-            query = Customer.select().where(Customer.external_ref.is_null(), Customer.phone_e164.in_(phones))
-            for customer in query.order_by(Customer.id.desc()):
+            for customer in Customer.raw(f'SELECT * FROM "customer" WHERE "external_ref" IS NULL AND "phone_e164" '
+                                         f'{in_list(phones)} ORDER BY "id" DESC', *phones):
                 self._by_phone[customer.phone_e164] = customer  # the oldest row wins
         ids = [c.id for c in [*self._by_ref.values(), *self._by_phone.values()]]
-        self._qr_of = {q.customer_id: q.code for q in QRCode.select().where(QRCode.customer.in_(ids))} if ids else {}
+        self._qr_of = dict(_select(f'SELECT "customer_id", "code" FROM "qrcode" WHERE "customer_id" {in_list(ids)}', ids))
         self._tags_of: dict[int, set[str]] = {}
-        for tag in CustomerTag.select().where(CustomerTag.customer.in_(ids)) if ids else ():
-            self._tags_of.setdefault(tag.customer_id, set()).add(tag.tag)
+        for customer_id, tag in _select(f'SELECT "customer_id", "tag" FROM "customertag" WHERE "customer_id" {in_list(ids)}', ids):
+            self._tags_of.setdefault(customer_id, set()).add(tag)
         self._suppressed = consent.suppressed(sorted({r.phone_e164 for r in self.rows}))
         given = sorted({r.qr_code for r in self.rows if r.qr_code})
-        self._code_owner = {q.code: q.customer_id for q in QRCode.select().where(QRCode.code.in_(given))} if given else {}
+        self._code_owner = dict(_select(f'SELECT "code", "customer_id" FROM "qrcode" WHERE "code" {in_list(given)}', given))
         self._link_codes = message_codes_in_use(given)
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -113,32 +116,21 @@ class Batch:
                         ((name, getattr(row, name)) for name in FIELDS)) + (
             row.external_ref, row.subscribed, json.dumps(row.attributes, sort_keys=True) if row.attributes else None, now, now)
             for row in self._new]
-        inserted = _insert("customer", columns, values, returning=("id", "external_ref", "phone_e164"))
-        id_of = {(ref, None if ref else phone): cid for cid, ref, phone in inserted}
-        ids = [id_of[(row.external_ref, None if row.external_ref else row.phone_e164)] for row in self._new]
+        ids = new_ids("customer", len(values))
+        write_new_rows("customer", ["id", *columns], [(cid, *row) for cid, row in zip(ids, values)])
         fresh = iter(unused_codes(sum(1 for row in self._new if not row.qr_code)))
-        _insert("qrcode", ["customer_id", "code"], [(cid, row.qr_code or next(fresh)) for cid, row in zip(ids, self._new)])
-        _insert_tags([(cid, tag) for cid, row in zip(ids, self._new) for tag in sorted(row.tags)])
+        write_new_rows("qrcode", ["customer_id", "code"], [(cid, row.qr_code or next(fresh)) for cid, row in zip(ids, self._new)])
+        write_new_rows("customertag", ["customer_id", "tag"],
+                       [(cid, tag) for cid, row in zip(ids, self._new) for tag in sorted(row.tags)])
         self._new = []
 
 
+def _select(sql: str, values: list) -> list[tuple]:
+    return database.execute_sql(sql, values).fetchall() if values else []
+
+
 def _insert_tags(pairs: list[tuple[int, str]]) -> None:
-    _insert("customertag", ["customer_id", "tag"], pairs)
-
-
-def _insert(table: str, columns: list[str], rows: list[tuple], *, returning: tuple[str, ...] = ()) -> list[tuple]:
-    """One INSERT of ``rows``, written out by hand: the query builder spent more time
-    wrapping a batch's values than the database spent storing them."""
-    if not rows:
-        return []
-    p = database.param
-    values = ", ".join(["(" + ", ".join([p] * len(columns)) + ")"] * len(rows))
-    quoted = ", ".join('"%s"' % c for c in columns)
-    sql = f'INSERT INTO "{table}" ({quoted}) VALUES {values}'
-    if returning:
-        sql += " RETURNING " + ", ".join('"%s"' % c for c in returning)
-    cursor = database.execute_sql(sql, [value for row in rows for value in row])
-    return cursor.fetchall() if returning else []
+    insert_rows("customertag", ["customer_id", "tag"], pairs)
 
 
 __all__ = ["Batch", "FIELDS"]

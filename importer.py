@@ -63,7 +63,7 @@ def import_customers(
     column_map: dict[str, str] | None = None,
     assume_opt_in: bool = False,
     dry_run: bool = False,
-    batch_size: int = 500,
+    batch_size: int = 2000,
     on_reject: Callable[[Reject], None] = lambda reject: None,
     on_progress: Callable[[int], None] = lambda rows: None,
 ) -> ImportSummary:

@@ -9,26 +9,20 @@ from __future__ import annotations
 
 from collections import Counter
 
+from connections import column_in
 from links import new_link_code
-from models import Message, QRCode, TrialSend
 
 
 def message_codes_in_use(codes: list[str]) -> set[str]:
     """The codes of ``codes`` that some message's link has (read through the partial index)."""
-    if not codes:
-        return set()
-    return {code for (code,) in Message.select(Message.link_code)
-            .where(Message.link_code.is_null(False), Message.link_code.in_(codes)).tuples()}
+    return column_in("message", "link_code", list(codes), where='"link_code" IS NOT NULL')
 
 
 def codes_in_use(codes: list[str]) -> set[str]:
     """The codes of ``codes`` that a message's link, a customer's QR code or a test send's
     link has."""
-    if not codes:
-        return set()
-    return message_codes_in_use(codes) | {
-        code for (code,) in QRCode.select(QRCode.code).where(QRCode.code.in_(codes)).tuples()} | {
-        code for (code,) in TrialSend.select(TrialSend.link_code).where(TrialSend.link_code.in_(codes)).tuples()}
+    codes = list(codes)
+    return message_codes_in_use(codes) | column_in("qrcode", "code", codes) | column_in("trialsend", "link_code", codes)
 
 
 def unused_codes(count: int) -> list[str]:
