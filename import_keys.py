@@ -32,14 +32,19 @@ class FirstSeen:
         first line (a key seen on an earlier line, or earlier in ``pairs``, keeps that one)."""
         if not pairs:
             return {}
+        first: dict[str, int] = {}
+        for key, line in sorted(pairs, key=lambda pair: pair[1]):
+            first.setdefault(key, line)
         p = database.param
         with database.atomic():
-            database.execute_sql(
-                f'INSERT INTO "{self.table}" ("key", "line") VALUES {", ".join([f"({p}, {p})"] * len(pairs))} '
-                'ON CONFLICT ("key") DO NOTHING',
-                [value for pair in pairs for value in pair],
-            )
-            keys = sorted({key for key, _ in pairs})
-            rows = database.execute_sql(
-                f'SELECT "key", "line" FROM "{self.table}" WHERE "key" IN ({", ".join([p] * len(keys))})', keys)
-            return dict(rows.fetchall())
+            fresh = {key for (key,) in database.execute_sql(
+                f'INSERT INTO "{self.table}" ("key", "line") VALUES {", ".join([f"({p}, {p})"] * len(first))} '
+                'ON CONFLICT ("key") DO NOTHING RETURNING "key"',
+                [value for pair in first.items() for value in pair],
+            ).fetchall()}
+            seen = [key for key in first if key not in fresh]  # on an earlier line of the file
+            if seen:
+                first.update(database.execute_sql(
+                    f'SELECT "key", "line" FROM "{self.table}" WHERE "key" IN ({", ".join([p] * len(seen))})', seen
+                ).fetchall())
+            return first

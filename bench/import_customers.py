@@ -6,8 +6,12 @@ For each size, a CSV of that many customers (US numbers in mixed formats, two ta
 attribute) is written, then on PostgreSQL, in this process, each ``--repeat`` times:
  (a) baseline: ``phonenumbers.parse`` of every number, plus PostgreSQL ``COPY`` of the same
      rows into a bare table;
- (b) the project's import into empty tables.
-Prints the medians, the ratio, and the import's peak traced memory (a separate run under
+ (b) the project's import into empty tables;
+ (c) for reference, the floor of an import into this schema: the same parse, plus COPY of
+     the same customers (ids from the sequence), their QR codes and their tags into the
+     project's own tables, with their indexes and foreign keys, into empty tables. It
+     checks nothing and cleans nothing: what (b) adds to it is the import's own work.
+Prints the medians, the ratios, and the import's peak traced memory (a separate run under
 tracemalloc, which slows it down); then the ratio of the peaks of the largest and smallest
 sizes.
 """
@@ -68,6 +72,39 @@ def baseline(path: str) -> float:
     return elapsed
 
 
+def schema_floor(path: str) -> float:
+    """(c): parse, then COPY into customer, qrcode and customertag as they are."""
+    from models import database
+
+    reset_database()
+    database.connect(reuse_if_open=True)
+    started = time.perf_counter()
+    customers, codes, tags = io.StringIO(), io.StringIO(), io.StringIO()
+    with open(path, newline="", encoding="utf-8") as source:
+        reader = csv.reader(source)
+        next(reader)
+        rows = list(reader)
+    cursor = database.connection().cursor()
+    cursor.execute("SELECT nextval(pg_get_serial_sequence('customer', 'id')) FROM generate_series(1, %s)", (len(rows),))
+    ids = [cid for (cid,) in cursor.fetchall()]
+    now = "2026-12-01 12:00:00"
+    for cid, (ref, first, last, phone, opt_in, tag_list, store) in zip(ids, rows):
+        number = phonenumbers.parse(phone, "US")
+        e164 = f"+{number.country_code}{number.national_number}"
+        customers.write(f"{cid}\t{first}\t{last}\t{phone}\t{e164}\tUS\t{ref}\t{'t' if opt_in == 'yes' else 'f'}\t"
+                        f'{{"store": "{store}"}}\t{now}\t{now}\n')
+        codes.write(f"{cid}\tQ{cid:08d}\n")
+        tags.writelines(f"{cid}\t{tag}\n" for tag in tag_list.split(";"))
+    for table, columns, buffer in (
+            ("customer", "id, first_name, last_name, phone, phone_e164, region, external_ref, sms_subscribed, "
+                         "attributes, created_at, updated_at", customers),
+            ("qrcode", "customer_id, code", codes), ("customertag", "customer_id, tag", tags)):
+        buffer.seek(0)
+        cursor.copy_expert(f"COPY {table} ({columns}) FROM STDIN", buffer)
+    database.commit() if not database.connection().autocommit else None
+    return time.perf_counter() - started
+
+
 def project(path: str, size: int, *, traced: bool) -> tuple[float, int]:
     from importer import import_customers
 
@@ -97,14 +134,17 @@ def main(argv=None) -> int:
             path = os.path.join(tmp, f"customers-{size}.csv")
             write_file(path, size)
             reset_database()
-            bases, runs = [], []
+            bases, runs, floors = [], [], []
             for _ in range(args.repeat):
                 bases.append(baseline(path))
                 runs.append(project(path, size, traced=False)[0])
+                floors.append(schema_floor(path))
             _, peaks[size] = project(path, size, traced=True)
-            base, run = statistics.median(bases), statistics.median(runs)
+            base, run, floor = statistics.median(bases), statistics.median(runs), statistics.median(floors)
             print(f"{size:>8,} rows: baseline (parse + COPY) {base:6.2f} s, import {run:6.2f} s, ratio {run / base:4.2f}x "
                   f"(medians of {args.repeat}), import peak memory {peaks[size] / 1024:7.0f} KiB", flush=True)
+            print(f"{size:>8,} rows: floor of this schema (parse + COPY into customer, qrcode, customertag) {floor:6.2f} s, "
+                  f"{floor / base:4.2f}x the baseline; the import is {run / floor:4.2f}x the floor", flush=True)
     print_peak_ratio(peaks, "rows")
     return 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 import consent
 from importer import import_customers
 from models import Customer
@@ -40,3 +42,19 @@ def test_review_a_dry_run_does_not_see_a_qr_code_repeated_in_a_later_batch(db):
     # Then the dry run reported what the import did
     assert (dry.created, dict(dry.rejected)) == (real.created, dict(real.rejected)), (
         f"dry run: {dry.lines()} / real: {real.lines()}")
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 2000])
+def test_a_customer_repeated_in_the_file_is_refused_on_every_later_line_in_any_batch(db, batch_size):
+    # Given a file naming one customer on lines 2, 4 and 5 (by reference) and one number twice
+    text = ("external_ref,phone,sms_opt_in\nA1,+1 212 555 0181,yes\n,+1 212 555 0182,yes\nA1,+1 212 555 0183,yes\n"
+            "A1,+1 212 555 0184,yes\n,212-555-0182,yes\n")
+    rejects = []
+
+    # When it is imported in batches of any size
+    summary = _import(text, batch_size=batch_size, on_reject=rejects.append)
+
+    # Then the first line of each customer is imported and every later line is refused, naming it
+    assert (summary.created, dict(summary.rejected)) == (2, {"duplicate_in_file": 3})
+    assert [(r.line, r.detail) for r in rejects] == [
+        (4, "same customer as line 2"), (5, "same customer as line 2"), (6, "same customer as line 3")]
