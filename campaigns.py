@@ -72,6 +72,7 @@ _ALLOWED = {
     "clone": (None, ""),
     "retry": ((CampaignStatus.SENDING, CampaignStatus.COMPLETED), "nothing to retry"),
     "delete": ((CampaignStatus.DRAFT,), "only a draft can be deleted"),
+    "edit": ((CampaignStatus.DRAFT,), "only a draft can be edited (clone it to change a copy)"),
 }
 
 

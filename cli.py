@@ -13,6 +13,7 @@ import time
 
 import click
 
+from cli_campaign_edit import campaign_edit
 from cli_campaign_ops import (CUSTOMER_ID, campaign_clone, campaign_delete, campaign_export, campaign_list,
                               campaign_retry, campaign_test)
 from cli_checks import CAMPAIGN_ID, OperatorGroup, Seconds, StartTime, Text, broker_ready
@@ -284,6 +285,7 @@ campaign.add_command(campaign_export)
 campaign.add_command(campaign_list)
 campaign.add_command(campaign_clone)
 campaign.add_command(campaign_delete)
+campaign.add_command(campaign_edit)
 
 if __name__ == "__main__":
     main(prog_name="python -m cli")
