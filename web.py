@@ -127,8 +127,9 @@ def last_sent_campaign(customer_id: int) -> int | None:
 
 # --------------------------------------------------------------------------- the app
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """The WSGI application. ``settings`` default to the environment's (``get_settings``)."""
+def create_app(settings: Settings | None = None, *, sign_in_throttle=None) -> Flask:
+    """The WSGI application. ``settings`` default to the environment's (``get_settings``);
+    ``sign_in_throttle`` (``dashboard.throttle.SignInThrottle``) to theirs."""
     settings = settings or get_settings()
     # The workers' broker: a metrics request from here reaches the same queues.
     import actors  # noqa: F401
@@ -285,7 +286,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         return redirect(settings.qr_display_url.replace("{code}", quote(qr_code, safe="")), code=302)
 
     qr_page.register(app, qr_display_url=settings.qr_display_url)
-    register_dashboard(app, settings)  # the operators' pages under /dashboard (or a 503 without a secret key)
+    register_dashboard(app, settings, sign_in_throttle=sign_in_throttle)  # the operators' pages under /dashboard (or a 503 without a secret key)
     return app
 
 
