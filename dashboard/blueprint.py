@@ -8,6 +8,7 @@ import logging
 
 from flask import Blueprint, Flask, Response, abort
 
+from actors.stops import held_ms
 from dashboard import actions, auth, pages
 from dashboard.accounts import Accounts
 from dashboard.throttle import SignInThrottle
@@ -43,7 +44,7 @@ def register(app: Flask, settings: Settings, *, sign_in_throttle: SignInThrottle
     app.config.update(auth.session_config())
     bp = Blueprint("dashboard", __name__, url_prefix=PREFIX, template_folder="templates", static_folder="static")
     auth.install(bp, accounts=accounts, throttle=sign_in_throttle or SignInThrottle.from_settings(settings))
-    pages.install(bp, settings)
+    pages.install(bp, settings, held_ms=held_ms)  # Twilio's holds, from the broker's rate limiter
     actions.install(bp, settings)
 
     @bp.after_request
