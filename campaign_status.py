@@ -2,23 +2,30 @@
 cli campaign status``): counts straight from the rows, the send rate over a window that fits
 the campaign (``progress.py``), the quiet-hours holds by zone and when each ends, an ETA
 from those and the campaign's effective limit, when a scheduled campaign starts, why a
-paused one is paused, and the delivery figures and clicks of its analytics.
+paused one is paused, the holds of Twilio's signals on its sends (what, why, until when),
+and the delivery figures and clicks of its analytics.
 
 Reads only; every figure is one of a few indexed queries (the rate reads at most
-``progress.ENOUGH_SENDS`` entries of ``message_sent_by_campaign``).
+``progress.ENOUGH_SENDS`` entries of ``message_sent_by_campaign``), and the holds one PTTL
+of the rate limiter's stop keys per hold rule (``twilio_signals.holds_of``), per report.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import math
 from dataclasses import dataclass
 from typing import Callable
 
+import redis
 from limits import parse as parse_limit
 from peewee import fn
 
 import progress
+import senders
+import twilio_signals
 from audience import Audience
 from errors import PermanentError
 from models import Campaign, CampaignAnalytics, CampaignStatus, Message, MessageStatus, utcnow
@@ -29,11 +36,16 @@ from settings import Settings, get_settings
 #: Zones listed one by one in the report; the others are summed up in one more entry.
 MAX_ZONES_SHOWN = 8
 PROGRESS_WIDTH = 30
+#: A hold ending sooner than this is shown to the second (a 429's), a longer one with its date.
+HOLD_SECONDS_SHOWN_S = 3600
+
+logger = logging.getLogger(__name__)
 
 
 def status_report(
     campaign_id: int, *, now: dt.datetime | None = None, settings: Settings | None = None,
     rate_window_s: float = progress.MAX_WINDOW_S, counts: Callable[[int], "Counts"] | None = None,
+    held_ms: Callable[[list[str]], int] | None = None,
 ) -> dict:
     """The campaign's status as plain data (JSON-ready; times as ISO strings in UTC).
 
@@ -46,6 +58,8 @@ def status_report(
         counts: where the counts come from: ``row_counts`` (the default: the rows, exact
             now) or ``kept_counts`` (the analytics' kept aggregates, as of their last
             recompute: what the dashboard reads, whatever the campaign's size).
+        held_ms: ``(groups) -> ms`` left of the rate limiter's holds (``actors.stops.held_ms``);
+            None: Twilio's holds are not read (none shown).
     """
     now = now or utcnow()
     settings = settings or get_settings()
@@ -62,10 +76,12 @@ def status_report(
                                             segments_per_message=open_segments / open_rows if open_rows else 1.0)
     holds = held_by_quiet_hours(campaign, now=now, quiet_hours=_quiet_hours(settings))
     held = sum(hold["rows"] for hold in holds)
+    twilio_holds = held_by_twilio(campaign, now=now, zone_name=_zone_name(campaign, settings), held_ms=held_ms)
     eta_rate = progress.rate_for_eta(rate, limit_per_s)
     if campaign.status == CampaignStatus.SENDING:
         eta = progress.eta_s(open_rows - held, rate_per_s=eta_rate,
-                             holds=[(hold["seconds_left"], hold["rows"]) for hold in holds])
+                             holds=[(hold["seconds_left"], hold["rows"]) for hold in holds],
+                             not_before_s=max((hold["seconds_left"] for hold in twilio_holds or ()), default=0.0))
     else:
         eta = 0.0 if open_rows == 0 else None  # paused, scheduled, draft: nothing moves
     filled = int(PROGRESS_WIDTH * done / total) if total else 0
@@ -77,7 +93,7 @@ def status_report(
         "started_at": _iso(campaign.started_at), "completed_at": _iso(campaign.completed_at),
         "targeted": total, "sent": counts[MessageStatus.SENT], "failed": counts[MessageStatus.FAILED],
         "skipped": counts[MessageStatus.SKIPPED], "cancelled": counts[MessageStatus.CANCELLED],
-        "pending": open_rows, "held": held, "held_by_zone": holds,
+        "pending": open_rows, "held": held, "held_by_zone": holds, "twilio_holds": twilio_holds,
         "skipped_by_reason": dict(sorted(by_reason[MessageStatus.SKIPPED].items())),
         "failed_by_reason": dict(sorted(by_reason[MessageStatus.FAILED].items())),
         "audience": Audience.of(campaign).describe(),
@@ -177,6 +193,37 @@ def held_by_quiet_hours(campaign: Campaign, *, now: dt.datetime, quiet_hours: Qu
     return shown
 
 
+def held_by_twilio(campaign: Campaign, *, now: dt.datetime, zone_name: str,
+                   held_ms: Callable[[list[str]], int] | None) -> list[dict] | None:
+    """The holds of Twilio's signals on the campaign's sends at ``now``, soonest end first:
+    ``{"held", "signal", "reason", "until_utc", "until_local", "zone", "seconds_left"}``,
+    the end in ``zone_name`` (to the second when under ``HOLD_SECONDS_SHOWN_S``, else with
+    its date). [] when none (or ``held_ms`` is None, or the campaign is finished); None when
+    Redis does not answer."""
+    if held_ms is None or campaign.status in CampaignStatus.FINISHED:
+        return []
+    sender = senders.of(campaign)
+    found = []
+    try:
+        for group, signal, everyone in twilio_signals.holds_of(sender):
+            left_ms = held_ms([group])
+            if left_ms > 0:
+                found.append((math.ceil(left_ms / 1000), signal, everyone))
+    except redis.RedisError as exc:
+        logger.warning("campaign %s: Twilio's holds not read: cannot reach REDIS_URL (%s)", campaign.id, type(exc).__name__)
+        return None
+    local_zone = zone(zone_name) or dt.timezone.utc
+    shown = []
+    for left_s, signal, everyone in sorted(found, key=lambda hold: (hold[0], hold[1].code)):
+        until = now.replace(microsecond=0) + dt.timedelta(seconds=left_s)
+        local = until.replace(tzinfo=dt.timezone.utc).astimezone(local_zone)
+        whose = "every send" if everyone else f"the sends from {senders.describe(sender) if sender else 'the default sender'}"
+        shown.append({"held": whose, "signal": signal.code, "reason": signal.reason, "until_utc": _iso(until),
+                      "until_local": local.strftime("%H:%M:%S" if left_s < HOLD_SECONDS_SHOWN_S else "%Y-%m-%d %H:%M"),
+                      "zone": zone_name if zone(zone_name) else "UTC", "seconds_left": float(left_s)})
+    return shown
+
+
 def _hold(name: str, rows: int, until: dt.datetime, now: dt.datetime, *, local: bool = True) -> dict:
     until_local = until.replace(tzinfo=dt.timezone.utc).astimezone(zone(name)) if local and zone(name) else None
     return {"zone": name, "rows": rows, "until_utc": _iso(until),
@@ -219,9 +266,14 @@ def _start(campaign: Campaign, settings: Settings) -> dict | None:
     ``DEFAULT_TIME_ZONE``)."""
     if campaign.send_at is None:
         return None
-    name = campaign.time_zone if zone(campaign.time_zone) else settings.default_time_zone
+    name = _zone_name(campaign, settings)
     local = campaign.send_at.replace(tzinfo=dt.timezone.utc).astimezone(zone(name) or dt.timezone.utc)
     return {"utc": _iso(campaign.send_at), "local": local.strftime("%Y-%m-%d %H:%M"), "zone": name}
+
+
+def _zone_name(campaign: Campaign, settings: Settings) -> str:
+    """The campaign's own zone, else ``DEFAULT_TIME_ZONE``."""
+    return campaign.time_zone if zone(campaign.time_zone) else settings.default_time_zone
 
 
 def _iso(value: dt.datetime | None) -> str | None:

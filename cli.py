@@ -236,9 +236,10 @@ def campaign_cancel(campaign_id: int) -> None:
 @click.option("--interval", default=2.0, show_default=True, type=Seconds(0.1, 3600))
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON (with --watch: one object a line).")
 def campaign_status(campaign_id: int, watch: bool, interval: float, as_json: bool) -> None:
-    """Sent, delivered, failed and skipped by reason, pending, quiet-hours holds, rate, ETA, clicks."""
+    """Sent, delivered, failed and skipped by reason, pending, quiet-hours holds, Twilio's holds, rate, ETA, clicks."""
     _bootstrap()
     import cli_logging
+    from actors.stops import held_ms
     from campaigns import check_action, status_report
     from models import CampaignStatus, connection
     from status_screen import Screen, format_status
@@ -246,7 +247,7 @@ def campaign_status(campaign_id: int, watch: bool, interval: float, as_json: boo
     def report() -> dict:
         with connection():
             check_action(campaign_id, "status")
-            return status_report(campaign_id)
+            return status_report(campaign_id, held_ms=held_ms)
 
     if not watch:
         first = report()

@@ -9,8 +9,9 @@ allow, and the time left to finish.
   send it keeps and always ends now, so a campaign that stopped sending sees its rate fall
   instead of keeping the last burst's.
 - **The ETA**: the rows that can go now at the measured rate (never above what the limits
-  allow; the limits' own rate until a rate is measured), then each quiet-hours hold joins
-  the line at the time its window ends. Holds that would begin later (a zone that enters
+  allow; the limits' own rate until a rate is measured), from the end of a hold of
+  Twilio's if one holds the campaign's sends now, then each quiet-hours hold joins the line
+  at the time its window ends. Holds that would begin later (a zone that enters
   its quiet hours while the campaign runs) are not foreseen.
 """
 
@@ -94,22 +95,25 @@ def rate_for_eta(measured: Rate | None, limit_per_s: float | None) -> float | No
     return limit_per_s
 
 
-def eta_s(sendable: int, *, rate_per_s: float | None, holds: Iterable[tuple[float, int]] = ()) -> float | None:
-    """Seconds until the last open row is sent: ``sendable`` rows now, then each hold
-    ``(seconds until it ends, rows)`` joins at its end; at ``rate_per_s``. 0 when nothing is
-    open; None without a rate.
+def eta_s(sendable: int, *, rate_per_s: float | None, holds: Iterable[tuple[float, int]] = (),
+          not_before_s: float = 0.0) -> float | None:
+    """Seconds until the last open row is sent: ``sendable`` rows from ``not_before_s``,
+    then each hold ``(seconds until it ends, rows)`` joins at its end; at ``rate_per_s``. 0
+    when nothing is open; None without a rate.
 
     Parameters:
-        sendable: open rows that may go now (not held).
+        sendable: open rows that may go once nothing holds the campaign (not in quiet hours).
         rate_per_s: messages per second.
         holds: quiet-hours holds, each (seconds from now until its window ends, rows held).
+        not_before_s: seconds until a hold of Twilio's on every one of the campaign's sends
+            ends (0: none).
     """
     holds = sorted((max(0.0, start_s), rows) for start_s, rows in holds if rows > 0)
     if sendable <= 0 and not holds:
         return 0.0
     if not rate_per_s or rate_per_s <= 0:
         return None
-    finish_s = sendable / rate_per_s
+    finish_s = max(0.0, not_before_s) + max(0, sendable) / rate_per_s
     for start_s, rows in holds:
         finish_s = max(finish_s, start_s) + rows / rate_per_s
     return finish_s

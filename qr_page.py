@@ -15,7 +15,9 @@ Answers carry the web process's headers (``webguard.SECURITY_HEADERS``: no cachi
 code an import changed is never shown stale) with a Content-Security-Policy that allows
 the inlined image and the page's one stylesheet (by its hash) and nothing else, and
 ``X-Robots-Tag: noindex``. A code outside the alphabet a QR code may have, or one no
-customer has, gets a 404 page written for a person.
+customer has, gets a 404 page written for a person. A test send made for a sample customer
+(nobody in the audience would get the message) has no customer's code: its link opens the
+same page with ``SAMPLE_CODE``, titled and labelled as a sample (``sample_response``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from models import QRCode
 #: A customer's QR code as the import takes it (``customer_rows``: 4 to 32 letters, digits,
 #: ``-`` or ``_``); anything else is 404 before any query.
 QR_CODE = re.compile(r"[A-Za-z0-9_-]{4,32}")
+#: What a sample customer's page shows (a test send with nobody in the audience): a space
+#: is outside ``QR_CODE``, so no customer's code can ever be this one.
+SAMPLE_CODE = "SAMPLE 0000"
 #: The path the page is served at when ``QR_DISPLAY_URL`` does not end in ``/{code}``.
 DEFAULT_PREFIX = "/qr"
 #: The image's width in pixels, about: each module is drawn this many pixels over the
@@ -91,14 +96,23 @@ def qr_png(code: str) -> bytes:
     return base64.b64decode(symbol.png_data_uri(scale=max(4, IMAGE_PX // width), border=4).partition(",")[2])
 
 
-def code_page(code: str) -> str:
-    """The page showing ``code`` (already checked against ``QR_CODE``)."""
+def code_page(code: str, *, sample: bool = False) -> str:
+    """The page showing ``code`` (already checked against ``QR_CODE``); ``sample``: the same
+    page, titled and labelled as a sample (``SAMPLE_CODE``, a test send's sample customer)."""
     shown = html.escape(code)
     image = "data:image/png;base64," + base64.b64encode(qr_png(code)).decode("ascii")
     content = (f'<img src="{image}" alt="QR code {shown}">\n'
                f'<div class="code">{shown}</div>\n'
                "<p>Show this code at the checkout.</p>")
-    return PAGE.format(title="Your code", style=STYLE, content=content)
+    if sample:
+        content += "\n<p><strong>Sample: a customer sees their own code here. This one is not valid at the checkout.</strong></p>"
+    return PAGE.format(title="Your code (sample)" if sample else "Your code", style=STYLE, content=content)
+
+
+def sample_response() -> Response:
+    """The page a sample customer's test link opens: what a customer sees, with
+    ``SAMPLE_CODE`` labelled as a sample (served at the link itself: no customer's page has it)."""
+    return _html(code_page(SAMPLE_CODE, sample=True), 200)
 
 
 def not_found_page() -> str:

@@ -164,6 +164,11 @@ class Settings:
                                             dashboard_users_ok, optional=True, hidden=True), repr=False)
     #: Signs the dashboard's session cookies; without it the dashboard is not served.
     dashboard_secret_key: Secret = setting(Secret(""), Range("at least 32 characters (empty: no dashboard)"), repr=False)
+    #: Failed sign-ins within ``DASHBOARD_SIGN_IN_WINDOW_S`` after which further attempts for
+    #: that user name, or from that client address, are refused (``dashboard/throttle.py``).
+    dashboard_sign_in_failures_per_name: int = setting(5, number(1, 1_000))
+    dashboard_sign_in_failures_per_address: int = setting(20, number(1, 100_000))
+    dashboard_sign_in_window_s: int = setting(900, number(1, 86_400, SECONDS))
 
     def __post_init__(self) -> None:
         for name in ("twilio_auth_token", "dashboard_secret_key"):

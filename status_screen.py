@@ -28,6 +28,10 @@ def format_status(r: dict) -> str:
     for hold in r.get("held_by_zone") or ():
         until = f"{hold['until_local']} {hold['zone']}" if hold["until_local"] else f"{hold['until_utc'][11:16]} UTC ({hold['zone']})"
         lines.append(f"  {hold['rows']:,} held by quiet hours until {until}")
+    if r.get("twilio_holds", []) is None:
+        lines.append("  Twilio holds: unknown (cannot reach REDIS_URL)")
+    for hold in r.get("twilio_holds") or ():
+        lines.append(f"  {hold['held']} held until {hold['until_local']} {hold['zone']} ({hold['reason']})")
     if r.get("failed_by_reason"):
         lines.append("  failed: " + ", ".join(f"{reason} {count:,}" for reason, count in r["failed_by_reason"].items()))
     if r.get("skipped_by_reason"):

@@ -77,9 +77,16 @@ def hold_sender_group(sender: str | None) -> str:
     return f"hold:sender:{sender or 'default'}:daily-cap"
 
 
+def holds_of(sender: str | None) -> list[tuple[str, Signal, bool]]:
+    """Every hold a message from ``sender`` must not be sent through: (group, the signal
+    that sets it, whether it holds every send rather than the sender's)."""
+    return [(HOLD_ALL_BRIEFLY_GROUP, SIGNALS["20429"], True), (HOLD_ALL_DAY_GROUP, SIGNALS["63038"], True),
+            (hold_sender_group(sender), SIGNALS["30027"], False)]
+
+
 def hold_groups(sender: str | None) -> list[str]:
     """Every hold a message from ``sender`` must not be sent through."""
-    return [HOLD_ALL_BRIEFLY_GROUP, HOLD_ALL_DAY_GROUP, hold_sender_group(sender)]
+    return [group for group, _signal, _everyone in holds_of(sender)]
 
 
 def signal_for(code: str | int | None, http_status: int | None = None) -> Signal | None:

@@ -108,11 +108,16 @@ def link_target(code: str) -> tuple[int | None, int | None, str | None]:
 
 
 def trial_link_target(code: str) -> str | None:
-    """The QR code a test send's link leads to: that of the customer whose message it showed
-    (None for a sample customer, or a code no test send has)."""
-    row = (TrialSend.select(QRCode.code).join(QRCode, on=(QRCode.customer == TrialSend.customer_id))
+    """The QR code a test send's link leads to: that of the customer whose message it showed,
+    ``qr_page.SAMPLE_CODE`` for a sample customer's (no customer's code can be that one),
+    None for a code no test send has (or a customer who has no QR code now)."""
+    row = (TrialSend.select(TrialSend.customer_id, QRCode.code)
+           .join(QRCode, JOIN.LEFT_OUTER, on=(QRCode.customer == TrialSend.customer_id))
            .where(TrialSend.link_code == code).tuples().first())
-    return row[0] if row else None
+    if row is None:
+        return None
+    customer_id, qr_code = row
+    return qr_page.SAMPLE_CODE if customer_id is None else qr_code
 
 
 def last_sent_campaign(customer_id: int) -> int | None:
@@ -127,8 +132,9 @@ def last_sent_campaign(customer_id: int) -> int | None:
 
 # --------------------------------------------------------------------------- the app
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """The WSGI application. ``settings`` default to the environment's (``get_settings``)."""
+def create_app(settings: Settings | None = None, *, sign_in_throttle=None) -> Flask:
+    """The WSGI application. ``settings`` default to the environment's (``get_settings``);
+    ``sign_in_throttle`` (``dashboard.throttle.SignInThrottle``) to theirs."""
     settings = settings or get_settings()
     # The workers' broker: a metrics request from here reaches the same queues.
     import actors  # noqa: F401
@@ -276,6 +282,8 @@ def create_app(settings: Settings | None = None) -> Flask:
             qr_code = trial_link_target(code)  # a test send's link: the page, never a click
             if qr_code is None:
                 abort(404)
+            if qr_code == qr_page.SAMPLE_CODE:
+                return qr_page.sample_response()
             return redirect(settings.qr_display_url.replace("{code}", quote(qr_code, safe="")), code=302)
         user_agent = request.headers.get("User-Agent")
         if request.method == "GET" and not is_bot(user_agent):
@@ -285,7 +293,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         return redirect(settings.qr_display_url.replace("{code}", quote(qr_code, safe="")), code=302)
 
     qr_page.register(app, qr_display_url=settings.qr_display_url)
-    register_dashboard(app, settings)  # the operators' pages under /dashboard (or a 503 without a secret key)
+    register_dashboard(app, settings, sign_in_throttle=sign_in_throttle)  # the operators' pages under /dashboard (or a 503 without a secret key)
     return app
 
 

@@ -18,7 +18,7 @@ import re
 import statistics
 import time
 
-from bench.common import POSTGRES_URL, reset_database
+from bench.common import POSTGRES_URL, REDIS_URL, reset_database
 
 os.environ.setdefault("BROKER", "stub")
 os.environ.setdefault("QUIET_HOURS", "off")
@@ -102,7 +102,7 @@ def main() -> None:
           f"(fills every minute), next {time.perf_counter() - started:.2f} s")
     db.close()
 
-    settings = Settings(database_url=POSTGRES_URL, quiet_hours="off", dashboard_secret_key=Secret("b" * 40),
+    settings = Settings(database_url=POSTGRES_URL, redis_url=REDIS_URL, quiet_hours="off", dashboard_secret_key=Secret("b" * 40),
                         dashboard_users="bench:" + generate_password_hash("bench", method="pbkdf2"))
     app = create_app(settings)
 

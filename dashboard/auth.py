@@ -9,26 +9,37 @@
   only dropped by the browser). Signing in starts a new session (no fixation).
 - **CSRF**: each session holds a random token; every form carries it in ``csrf_token``, and
   every POST whose token is missing or different is 403, the sign-in form's included.
+- **Throttled**: failed sign-ins are counted per user name and per client address in
+  Redis (``throttle.py``); past the limits an attempt is 429 with ``Retry-After``, its
+  password unchecked, and with Redis away sign-in is 503 (closed).
 - Sign-ins, failed ones and sign-outs are recorded as events (``events.record_event``) with
-  the operator's name; the password never is.
+  the operator's name; the password never is. A throttled attempt is logged, not recorded
+  (an attacker's flood would fill the table).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hmac
+import logging
 import secrets
+
+import redis
 
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 
 from dashboard.accounts import Accounts
+from dashboard.throttle import SignInThrottle, client_address
 from events import record_event
 from webguard import printable
+
+logger = logging.getLogger(__name__)
 
 SESSION_LIFETIME = dt.timedelta(hours=12)
 #: Reachable without a session.
 PUBLIC_ENDPOINTS = frozenset({"dashboard.sign_in", "dashboard.static"})
 CSRF_FIELD = "csrf_token"
+REDIS_AWAY = "sign-in is unavailable: cannot reach REDIS_URL; try again in a minute"
 
 
 def session_config() -> dict:
@@ -63,9 +74,9 @@ def safe_next(target: str | None) -> str:
     return url_for("dashboard.campaigns")
 
 
-def install(bp: Blueprint, *, accounts: Accounts) -> None:
+def install(bp: Blueprint, *, accounts: Accounts, throttle: SignInThrottle) -> None:
     """The sign-in check and the CSRF check before every request of ``bp``, and the
-    sign-in and sign-out pages."""
+    sign-in and sign-out pages (attempts counted by ``throttle``)."""
 
     @bp.before_request
     def require_operator():
@@ -80,22 +91,39 @@ def install(bp: Blueprint, *, accounts: Accounts) -> None:
     def template_values() -> dict:
         return {"csrf_token": csrf_token, "operator": operator()}
 
+    def page(error: str | None, status: int, headers: dict | None = None):
+        return render_template("sign_in.html", error=error, next=request.args.get("next", "")), status, headers or {}
+
     @bp.route("/sign-in", methods=["GET", "POST"])
     def sign_in():
-        error = None
-        if request.method == "POST":
-            name = (request.form.get("name") or "").strip()
-            signed_in = accounts.verify(name, request.form.get("password") or "")
-            if signed_in is not None:
-                session.clear()
-                session.permanent = True
-                session["operator"] = signed_in
-                session["csrf"] = secrets.token_urlsafe(32)
-                record_event(None, "dashboard_sign_in", f"{signed_in} signed in", level="info")
-                return redirect(safe_next(request.args.get("next")))
+        if request.method != "POST":
+            return page(None, 200)
+        name = (request.form.get("name") or "").strip()
+        address = client_address(request.headers.get("X-Forwarded-For"), request.remote_addr)
+        try:
+            attempt = throttle.attempt(name, address)
+        except redis.RedisError as exc:
+            logger.error("sign-in refused: the throttle cannot reach REDIS_URL (%s)", type(exc).__name__)
+            return page(REDIS_AWAY, 503)
+        if attempt.refused:
+            logger.warning("sign-in as %s from %s refused: too many failures (%s s left)", printable(name, 64),
+                           printable(address, 64), attempt.wait_s)
+            return page(f"too many failed sign-ins: try again in {attempt.wait_text()}", 429,
+                        {"Retry-After": str(attempt.wait_s)})
+        signed_in = accounts.verify(name, request.form.get("password") or "")
+        if signed_in is None:
             record_event(None, "dashboard_sign_in_failed", f"failed sign-in as {printable(name, 64)}", level="warning")
-            error = "wrong name or password" if accounts else "no operator accounts: set DASHBOARD_USERS"
-        return render_template("sign_in.html", error=error, next=request.args.get("next", "")), (401 if error else 200)
+            return page("wrong name or password" if accounts else "no operator accounts: set DASHBOARD_USERS", 401)
+        try:
+            throttle.succeeded(attempt)
+        except redis.RedisError:  # the attempt stays counted as a failure until its window passes
+            logger.warning("sign-in of %s: could not take the attempt back from the throttle", signed_in)
+        session.clear()
+        session.permanent = True
+        session["operator"] = signed_in
+        session["csrf"] = secrets.token_urlsafe(32)
+        record_event(None, "dashboard_sign_in", f"{signed_in} signed in", level="info")
+        return redirect(safe_next(request.args.get("next")))
 
     @bp.post("/sign-out")
     def sign_out():

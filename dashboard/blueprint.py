@@ -8,8 +8,10 @@ import logging
 
 from flask import Blueprint, Flask, Response, abort
 
+from actors.stops import held_ms
 from dashboard import actions, auth, pages
 from dashboard.accounts import Accounts
+from dashboard.throttle import SignInThrottle
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -21,8 +23,10 @@ CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'
                            "base-uri 'none'; frame-ancestors 'none'")
 
 
-def register(app: Flask, settings: Settings) -> None:
-    """Serve the dashboard on ``app`` (or, without a secret key, a 503 under its prefix)."""
+def register(app: Flask, settings: Settings, *, sign_in_throttle: SignInThrottle | None = None) -> None:
+    """Serve the dashboard on ``app`` (or, without a secret key, a 503 under its prefix).
+    Sign-in attempts are counted by ``sign_in_throttle`` (default: the settings' limits on
+    ``REDIS_URL``)."""
     if not settings.dashboard_secret_key:
         logger.warning("DASHBOARD_SECRET_KEY is not set: the dashboard is not served")
 
@@ -39,8 +43,8 @@ def register(app: Flask, settings: Settings) -> None:
     app.secret_key = settings.dashboard_secret_key.reveal()
     app.config.update(auth.session_config())
     bp = Blueprint("dashboard", __name__, url_prefix=PREFIX, template_folder="templates", static_folder="static")
-    auth.install(bp, accounts=accounts)
-    pages.install(bp, settings)
+    auth.install(bp, accounts=accounts, throttle=sign_in_throttle or SignInThrottle.from_settings(settings))
+    pages.install(bp, settings, held_ms=held_ms)  # Twilio's holds, from the broker's rate limiter
     actions.install(bp, settings)
 
     @bp.after_request

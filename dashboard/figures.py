@@ -2,9 +2,12 @@
 aggregates (``campaign_status.status_report`` with ``kept_counts``: the figures of
 ``campaign status``, as of the analytics' last recompute, without reading the campaign's
 message rows), the funnel, every failure, skip and carrier code with its description, the
-sends per minute (``sends_series``), and the campaign's recent events (the audit trail)."""
+sends per minute (``sends_series``), Twilio's holds on its sends, and the campaign's recent
+events (the audit trail)."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 from campaign_status import kept_counts
 from campaigns import status_report
@@ -28,10 +31,11 @@ ACTIONS = {
 }
 
 
-def campaign_page(campaign_id: int, *, settings: Settings) -> dict:
-    """Everything the campaign page renders."""
+def campaign_page(campaign_id: int, *, settings: Settings, held_ms: Callable[[list[str]], int] | None = None) -> dict:
+    """Everything the campaign page renders (Twilio's holds read through ``held_ms``, as
+    ``campaign status`` reads them)."""
     campaign = Campaign.get_by_id(campaign_id)
-    report = status_report(campaign_id, settings=settings, counts=kept_counts)
+    report = status_report(campaign_id, settings=settings, counts=kept_counts, held_ms=held_ms)
     eligible = report["targeted"] - report["skipped"]
     steps = [("targeted", report["targeted"]), ("eligible", eligible), ("sent", report["sent"]),
              ("delivered", report["delivered"]), ("clicked", report["unique_clicks"])]

@@ -9,6 +9,7 @@ shows the number masked.
 from __future__ import annotations
 
 import itertools
+from typing import Callable
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 
@@ -31,7 +32,8 @@ PAGE_SIZE = 200
 HISTORY_SHOWN = 100
 
 
-def install(bp: Blueprint, settings: Settings) -> None:
+def install(bp: Blueprint, settings: Settings, *, held_ms: Callable[[list[str]], int] | None = None) -> None:
+    """The pages on ``bp``; a campaign's shows the rate limiter's holds read by ``held_ms``."""
 
     @bp.get("/")
     def campaigns():
@@ -44,7 +46,7 @@ def install(bp: Blueprint, settings: Settings) -> None:
     def campaign(campaign_id: int):
         if Campaign.get_or_none(Campaign.id == campaign_id) is None:
             abort(404, f"campaign {campaign_id} does not exist")
-        return render_template("campaign.html", **campaign_page(campaign_id, settings=settings))
+        return render_template("campaign.html", **campaign_page(campaign_id, settings=settings, held_ms=held_ms))
 
     @bp.get("/campaigns/<int:campaign_id>/preview")
     def campaign_preview(campaign_id: int):

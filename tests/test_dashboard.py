@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import uuid
 
 import pytest
 from click.testing import CliRunner
@@ -20,20 +21,24 @@ from dashboard.accounts import Accounts
 from errors import ConfigurationError
 from models import Campaign, CampaignStatus, Event, Message, MessageStatus, SendsPerMinute, database, utcnow
 from settings import Secret, Settings
+from tests.endpoints import REDIS_URL
 from tests.factories import make_campaign, make_customers
 from web import create_app
 
 OPERATOR, PASSWORD = "bea", "a long enough password"
 
 
-def app_for(**overrides):
-    values = dict(database_url=f"sqlite:///{database.obj.database}", quiet_hours="off",
+def app_for(*, sign_in_throttle=None, **overrides):
+    """The web app on the test's SQLite database; its sign-in throttle on the test Redis, in
+    a namespace of its own (its counts expire with their window)."""
+    values = dict(database_url=f"sqlite:///{database.obj.database}", quiet_hours="off", redis_url=REDIS_URL,
+                  dramatiq_namespace=f"test-{uuid.uuid4().hex[:12]}",
                   dashboard_secret_key=Secret("d" * 40),
                   dashboard_users=f"{OPERATOR}:{generate_password_hash(PASSWORD, method='pbkdf2')}")
     values.update(overrides)
     settings = Settings(**values)
     settings.validate()
-    return create_app(settings)
+    return create_app(settings, sign_in_throttle=sign_in_throttle)
 
 
 def https_client(app):

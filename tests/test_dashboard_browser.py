@@ -26,7 +26,7 @@ import campaigns
 from models import Campaign, CampaignStatus, Event, Message, MessageStatus
 from settings import Secret, Settings
 from tests.conftest import ROOT, join_all, wait_for
-from tests.endpoints import POSTGRES_URL
+from tests.endpoints import POSTGRES_URL, REDIS_URL
 from tests.factories import make_campaign, make_customers, phone_for
 from web import create_app
 
@@ -72,7 +72,8 @@ class Server:
 @pytest.fixture
 def server(postgres_db, stub_broker, stub_worker, twilio_backend):
     settings = Settings(
-        database_url=POSTGRES_URL, twilio_auth_token=Secret(TOKEN), public_base_url=PUBLIC,
+        database_url=POSTGRES_URL, redis_url=REDIS_URL, dramatiq_namespace=f"test-{uuid.uuid4().hex[:12]}",
+        twilio_auth_token=Secret(TOKEN), public_base_url=PUBLIC,
         short_url_base="http://localhost:8000/q", qr_display_url="https://cdn.example.com/qr/{code}", quiet_hours="off",
         sms_rate_limit="1000/second", dashboard_secret_key=Secret("s" * 40),
         dashboard_users=f"{OPERATOR}:{generate_password_hash(PASSWORD, method='scrypt')}",

@@ -20,8 +20,9 @@ import zxingcpp
 
 import actors
 import models
-from models import Customer, QRCode
-from qr_page import page_prefix
+from actors.campaign_ops import send_test_message
+from models import Click, Customer, QRCode
+from qr_page import CONTENT_SECURITY_POLICY, SAMPLE_CODE, page_prefix
 from settings import Secret, Settings
 from tests.conftest import join_all
 from tests.factories import make_campaign, make_customers
@@ -138,3 +139,30 @@ def test_the_page_allows_its_own_stylesheet_and_inline_image_and_nothing_else(si
 def test_the_page_is_served_at_the_path_of_qr_display_url(url, prefix):
     # Given QR_DISPLAY_URL, when its page's path is read, then it is the URL's own when it ends in /{code}
     assert page_prefix(url) == prefix
+
+
+def test_a_sample_customers_test_link_opens_a_page_with_a_clearly_labelled_sample_code(
+        site, stub_broker, twilio_backend, fake_twilio):
+    # Given a test send of a campaign whose audience is empty: the message of "Sample Customer"
+    campaign_id = make_campaign()
+    trial = send_test_message(campaign_id, to="+12125550199")
+    assert trial.customer_id is None
+
+    # When the marketer opens the short link in the body Twilio was given
+    [sent] = fake_twilio.messages
+    [link] = LINK.findall(sent["body"])
+    answer = site.get(path_of(link))
+
+    # Then it is the customer's page as a customer sees it, but its code labelled a sample
+    assert answer.status_code == 200 and answer.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert f'<div class="code">{SAMPLE_CODE}</div>' in answer.text
+    assert "Sample: a customer sees their own code here. This one is not valid at the checkout." in answer.text
+    assert "<title>Your code (sample)</title>" in answer.text
+    [image] = IMAGE.findall(answer.text)
+    assert decode_qr_png(base64.b64decode(image)) == [SAMPLE_CODE]
+    # With the page's own headers, no click counted, and no customer's code shown
+    assert answer.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert answer.headers["Cache-Control"] == "no-store" and answer.headers["X-Robots-Tag"] == "noindex, nofollow"
+    assert Click.select().count() == 0
+    # And the same code as a QR page is a customer's or nobody's: the sample is not served there
+    assert site.get("/qr/SAMPLE%200000").status_code == 404
