@@ -10,12 +10,15 @@ next metrics update once the SID is known, instead of being dropped.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 from peewee import IntegrityError
 
 import landlines
 from events import record_event
 from models import EarlyStatus, Message, TrialSend, utcnow
+
+logger = logging.getLogger(__name__)
 
 #: Delivery statuses Twilio reports for a message, by rank: a status only ever moves to a
 #: higher rank, so a late ``sent`` after ``delivered`` (or any replay) changes nothing.
@@ -76,9 +79,12 @@ def report_delivery(message_sid: str, status: str, error_code: str | None) -> tu
 
 
 def apply_early_statuses(*, now: dt.datetime | None = None, max_age_s: float = EARLY_STATUS_MAX_AGE_S,
-                         limit: int = 1000) -> set[int]:
+                         limit: int = 1000, signals=None) -> set[int]:
     """Apply the kept reports whose SID is now recorded, in rank order, and drop them; drop
     the ones older than ``max_age_s`` with one event. Returns the campaigns that changed.
+    A report that changes its message and carries one of Twilio's signals is acted on by
+    ``signals`` (``SignalActions.on_delivery_report``), as the webhook acts on one that
+    came in order; a failure to act is logged and does not keep the report.
 
     Only reports whose SID a message has are read (a join on the SID index), so reports for
     SIDs that never come cost nothing until they expire."""
@@ -97,6 +103,12 @@ def apply_early_statuses(*, now: dt.datetime | None = None, max_age_s: float = E
         landlines.mark_from_report(report.sid, report.error_code)
         if changed and campaign_id is not None:
             changed_campaigns.add(campaign_id)
+            if signals is not None and report.error_code:
+                try:
+                    signals.on_delivery_report(campaign_id, report.error_code)
+                except Exception:  # the report is applied; the next report of its kind acts
+                    logger.exception("campaign %s: could not act on Twilio error %s", campaign_id,
+                                     report.error_code[:20])
     if known:
         EarlyStatus.delete().where(EarlyStatus.id.in_([report.id for report in known])).execute()
     cutoff = now - dt.timedelta(seconds=max_age_s)

@@ -98,7 +98,7 @@ def update_metrics(campaign_id: int) -> None:
     services = get_services()
     services.debouncer.release(campaign_id)
     try:
-        for other in delivery.apply_early_statuses() - {campaign_id}:
+        for other in delivery.apply_early_statuses(signals=services.signals) - {campaign_id}:
             request_metrics_update(other)
     except Exception:
         logger.exception("applying early delivery reports failed; the next update tries again")

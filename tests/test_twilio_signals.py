@@ -394,3 +394,32 @@ def test_a_hold_in_redis_refuses_slots_until_it_lifts_itself(unique_namespace):
     finally:
         client.delete(*client.keys(f"{unique_namespace}:*") or ["-"])
         client.close()
+
+
+def test_a_signal_in_a_report_that_overtook_its_sid_is_acted_on_once_the_sid_is_recorded(
+        db, webhooks, stub_broker, stub_worker, twilio_backend, fake_twilio):
+    # Given a toll-free sender's campaign sent, one of whose SIDs is not recorded yet, and another of its campaigns sending
+    import message_types
+    import sending as sending_path
+
+    make_customers(2)
+    signals_at(AFTERNOON)
+    toll_free = "+18005550100"
+    done, sent = sent_campaign(toll_free, 2, "done")
+    late = sent[0]
+    Message.update(twilio_sid=None, status=MessageStatus.SENDING).where(Message.id == late.id).execute()
+    other = campaign_from(toll_free, "sending")
+    Campaign.update(status=CampaignStatus.SENDING).where(Campaign.id == other).execute()
+
+    # When Twilio reports that message undelivered with 30032 before its SID is recorded
+    assert webhooks.status(late.twilio_sid, "undelivered", "30032").status_code == 200
+    assert Campaign.get_by_id(other).status == CampaignStatus.SENDING  # nothing to act on yet
+    # And then the SID is recorded and the campaign's metrics update runs
+    sending_path.write_sent([message_types.SentRecord(late.id, late.twilio_sid, 1, done)])
+    actors.update_metrics(done)
+    assert Message.get_by_id(late.id).delivery_error_code == "30032"  # the kept report was applied
+
+    # Then the signal is acted on as if the report had come in order: the sender's campaign paused
+    campaign = Campaign.get_by_id(other)
+    assert campaign.status == CampaignStatus.PAUSED and campaign.status_reason.startswith("Twilio 30032")
+    assert len(events("campaign_paused")) == 1
