@@ -8,7 +8,7 @@ import pytest
 
 import consent
 from importer import import_customers
-from models import Customer
+from models import Customer, write_transaction
 
 
 def _import(text: str, **options):
@@ -58,3 +58,16 @@ def test_a_customer_repeated_in_the_file_is_refused_on_every_later_line_in_any_b
     assert (summary.created, dict(summary.rejected)) == (2, {"duplicate_in_file": 3})
     assert [(r.line, r.detail) for r in rejects] == [
         (4, "same customer as line 2"), (5, "same customer as line 2"), (6, "same customer as line 3")]
+
+
+def test_an_import_inside_the_callers_transaction_sees_its_rows_and_is_part_of_it(db):
+    # Given a caller inside a transaction of its own, with a customer it has written but not committed
+    with write_transaction():
+        Customer.create(first_name="Ann", phone="+12125550191", phone_e164="+12125550191")
+
+        # When it imports a file naming that customer's number
+        summary = _import("phone,first_name,sms_opt_in\n+1 212 555 0191,Anna,yes\n")
+
+        # Then the import updated that customer (it neither waited for the caller's lock nor missed its row)
+        assert (summary.created, summary.updated) == (0, 1), summary.lines()
+    assert [c.first_name for c in Customer.select()] == ["Anna"]
