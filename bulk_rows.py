@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import io
 
+from peewee import __exception_wrapper__ as _as_peewee_errors
+
 from connections import is_postgres
 from models import database
 
@@ -65,7 +67,7 @@ def write_new_rows(table: str, columns: list[str], rows: list[tuple]) -> None:
     buffer.writelines(["\t".join([_copy_text(value) for value in row]) + "\n" for row in rows])
     buffer.seek(0)
     quoted = ", ".join('"%s"' % c for c in columns)
-    with database.cursor() as cursor:
+    with _as_peewee_errors, database.cursor() as cursor:  # IntegrityError etc., as from execute_sql
         cursor.copy_expert(f'COPY "{table}" ({quoted}) FROM STDIN', buffer)
 
 

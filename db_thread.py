@@ -6,6 +6,11 @@ The thread has its own connection, opened when the block starts and closed when 
 and runs what it is given one call at a time, in order. The caller waits for a call's
 result before it gives the next one (``submit`` then ``Future.result``), so a failure is
 raised before anything after it is written.
+
+A caller already inside a transaction keeps the work in it: the calls run on its own
+thread, one after the other, as they would without this class. Another connection would
+not see the caller's uncommitted rows, would not be undone with it, and on SQLite would
+wait for its write lock until "database is locked".
 """
 
 from __future__ import annotations
@@ -30,11 +35,16 @@ class DatabaseThread:
         self._executor: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> "DatabaseThread":
+        self._opened = False
+        if database.in_transaction():  # the caller's own: the calls run here, in it
+            return self
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
         self._opened = self.call(database.connect, reuse_if_open=True)
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._executor is None:
+            return
         try:
             if self._opened:
                 self.call(database.close)
@@ -44,7 +54,14 @@ class DatabaseThread:
 
     def submit(self, fn: Callable[..., T], *args, **kwargs) -> "Future[T]":
         """Run ``fn`` on the thread; its Future gives the result, or raises what it raised."""
-        return self._executor.submit(fn, *args, **kwargs)
+        if self._executor is not None:
+            return self._executor.submit(fn, *args, **kwargs)
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # raised by ``result``, as from the thread
+            future.set_exception(exc)
+        return future
 
     def call(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run ``fn`` on the thread and wait for it."""

@@ -104,6 +104,10 @@ def fan_out(
     if not started:
         result.status = "already_started"
         return result
+    if campaign.status != CampaignStatus.SENDING:
+        # What it sends is what the row holds once it is sending: an edit of the draft may have
+        # landed between the read above and the start (``campaign_drafts.edit_draft``, checked there).
+        campaign = Campaign.get_by_id(campaign_id)
     result.dispatch_token = token
     on_started(token)
     zones = set(campaign.recipient_zones())

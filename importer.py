@@ -99,7 +99,8 @@ def import_customers(
     # The batches are written on a thread of their own, each while the next is cleaned
     # here: the database's wait and the cleaning overlap (``db_thread.py``). A batch is
     # given to the writer only once the one before it is written, so a failure stops
-    # the import with whole batches behind it.
+    # the import with whole batches behind it. A caller inside a transaction keeps the
+    # import in it (the batches are then written here, in turn).
     with DatabaseThread(name="import-writer") as writer:
         seen = FirstSeen()
         writer.call(seen.__enter__)

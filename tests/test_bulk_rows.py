@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+from peewee import IntegrityError
+
 from bulk_rows import new_ids, write_new_rows
 from models import Customer, QRCode, database
 
@@ -53,3 +56,15 @@ def test_many_rows_on_sqlite_are_split_under_its_parameter_limit(db):
         write_new_rows("customer", COLUMNS, [(cid, "x", "", True, NOW) for cid in ids])
     # Then all of them are there
     assert Customer.select().count() == 16_000
+
+
+def test_a_conflict_fails_with_the_same_error_on_both_databases(db):
+    # Given a customer already there
+    existing = Customer.create(first_name="Old", phone="+12125550100")
+
+    # When a new row is written with its id
+    # Then the write fails as any statement of the project fails on a conflict: peewee's IntegrityError
+    with pytest.raises(IntegrityError):
+        with database.atomic():
+            write_new_rows("customer", COLUMNS, [(existing.id, "New", "", True, NOW)])
+    assert [c.first_name for c in Customer.select()] == ["Old"]

@@ -85,3 +85,37 @@ def test_only_a_draft_can_be_edited(db, stub_broker):
         f"Error: campaign {campaign_id} is sending: only a draft can be edited (clone it to change a copy)")
     assert missing.exit_code == 1 and missing.output.strip() == "Error: campaign 999 does not exist"
     assert Campaign.get_by_id(campaign_id).name == "Winter"
+
+
+def test_an_edit_that_lands_while_a_fan_out_starts_the_draft_is_what_the_fan_out_sends(postgres_db):
+    # Given a draft to vip customers, a vip and a staff customer, and a fan-out that has read the draft and
+    # waits to mark it sending (a transaction holds the campaign's row)
+    import threading
+
+    import fanout
+    from models import CustomerTag, Message, database
+    from tests.conftest import wait_for
+    from tests.factories import make_customers
+
+    vip, staff = make_customers(2)
+    CustomerTag.insert_many([(vip, "vip"), (staff, "staff")], fields=[CustomerTag.customer, CustomerTag.tag]).execute()
+    campaign_id = create("--tag", "vip", "--from", "+12125550100")
+
+    def run_fan_out():
+        with database.connection_context():
+            fanout.fan_out(campaign_id, short_url_base="https://x.test/q")
+
+    fan_out = threading.Thread(target=run_fan_out)
+    with database.atomic():
+        database.execute_sql('SELECT 1 FROM "campaign" WHERE "id" = %s FOR UPDATE', (campaign_id,))
+        fan_out.start()
+        wait_for(lambda: database.execute_sql("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0] > 0)
+
+        # When the draft's audience is edited to staff and the edit commits first
+        edited = invoke("campaign", "edit", str(campaign_id), "--tag", "staff")
+    fan_out.join(timeout=30)
+
+    # Then the edit said it was made, and the fan-out sent what it said: the staff customer only
+    assert edited.exit_code == 0, edited.output
+    assert Campaign.get_by_id(campaign_id).status == CampaignStatus.SENDING
+    assert [m.customer_id for m in Message.select().where(Message.campaign == campaign_id)] == [staff]

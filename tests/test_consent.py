@@ -169,3 +169,34 @@ def test_a_landline_is_marked_on_the_number_and_skipped_with_its_reason(db, stub
     assert skipped == {phone_for(1), phone_for(2), phone_for(3)}
     sent = Message.get(Message.campaign == second, Message.customer == ids[0])
     assert sent.status == MessageStatus.PENDING
+
+
+def test_opt_out_many_unsubscribes_each_holder_once_with_an_audit_row_and_counts_them(db):
+    # Given a number held by its E.164 form, one held only by a raw phone (no E.164 yet), one a
+    # message was sent to, one nobody holds, one already suppressed, and a row already unsubscribed
+    from models import Campaign
+    n1, n2, n3, n4, n5 = (f"+1212555014{i}" for i in range(1, 6))
+    by_e164 = Customer.create(phone=n1, phone_e164=n1)
+    Customer.create(phone=n1, phone_e164=n1, sms_subscribed=False)
+    by_raw = Customer.create(phone=n2)
+    texted = Customer.create(phone="+12125550199", phone_e164="+12125550199")
+    campaign = Campaign.create(name="C", template="Hi {short_url}")
+    Message.create(campaign=campaign, customer=texted, to_phone=n3, status="sent", twilio_sid="SM" + "1" * 32)
+    consent.opt_out(n5, source=consent.Source.INBOUND)
+    events_before = OptOutEvent.select().count()
+
+    # When they opt out together, twice
+    first = consent.opt_out_many([n1, n2, n3, n4, n5, n1], source=consent.Source.IMPORT, reason="file")
+    second = consent.opt_out_many([n1, n2, n3, n4, n5], source=consent.Source.IMPORT, reason="file")
+
+    # Then the three subscribed holders were unsubscribed, counted once, with an audit row each and one for
+    # the number nobody holds; every number is suppressed once; the second run changes nothing
+    assert (first, second) == (3, 0)
+    assert Customer.select().where(Customer.sms_subscribed == True).count() == 0  # noqa: E712
+    audit = sorted((e.customer_id or 0, e.phone_e164, e.action, e.keyword) for e in
+                   OptOutEvent.select().order_by(OptOutEvent.id).offset(events_before))
+    assert audit == sorted([(by_e164.id, n1, "stop", "import"), (by_raw.id, n2, "stop", "import"),
+                            (texted.id, n3, "stop", "import"), (0, n4, "stop", "import")])
+    assert sorted(s.phone_e164 for s in Suppression.select()) == [n1, n2, n3, n4, n5]
+    assert Suppression.get(Suppression.phone_e164 == n4).reason == "file"
+    assert Suppression.get(Suppression.phone_e164 == n5).source == consent.Source.INBOUND

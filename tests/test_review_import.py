@@ -8,7 +8,10 @@ import pytest
 
 import consent
 from importer import import_customers
-from models import Customer
+from peewee import DatabaseError
+
+from connections import is_postgres
+from models import Customer, database, write_transaction
 
 
 def _import(text: str, **options):
@@ -58,3 +61,47 @@ def test_a_customer_repeated_in_the_file_is_refused_on_every_later_line_in_any_b
     assert (summary.created, dict(summary.rejected)) == (2, {"duplicate_in_file": 3})
     assert [(r.line, r.detail) for r in rejects] == [
         (4, "same customer as line 2"), (5, "same customer as line 2"), (6, "same customer as line 3")]
+
+
+def test_an_import_inside_the_callers_transaction_sees_its_rows_and_is_part_of_it(db):
+    # Given a caller inside a transaction of its own, with a customer it has written but not committed
+    with write_transaction():
+        Customer.create(first_name="Ann", phone="+12125550191", phone_e164="+12125550191")
+
+        # When it imports a file naming that customer's number
+        summary = _import("phone,first_name,sms_opt_in\n+1 212 555 0191,Anna,yes\n")
+
+        # Then the import updated that customer (it neither waited for the caller's lock nor missed its row)
+        assert (summary.created, summary.updated) == (0, 1), summary.lines()
+    assert [c.first_name for c in Customer.select()] == ["Anna"]
+
+
+def _refuse_a_name(name: str) -> None:
+    """A database that refuses new customers called ``name`` (a real failure, in the server)."""
+    if is_postgres():
+        database.execute_sql("CREATE OR REPLACE FUNCTION review_refuse() RETURNS trigger AS $$ BEGIN "
+                             f"IF NEW.first_name = '{name}' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$ "
+                             "LANGUAGE plpgsql")
+        database.execute_sql("CREATE TRIGGER review_refuse BEFORE INSERT ON customer FOR EACH ROW EXECUTE FUNCTION review_refuse()")
+    else:
+        database.execute_sql(f"CREATE TRIGGER review_refuse BEFORE INSERT ON customer WHEN NEW.first_name = '{name}' "
+                             "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+
+
+def test_a_batch_the_database_refuses_stops_the_import_with_the_batches_before_it_written(db):
+    # Given a database that refuses the second of three customers, each in a batch of its own
+    _refuse_a_name("Boom")
+    text = "external_ref,first_name,phone,sms_opt_in\nA1,Ann,+1 212 555 0195,yes\nA2,Boom,+1 212 555 0196,yes\n" \
+           "A3,Cy,+1 212 555 0197,yes\n"
+    progress = []
+
+    # When it is imported
+    with pytest.raises(DatabaseError, match="refused"):
+        _import(text, batch_size=1, on_progress=progress.append)
+
+    # Then the error reached the caller, the first batch is written, the later ones are not
+    assert [c.external_ref for c in Customer.select()] == ["A1"]
+    assert progress == [1]
+    # And the import left no temporary table behind, and the connection still works
+    with pytest.raises(DatabaseError):
+        database.execute_sql('SELECT 1 FROM "import_first_seen"')
