@@ -13,6 +13,7 @@ unsubscribed.
 from __future__ import annotations
 
 import csv
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, TextIO
@@ -24,6 +25,9 @@ from customer_writes import Batch
 from db_thread import DatabaseThread
 from import_keys import FirstSeen
 from models import CustomAttribute
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -126,6 +130,15 @@ def import_customers(
             if pending is not None:
                 report(pending.result())
                 on_progress(pending_rows)
+        except FileError:
+            # The file broke off: the batch handed over before is written all the same, so
+            # what it found is reported before the error is (a failure of its own is logged).
+            if pending is not None and pending.exception() is None:
+                report(pending.result())
+                on_progress(pending_rows)
+            elif pending is not None:
+                logger.error("the batch before the error was not written: %s", pending.exception())
+            raise
         finally:
             writer.call(seen.__exit__, None, None, None)
         if not dry_run and cleaner.attribute_names:

@@ -105,3 +105,22 @@ def test_a_batch_the_database_refuses_stops_the_import_with_the_batches_before_i
     # And the import left no temporary table behind, and the connection still works
     with pytest.raises(DatabaseError):
         database.execute_sql('SELECT 1 FROM "import_first_seen"')
+
+
+def test_a_file_that_breaks_off_mid_way_still_reports_the_batch_written_before_it(db):
+    # Given a file whose first batch has a row refused, and whose second batch cannot be read
+    # (a field over the csv module's limit)
+    from importer import FileError
+
+    text = ("external_ref,phone,sms_opt_in\nA1,+1 212 555 0191,yes\nA2,not a phone,yes\n"
+            f"A3,+1 212 555 0193,yes\nA4,+1 212 555 0194,{'y' * 200_000}\n")
+    rejects, progress = [], []
+
+    # When it is imported in batches of two
+    with pytest.raises(FileError, match="line"):
+        _import(text, batch_size=2, on_reject=rejects.append, on_progress=progress.append)
+
+    # Then the first batch was written and everything it found was reported before the error
+    assert Customer.select().where(Customer.external_ref == "A1").count() == 1
+    assert [(r.line, r.reason) for r in rejects] == [(3, "invalid_phone")]
+    assert progress == [2]
