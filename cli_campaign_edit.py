@@ -1,7 +1,8 @@
 """``python -m cli campaign edit ID [options]``: change a draft before it is sent (its
 name, template, audience, limits, zone, sender, overflow rule, language). Only what is
 given changes; the draft is checked as ``campaign create`` checks a new one
-(``campaign_drafts.edit_draft``). A campaign that ran is never edited: clone it."""
+(``campaign_drafts.edit_draft``). A campaign that ran is never edited: clone it. A new sender is asked of Twilio, as
+``campaign send`` asks."""
 
 from __future__ import annotations
 
@@ -51,11 +52,27 @@ def campaign_edit(campaign_id: int, all_tags, any_tags, none_tags, all_customers
             audience = (Audience() if all_customers else
                         Audience.parse(all_of=all_tags, any_of=any_tags, none_of=none_tags)
                         if all_tags or any_tags or none_tags else None)
-            changed = edit_draft(campaign_id, settings=get_settings(), changes=draft_changes(**options),
-                                 audience=audience)
+            settings = get_settings()
+            changes = draft_changes(**options)
+            _check_new_sender(campaign_id, settings, changes)
+            changed = edit_draft(campaign_id, settings=settings, changes=changes, audience=audience)
         except ValueError as exc:  # a tag or a sender that cannot be read
             raise click.ClickException(str(exc)) from None
         except PermanentError as exc:
             raise click.ClickException(exc.reason) from None
     click.echo(f"campaign {campaign_id} edited: {', '.join(changed)}" if changed else
                f"campaign {campaign_id}: nothing to change")
+
+
+def _check_new_sender(campaign_id: int, settings, changes: dict) -> None:
+    """A new sender is asked of Twilio as ``campaign send`` asks (with SMS_BACKEND=twilio):
+    an edit may land after ``send`` checked the old one and before a worker starts the
+    campaign. A sender Twilio does not know is refused; one it cannot be asked about passes."""
+    if settings.sms_backend != "twilio" or not ({"from_number", "messaging_service_sid"} & changes.keys()):
+        return
+    from sender_check import check_sender
+
+    sender = changes.get("messaging_service_sid") or changes.get("from_number")
+    checked = check_sender(settings, sender) if sender else None
+    if checked is not None and checked.known is False:
+        raise click.ClickException(f"campaign {campaign_id} not edited: {checked.line()}")

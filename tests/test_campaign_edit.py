@@ -3,11 +3,18 @@ created, checked as create checks them; anything but a draft is refused."""
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 import cli
 from audience import Audience
 from models import Campaign, CampaignStatus, Event
+
+
+@pytest.fixture
+def database(sqlite_db, tmp_path) -> str:
+    """The URL of the test's SQLite file, which the CLI's subprocess and the test share."""
+    return f"sqlite:///{tmp_path / 'campaigns.db'}"
 
 
 def invoke(*args):
@@ -119,3 +126,22 @@ def test_an_edit_that_lands_while_a_fan_out_starts_the_draft_is_what_the_fan_out
     assert edited.exit_code == 0, edited.output
     assert Campaign.get_by_id(campaign_id).status == CampaignStatus.SENDING
     assert [m.customer_id for m in Message.select().where(Message.campaign == campaign_id)] == [staff]
+
+
+def test_an_edit_to_a_sender_twilio_does_not_know_is_refused_as_send_refuses_it(database, fake_twilio):
+    # Given a Twilio account holding number A only, and a draft from A
+    # (an edit can land after `campaign send` checked the sender, before a worker starts it)
+    from tests.test_cli_campaign import assert_fails, run_cli
+    from tests.test_sender_per_campaign import NUMBER_A, NUMBER_B, campaign_with
+
+    fake_twilio.set_account_numbers([NUMBER_A])
+    draft = campaign_with(NUMBER_A)
+    env = dict(SMS_BACKEND="twilio", TWILIO_ACCOUNT_SID=fake_twilio.account_sid, TWILIO_AUTH_TOKEN=fake_twilio.auth_token,
+               TWILIO_FROM_NUMBER=NUMBER_A, TWILIO_API_BASE_URL=fake_twilio.base_url)
+
+    # When its sender is changed to B, which the account does not have
+    refused = run_cli("campaign", "edit", str(draft), "--from", NUMBER_B, database=database, **env)
+
+    # Then the edit is refused in one line naming why, and the draft still sends from A
+    assert_fails(refused, rf"Error: campaign {draft} not edited: sender number \+12125550122: UNKNOWN to Twilio .*")
+    assert Campaign.get_by_id(draft).from_number == NUMBER_A
