@@ -13,7 +13,6 @@ unsubscribed.
 from __future__ import annotations
 
 import csv
-import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, TextIO
@@ -22,12 +21,8 @@ import consent
 import landlines
 from customer_rows import COLUMNS, CleanRow, FileError, RowCleaner, RowRejected, header_map
 from customer_writes import Batch
-from db_thread import DatabaseThread
 from import_keys import FirstSeen
 from models import CustomAttribute
-
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,14 +35,6 @@ class ImportSummary:
     #: Rows that said opted in for a number that had opted out: kept unsubscribed.
     kept_opted_out: int = 0
     dry_run: bool = False
-
-    def add(self, other: "ImportSummary") -> None:
-        self.read += other.read
-        self.created += other.created
-        self.updated += other.updated
-        self.unchanged += other.unchanged
-        self.rejected.update(other.rejected)
-        self.kept_opted_out += other.kept_opted_out
 
     def lines(self) -> list[str]:
         verb = "would be " if self.dry_run else ""
@@ -95,79 +82,30 @@ def import_customers(
     cleaner = RowCleaner(columns, default_region=region or default_region, assume_opt_in=assume_opt_in)
     summary = ImportSummary(dry_run=dry_run)
 
-    def report(outcome: "_Outcome") -> None:
-        summary.add(outcome.counts)
-        for item in outcome.rejects:
-            on_reject(item)
+    def reject(line: int, exc: RowRejected, raw: dict) -> None:
+        summary.rejected[exc.reason] += 1
+        on_reject(Reject(line, exc.column, exc.reason, exc.detail, raw))
 
-    # The batches are written on a thread of their own, each while the next is cleaned
-    # here: the database's wait and the cleaning overlap (``db_thread.py``). A batch is
-    # given to the writer only once the one before it is written, so a failure stops
-    # the import with whole batches behind it. A caller inside a transaction keeps the
-    # import in it (the batches are then written here, in turn).
-    with DatabaseThread(name="import-writer") as writer:
-        seen = FirstSeen()
-        writer.call(seen.__enter__)
-        pending, pending_rows = None, 0
-        try:
-            for batch in _batches(_rows(reader, header), batch_size):
-                cleaned = _Outcome()
-                clean: list[CleanRow] = []
-                for line, values in batch:
-                    cleaned.counts.read += 1
-                    try:
-                        row = cleaner.clean(values, line)
-                    except RowRejected as exc:
-                        cleaned.reject(line, exc, dict(zip(header, values)))
-                        continue
-                    row.raw = dict(zip(header, values))
-                    clean.append(row)
-                if pending is not None:
-                    report(pending.result())
-                    on_progress(pending_rows)
-                report(cleaned)
-                pending, pending_rows = writer.submit(_write_batch, clean, seen, dry_run=dry_run), len(batch)
-            if pending is not None:
-                report(pending.result())
-                on_progress(pending_rows)
-        except FileError:
-            # The file broke off: the batch handed over before is written all the same, so
-            # what it found is reported before the error is (a failure of its own is logged).
-            if pending is not None and pending.exception() is None:
-                report(pending.result())
-                on_progress(pending_rows)
-            elif pending is not None:
-                logger.error("the batch before the error was not written: %s", pending.exception())
-            raise
-        finally:
-            writer.call(seen.__exit__, None, None, None)
-        if not dry_run and cleaner.attribute_names:
-            writer.call(_declare_attributes, cleaner.attribute_names)
+    with FirstSeen() as seen:
+        for batch in _batches(_rows(reader, header), batch_size):
+            clean: list[CleanRow] = []
+            for line, values in batch:
+                summary.read += 1
+                try:
+                    row = cleaner.clean(values, line)
+                except RowRejected as exc:
+                    reject(line, exc, dict(zip(header, values)))
+                    continue
+                row.raw = dict(zip(header, values))
+                clean.append(row)
+            clean = _first_occurrences(clean, seen, reject)
+            _write(clean, summary, seen, reject, dry_run=dry_run)
+            on_progress(len(batch))
+    if not dry_run and cleaner.attribute_names:
+        known = {a.name for a in CustomAttribute.select(CustomAttribute.name)}
+        for name in sorted(cleaner.attribute_names - known):
+            CustomAttribute.get_or_create(name=name)
     return summary
-
-
-class _Outcome:
-    """What one batch's cleaning or writing found: counts and rejected rows."""
-
-    def __init__(self) -> None:
-        self.counts = ImportSummary()
-        self.rejects: list[Reject] = []
-
-    def reject(self, line: int, exc: RowRejected, raw: dict) -> None:
-        self.counts.rejected[exc.reason] += 1
-        self.rejects.append(Reject(line, exc.column, exc.reason, exc.detail, raw))
-
-
-def _write_batch(rows: list[CleanRow], seen: FirstSeen, *, dry_run: bool) -> _Outcome:
-    outcome = _Outcome()
-    _write(_first_occurrences(rows, seen, outcome.reject), outcome.counts, seen, outcome.reject, dry_run=dry_run)
-    return outcome
-
-
-def _declare_attributes(names: set[str]) -> None:
-    known = {a.name for a in CustomAttribute.select(CustomAttribute.name)}
-    for name in sorted(names - known):
-        CustomAttribute.get_or_create(name=name)
 
 
 def _first_occurrences(rows: list[CleanRow], seen: FirstSeen, reject) -> list[CleanRow]:
