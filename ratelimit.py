@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
-import math
 import random
 import threading
 import itertools
@@ -252,7 +251,7 @@ class RateLimit(Middleware):
 
     def reserve(self, key: str, item: RateLimitItem, cost: int, *, earliest_ms: int) -> int:
         ttl_ms = self.window_ms(item) + self.margin_ms + (self.in_flight_ms or 0) + 60_000
-        return self.windows.reserve(key, earliest_ms, math.ceil(self.step_ms(item, cost)), ttl_ms)
+        return self.windows.reserve(key, earliest_ms, self.step_ms(item, cost), ttl_ms)
 
     def stop(self, group: str, stopped: bool = True) -> None:
         """Refuse (or allow again) slots to messages whose ``stop_group`` option is

@@ -3,6 +3,7 @@ and the Redis windows under real concurrency."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -423,3 +424,29 @@ def test_the_list_of_an_older_version_counts_while_it_lasts(served_windows):
     assert 900 < wait_ms <= 1_005
     client.delete(f"{prefix}:window:sms")
     assert windows.acquire_many(limit, [1], tokens=["n"], margin_ms=5)[0] == [0]
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_the_line_of_a_limit_above_a_thousand_a_second_keeps_its_rate(clock, store):
+    # Given a limit of 1,000 a second (slots 1.005 ms apart with the 5 ms margin), its line
+    # of reservations in memory (on an injected clock) or in Redis
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"test-line-{uuid.uuid4().hex[:8]}"
+    windows = MemoryWindows(clock) if store == "memory" else RedisWindows(client, prefix=prefix)
+    middleware = RateLimit(limits={"sms": "1000/second"}, windows=windows, margin_ms=5)
+    item = middleware.limits["sms"]
+    try:
+        # When 400 throttled messages take their places in the line at once
+        started = time.monotonic()
+        waits = [middleware.reserve("sms", item, 1, earliest_ms=0) for _ in range(400)]
+        elapsed_ms = (time.monotonic() - started) * 1000 if store == "redis" else 0
+
+        # Then the last one waits about 399 x 1.005 ms (the first goes at once), the
+        # limit's own pace (whole-ms steps made it 2 ms each: 500 a second), less the time
+        # the 400 calls took
+        assert 399 * 1.005 - elapsed_ms - 3 <= waits[-1] <= 399 * 1.005 + 2
+        if store == "memory":  # on a clock that stands still, each place is 1.005 ms after the last
+            assert waits == [math.ceil(k * 1.005 - 1e-9) for k in range(400)]
+    finally:
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
