@@ -3,17 +3,20 @@
 request paid once.
 
 Measured with ``py-spy`` on the four-dyno run of ``bench.throughput`` and with cProfile on
-one thread against the fake Twilio, the client spent about half of its CPU per message on
-two things: ``requests`` looks the proxies up in the environment on every request (it walks
-``os.environ`` twice: a quarter of the client's time), and it encodes a form given as a
-dict through ``typing`` protocol checks that Python 3.11 makes slow. Here the environment's
-proxies and CA bundle are read once per host (as every setting is read once), and the form
-is encoded here with the same rules, so ``requests`` is handed a ready body.
+one thread against the fake Twilio, the client spent much of its CPU per message on three
+things: ``requests`` looks the proxies up in the environment on every request (it walks
+``os.environ`` twice: a quarter of the client's time), it encodes a form given as a dict
+through ``typing`` protocol checks that Python 3.11 makes slow, and twilio formats a dozen
+log lines per request (the headers among them) even when its logger drops them. Here the
+environment's proxies and CA bundle are read once per host (as every setting is read
+once), the form is encoded here with the same rules, so ``requests`` is handed a ready
+body, and the log lines are made only when the logger would keep them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from urllib.parse import urlencode, urlsplit
 
@@ -63,7 +66,8 @@ def form_body(data) -> str:
 class SignalHttpClient(TwilioHttpClient):
     """twilio's HTTP client, keeping each thread's last ``Retry-After`` header (the client's
     exceptions carry the status and the code, not the headers), on an
-    ``EnvironmentOnceSession``, with form bodies encoded before ``requests`` sees them."""
+    ``EnvironmentOnceSession``, with form bodies encoded before ``requests`` sees them and
+    twilio's request and answer log lines made only when its logger keeps INFO."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -78,6 +82,14 @@ class SignalHttpClient(TwilioHttpClient):
         answer_headers = getattr(response, "headers", None) or {}
         self._answers.retry_after = answer_headers.get("Retry-After") or answer_headers.get("retry-after")
         return response
+
+    def log_request(self, kwargs) -> None:
+        if self.logger.isEnabledFor(logging.INFO):
+            super().log_request(kwargs)
+
+    def log_response(self, status_code, response) -> None:
+        if self.logger.isEnabledFor(logging.INFO):
+            super().log_response(status_code, response)
 
     def retry_after_s(self) -> float | None:
         """The ``Retry-After`` of this thread's last answer, in seconds (None: none)."""

@@ -68,3 +68,27 @@ def test_a_proxy_in_the_environment_still_counts(fake_twilio, monkeypatch, no_pr
         assert all(o.startswith("SM") for o in outcomes) and len(fake_twilio.requests) == 2
     else:
         assert outcomes == ["connect_error", "connect_error"] and not fake_twilio.requests
+
+
+def test_the_clients_log_lines_are_made_only_when_kept(fake_twilio, caplog):
+    # Given the Twilio backend, whose client logger make_twilio_client sets to WARNING
+    import logging
+    backend = make_backend(twilio_settings(fake_twilio, twilio_timeout_s=5))
+    logger = logging.getLogger("twilio.http_client")
+
+    # When a message is sent with the logger at WARNING, then at INFO (an operator debugging)
+    with caplog.at_level(logging.DEBUG):
+        backend.send(to="+12125550123", body="one https://x.test/q/ABCD1234")
+        quiet = [r for r in caplog.records if r.name == "twilio.http_client"]
+        logger.setLevel(logging.INFO)
+        try:
+            backend.send(to="+12125550123", body="two https://x.test/q/ABCD1234")
+        finally:
+            logger.setLevel(logging.WARNING)
+    kept = [r.getMessage() for r in caplog.records if r.name == "twilio.http_client"]
+
+    # Then nothing was logged at WARNING; at INFO the request and its answer were, without
+    # the Authorization header
+    assert quiet == []
+    assert any(m.startswith("POST Request:") for m in kept) and any(m.startswith("Response Status Code: 201") for m in kept)
+    assert not any("authorization" in m.lower() for m in kept)
