@@ -4,11 +4,12 @@ call per try, on Redis's own clock) or in memory (tests, a Redis-less demo).
 A window holds one entry per unit taken, scored with the latest time its request can
 reach the provider (the receiver, where the limit must hold): the slot's time plus
 ``margin_ms`` plus ``in_flight_ms`` while the request's answer has not been reported, then,
-once it has, the answer's time plus ``margin_ms`` (the provider cannot have counted a
-request after answering it). A unit is free again once its entry's time is a window old.
-A request can only reach the provider after its slot was taken, so no window of the
-provider's own holds more than the limit as long as every entry's time is a true bound
-(``RateLimit`` explains the two ways it sets them).
+once it has, the time the report gives plus ``margin_ms``: the answer's (the provider
+cannot have counted a request after answering it), or that less the fastest answer the
+process has timed (``ratelimit``'s fastest-answer bound). A unit is free again once its
+entry's time is a window old. A request can only reach the provider after its slot was
+taken, so no window of the provider's own holds more than the limit as long as every
+entry's time is a true bound (``RateLimit`` explains the ways it sets them).
 
 Answers are reported as (token, cost, age_ms): the entry of the request that took its
 units under ``token`` was answered ``age_ms`` before the call that carries the report,
