@@ -4,11 +4,12 @@ call per try, on Redis's own clock) or in memory (tests, a Redis-less demo).
 A window holds one entry per unit taken, scored with the latest time its request can
 reach the provider (the receiver, where the limit must hold): the slot's time plus
 ``margin_ms`` plus ``in_flight_ms`` while the request's answer has not been reported, then,
-once it has, the answer's time plus ``margin_ms`` (the provider cannot have counted a
-request after answering it). A unit is free again once its entry's time is a window old.
-A request can only reach the provider after its slot was taken, so no window of the
-provider's own holds more than the limit as long as every entry's time is a true bound
-(``RateLimit`` explains the two ways it sets them).
+once it has, the time the report gives plus ``margin_ms``: the answer's (the provider
+cannot have counted a request after answering it), or that less the fastest answer the
+process has timed (``ratelimit``'s fastest-answer bound). A unit is free again once its
+entry's time is a window old. A request can only reach the provider after its slot was
+taken, so no window of the provider's own holds more than the limit as long as every
+entry's time is a true bound (``RateLimit`` explains the ways it sets them).
 
 Answers are reported as (token, cost, age_ms): the entry of the request that took its
 units under ``token`` was answered ``age_ms`` before the call that carries the report,
@@ -18,6 +19,7 @@ which Redis turns into its own time (the call started after the answer, so
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Callable, Sequence
@@ -116,23 +118,25 @@ results[#results + 1] = ttl
 return results
 """
 
-# The line of reservations: returns the ms from now to the slot taken, at least
-# ARGV[1] ms away and ARGV[2] ms after the previous one.
+# The line of reservations: returns the ms from now to the slot taken (rounded up), at
+# least ARGV[1] ms away and ARGV[2] ms (a fraction: a limit above 1,000 a second has steps
+# under a ms) after the previous one. The tail is kept in microseconds, written out whole
+# (Lua's own number formatting would round a time in microseconds to 14 digits).
 _RESERVE = """
 local t = redis.call('time')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tail = tonumber(redis.call('get', KEYS[1]) or '0')
-local slot = math.max(now + tonumber(ARGV[1]), tail + tonumber(ARGV[2]))
-redis.call('set', KEYS[1], slot, 'px', slot - now + tonumber(ARGV[3]))
-return slot - now
+local slot = math.max(now + tonumber(ARGV[1]) * 1000, tail + math.ceil(tonumber(ARGV[2]) * 1000))
+redis.call('set', KEYS[1], string.format('%.0f', slot), 'px', math.ceil((slot - now) / 1000) + tonumber(ARGV[3]))
+return math.ceil((slot - now) / 1000)
 """
 
 # How far ahead of now the line reaches, in ms (0 when nobody waits).
 _BACKLOG = """
 local t = redis.call('time')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tail = tonumber(redis.call('get', KEYS[1]) or '0')
-return math.max(0, tail - now)
+return math.ceil(math.max(0, tail - now) / 1000)
 """
 
 
@@ -212,11 +216,14 @@ class RedisWindows:
             pipe.pttl(f"{self.prefix}:stop:{key}")
         return max([int(ttl) for ttl in pipe.execute()] + [0])
 
-    def reserve(self, key: str, earliest_ms: int, step_ms: int, ttl_ms: int) -> int:
-        return int(self._reserve(keys=[f"{self.prefix}:line:{key}"], args=[earliest_ms, step_ms, ttl_ms]))
+    def reserve(self, key: str, earliest_ms: int, step_ms: float, ttl_ms: int) -> int:
+        """The ms until the next place in ``key``'s line, at least ``earliest_ms`` away and
+        ``step_ms`` after the previous place. (The tail is in microseconds, under a key of
+        its own: an older version's line, in ms, is not read.)"""
+        return int(self._reserve(keys=[f"{self.prefix}:line-us:{key}"], args=[earliest_ms, repr(float(step_ms)), ttl_ms]))
 
     def backlog_ms(self, key: str) -> int:
-        return int(self._backlog(keys=[f"{self.prefix}:line:{key}"]))
+        return int(self._backlog(keys=[f"{self.prefix}:line-us:{key}"]))
 
 
 class MemoryWindows:
@@ -225,7 +232,7 @@ class MemoryWindows:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self._entries: dict[str, dict[str, float]] = {}
-        self._tails: dict[str, int] = {}
+        self._tails: dict[str, float] = {}
         self._stops: set[str] = set()
         self._holds: dict[str, int] = {}  # key -> when its hold ends (ms)
         self._lock = threading.Lock()
@@ -296,13 +303,13 @@ class MemoryWindows:
                 waits.append(wait)
             return waits, None
 
-    def reserve(self, key: str, earliest_ms: int, step_ms: int, ttl_ms: int) -> int:
+    def reserve(self, key: str, earliest_ms: int, step_ms: float, ttl_ms: int) -> int:
         with self._lock:
-            now = self._now_ms()
-            slot = max(now + earliest_ms, self._tails.get(key, 0) + step_ms)
+            now = self.clock() * 1000
+            slot = max(now + earliest_ms, self._tails.get(key, 0.0) + step_ms)
             self._tails[key] = slot
-            return slot - now
+            return math.ceil(slot - now)
 
     def backlog_ms(self, key: str) -> int:
         with self._lock:
-            return max(0, self._tails.get(key, 0) - self._now_ms())
+            return math.ceil(max(0.0, self._tails.get(key, 0.0) - self.clock() * 1000))

@@ -8,14 +8,29 @@ deferral, never a retry.
 - **Exact where Twilio counts**: the slot is taken by the actor immediately before the
   HTTP call (``Gate.acquire``), not when the message is picked up, so the database work in
   between cannot bunch sends up. A unit taken stays in the window until a window after the
-  latest moment its request can have reached Twilio: its answer (``Gate.answered``,
-  reported with this process's next try, so it costs no round trip), or ``in_flight_ms``
-  after the slot while no answer has been reported; plus ``margin_ms`` for clock
-  granularity. So a request delayed on its way (a new TLS connection, a slow proxy)
-  delays the units that follow it, instead of landing in the next window's burst.
-  (``in_flight_ms=None`` is the older rule, exact where the slot is taken: a unit is held
-  ``margin_ms`` past its slot, whatever the answer.) Check and count are one Lua call, on
-  Redis's own clock (``rate_windows``).
+  latest moment its request can have reached Twilio: ``in_flight_ms`` after the slot while
+  no answer has been reported, then its answer (``Gate.answered``, reported with this
+  process's next try, so it costs no round trip); plus ``margin_ms`` for clock granularity.
+  So a request delayed on its way (a new TLS connection, a slow proxy) delays the units
+  that follow it, instead of landing in the next window's burst. (``in_flight_ms=None`` is
+  the older rule, exact where the slot is taken: a unit is held ``margin_ms`` past its
+  slot, whatever the answer.) Check and count are one Lua call, on Redis's own clock
+  (``rate_windows``).
+- **The fastest answer** (``fastest_after``): held past its answer, a unit is also held for
+  the time the provider took to answer, so with answers in 200 ms a 1 s window is at most
+  1 / 1.2 used. A request reaches the provider ``w`` after it leaves (its way there) and is
+  answered ``p`` after that (the provider's own time and the way back); its answer less the
+  fastest time from leaving to answer this process has measured, ``f = min(w + p)``, is
+  still no earlier than its arrival when ``p >= f - margin_ms``. That holds when what
+  varies is the way there (a slow proxy, jitter on the network: ``f`` is then about the
+  constant ``p``) and when the way there is short (loopback, a provider that takes its
+  time: ``f`` is then ``p``'s own floor); it fails by at most the fastest request's way
+  there, less the margin, when the provider answers some request faster than the fastest
+  round trip seen, or when requests that all spent long on their way (new connections
+  through a slow proxy) are the only ones measured: so the rule is used only once
+  ``fastest_after`` answers have been timed, and ``f`` counts the request's own time, so the
+  bound is never before its slot. The time is from the request leaving to its answer
+  (``answered(request_at=)``); an answer reported without it keeps the answer's time.
 - **No thundering herd**: a throttled message takes the next slot in a line of reservations
   spaced ``period / amount`` apart and sleeps until then, so deferred messages wake one by
   one at the rate the limit allows; a message without a reservation may not jump the line.
@@ -31,7 +46,6 @@ import contextvars
 import functools
 import logging
 import math
-import random
 import threading
 import itertools
 import time
@@ -39,31 +53,18 @@ import uuid
 from typing import Callable, Mapping
 
 from dramatiq.logging import get_logger
-from dramatiq.middleware import Middleware, SkipMessage
+from dramatiq.middleware import Middleware
 from limits import RateLimitItem, parse
 
 from batching import Combiner
+from rate_gate import DEFERRED_MARK, Gate, Stopped, Throttled
 from rate_windows import MemoryWindows, RedisWindows
 
-__all__ = ["Gate", "MemoryWindows", "RateLimit", "RedisWindows", "Stopped", "Throttled", "pacing", "slower"]
+#: ``fastest_after`` of the workers (``RATE_LIMIT_BOUND=fastest``): answers timed before the
+#: fastest of them is trusted.
+FASTEST_AFTER_ANSWERS = 100
 
-DEFERRED_MARK = "_deferred_by_rate_limit"
-
-
-class Stopped(Exception):
-    """The message's campaign was paused or cancelled: it must not be sent now."""
-
-    #: Not expected back: a resume dispatches the row again.
-    queued_at = None
-
-
-class Throttled(Exception):
-    """No slot within the hold time: the message must wait ``delay_ms``."""
-
-    def __init__(self, delay_ms: int, *, reserved: bool) -> None:
-        super().__init__(f"rate limited for {delay_ms} ms")
-        self.delay_ms = delay_ms
-        self.reserved = reserved
+__all__ = ["FASTEST_AFTER_ANSWERS", "Gate", "MemoryWindows", "RateLimit", "RedisWindows", "Stopped", "Throttled", "pacing", "slower"]
 
 
 class _DropDeferralWarnings(logging.Filter):
@@ -91,6 +92,9 @@ class RateLimit(Middleware):
         reported may still reach the provider (the HTTP timeout); once answered, the
         answer's time bounds it. None: answers are not used, a request is held
         ``margin_ms`` past its slot (exact where the slot is taken, not at the provider).
+      fastest_after(int | None): Once this many answers have been timed from their
+        request's leaving, a timed answer bounds its request at the answer less the fastest
+        such time measured (see the module's docstring). None: at the answer.
       hold_ms(int): A wait up to this long is slept in the worker thread rather than
         sent back to the broker.
       lead_ms(int): A message deferred to a reserved slot is woken this much early (less
@@ -115,6 +119,7 @@ class RateLimit(Middleware):
         windows: RedisWindows | MemoryWindows | None = None,
         margin_ms: int = 5,
         in_flight_ms: int | None = None,
+        fastest_after: int | None = None,
         hold_ms: int = 500,
         lead_ms: int = 300,
         sleep: Callable[[float], None] = time.sleep,
@@ -125,6 +130,9 @@ class RateLimit(Middleware):
         self.windows = windows if windows is not None else MemoryWindows()
         self.margin_ms = margin_ms
         self.in_flight_ms = in_flight_ms
+        self.fastest_after = fastest_after
+        self._timed = 0
+        self._fastest_s = math.inf
         self._token_prefix = f"{uuid.uuid4().hex[:10]}-"
         self._tokens = itertools.count()
         self._answers: dict[str, dict[str, tuple[int, float]]] = {}
@@ -217,14 +225,22 @@ class RateLimit(Middleware):
             raise
         return [(wait, watched_ttl_ms, token) for wait, token in zip(waits, tokens)]
 
-    def answered(self, keys: list[str], token: str, cost: int, *, at: float | None = None) -> None:
+    def answered(self, keys: list[str], token: str, cost: int, *, at: float | None = None,
+                 request_at: float | None = None) -> None:
         """The request that took ``cost`` units of the windows ``keys`` under ``token`` has
-        been answered (at ``at``, on ``time.monotonic``; default now): it cannot reach the
-        provider later. Sent with the next try of this process on any of those windows."""
+        been answered (at ``at``, on ``monotonic``; default now): it cannot reach the
+        provider later. ``request_at``: when the request left, which times the answer for
+        the fastest-answer bound. Sent with the next try of this process on any of those
+        windows."""
         if self.in_flight_ms is None:
             return
         at = self.monotonic() if at is None else at
         with self._answers_lock:
+            if request_at is not None and self.fastest_after is not None:
+                self._timed += 1
+                self._fastest_s = min(self._fastest_s, max(0.0, at - request_at))
+                if self._timed > self.fastest_after:
+                    at -= self._fastest_s  # no earlier than request_at: its own time counts
             if sum(len(pending) for pending in self._answers.values()) >= 100_000:
                 self._answers.clear()  # windows nobody asks for any more: their units stay bounded
             for key in keys:
@@ -252,7 +268,7 @@ class RateLimit(Middleware):
 
     def reserve(self, key: str, item: RateLimitItem, cost: int, *, earliest_ms: int) -> int:
         ttl_ms = self.window_ms(item) + self.margin_ms + (self.in_flight_ms or 0) + 60_000
-        return self.windows.reserve(key, earliest_ms, math.ceil(self.step_ms(item, cost)), ttl_ms)
+        return self.windows.reserve(key, earliest_ms, self.step_ms(item, cost), ttl_ms)
 
     def stop(self, group: str, stopped: bool = True) -> None:
         """Refuse (or allow again) slots to messages whose ``stop_group`` option is
@@ -267,95 +283,6 @@ class RateLimit(Middleware):
     def held_ms(self, groups: list[str]) -> int:
         """The longest time left of the holds of ``groups`` (0: none)."""
         return self.windows.held_ms(groups)
-
-
-class Gate:
-    """One message's passage through its limits.
-
-    All of its limits are taken together or not at all, and it waits in the line of the
-    slowest one, whose spacing is the one that binds.
-    """
-
-    def __init__(self, middleware: RateLimit, broker, message, checks) -> None:
-        self.middleware = middleware
-        self.broker = broker
-        self.message = message
-        self.checks = checks
-        self.line = min(checks, key=lambda check: check[1].amount / check[1].get_expiry())
-        self.reserved = bool(message.options.get("rate_reserved"))
-        group = message.options.get("stop_group")
-        self.stop_key = str(group) if group else None
-        self.windows = [(key, item.amount, middleware.window_ms(item)) for key, item in checks]
-        holds = tuple(str(hold) for hold in message.options.get("hold_groups") or ())
-        self.stops = ((self.stop_key,) if self.stop_key else ()) + holds
-        self._taken: tuple[str, int] | None = None
-
-    @property
-    def group(self) -> tuple:
-        """Gates with equal groups take their slots from the same windows and stop key."""
-        return (tuple(self.windows), self.stops)
-
-    def take_many(self, costs: list[int], *, watch: str | None = None) -> list[tuple[int, int | None, str] | None]:
-        """One try at the slots of several messages of this gate's group, in order, in one
-        round trip: (wait_ms, watched PTTL, token) for each, to pass to its
-        ``acquire(first=)``; None for a cost no limit could ever grant (its ``acquire``
-        says so)."""
-        fits = [all(cost <= item.amount for _key, item in self.checks) for cost in costs]
-        fitting = [cost for cost, ok in zip(costs, fits) if ok]
-        tries = iter(self.middleware.take_many(self.windows, self.stops, watch, fitting) if fitting else ())
-        return [next(tries) if ok else None for ok in fits]
-
-    def acquire(self, cost: int = 1, *, watch: str | None = None, first: tuple | None = None) -> int | None:
-        """Take ``cost`` units of every limit now, or within ``hold_ms``; else Throttled.
-
-        Returns the PTTL (ms) of the Redis key ``watch`` as the slot was taken, read in the
-        same round trip (None without one, or without Redis): a caller that would otherwise
-        ask Redis about that key right after gets the answer for free. ``first`` is the
-        outcome of a first try already made by ``take_many``. Call ``answered`` once the
-        provider has answered the request the slot was for.
-        """
-        mw = self.middleware
-        for _key, item in self.checks:
-            if cost > item.amount:
-                raise ValueError(f"a cost of {cost} can never fit a limit of {item.amount}")
-        hold_until = time.monotonic() + mw.hold_ms / 1000
-        while True:
-            if first is not None:
-                (wait_ms, watched_ttl_ms, token), first = first, None
-            else:
-                wait_ms, watched_ttl_ms, token = mw.take_token(self.windows, cost, self.stops, watch)
-            if wait_ms < 0:
-                raise Stopped(self.stop_key)
-            if wait_ms == 0:
-                break
-            mw.saw_full_window(self.line[1])
-            if time.monotonic() + wait_ms / 1000 > hold_until:
-                if self.reserved:
-                    # Keep its place, but do not wake with every other early bird at once.
-                    raise Throttled(wait_ms + int(random.uniform(0, mw.step_ms(self.line[1]))), reserved=True)
-                raise Throttled(mw.reserve(*self.line, cost, earliest_ms=wait_ms), reserved=True)
-            mw.sleep(wait_ms / 1000)
-        self.message.options.pop("rate_reserved", None)
-        self._taken = (token, cost)
-        return watched_ttl_ms
-
-    def answered(self) -> None:
-        """The provider has answered the request this gate's slot was for (any answer: it
-        had the request), so that request cannot be counted there later than now. Nothing
-        when no slot was taken."""
-        if self._taken is not None:
-            (token, cost), self._taken = self._taken, None
-            self.middleware.answered([key for key, _limit, _window_ms in self.windows], token, cost)
-
-    def defer(self, throttled: Throttled):
-        """Re-enqueue the message for its slot and skip it (acknowledged, not retried)."""
-        message = self.message
-        deferrals = message.options.get("deferrals", 0) + 1
-        self.middleware.logger.debug("Deferring message %r by %d ms.", message.message_id, throttled.delay_ms)
-        copy = message.copy(options={"deferrals": deferrals, "rate_reserved": throttled.reserved})
-        self.broker.enqueue(copy, delay=max(1, throttled.delay_ms - self.middleware.lead_ms))
-        setattr(message, DEFERRED_MARK, True)
-        raise SkipMessage(f"rate limited; deferred by {throttled.delay_ms} ms")
 
 
 @functools.lru_cache(maxsize=256)

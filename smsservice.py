@@ -7,7 +7,6 @@ import datetime as dt
 import itertools
 import logging
 import sys
-import threading
 import uuid
 from dataclasses import dataclass
 from typing import Protocol
@@ -15,7 +14,6 @@ from typing import Protocol
 import requests
 from requests.adapters import HTTPAdapter
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
-from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 import senders
@@ -24,6 +22,7 @@ from errors import HoldError, MaybeSent, PermanentError, RecipientOptedOut, Send
 from settings import Settings
 from segments import measure
 from sms import mask_phone
+from twilio_http import SignalHttpClient
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +64,6 @@ VALIDITY_PERIOD_MAX_S = 36_000
 #: Throttling and queue-overflow errors that clear by themselves.
 TRANSIENT_ERRORS = {20429: "too many requests", 30001: "Twilio's queue overflowed"}
 
-
 def classify_twilio_error(status: int, code: int | None, message: str = "", *, retry_after_s: float | None = None) -> Exception:
     """Map one Twilio error answer onto PermanentError / TransientError / SenderError /
     HoldError; an answer that is one of Twilio's signals (``twilio_signals``) carries it.
@@ -91,7 +89,6 @@ def classify_twilio_error(status: int, code: int | None, message: str = "", *, r
         return SenderError(f"Twilio refused the request (HTTP {status}): {detail}", code=code or status)
     return PermanentError(f"Twilio rejected the message (HTTP {status}, code {code}): {detail}", code=code or status)
 
-
 def _signal_error(signal: twilio_signals.Signal, status: int, code: int | None, retry_after_s: float | None) -> Exception:
     action = twilio_signals.Action
     if signal.action is action.HOLD_ALL_BRIEFLY:
@@ -105,31 +102,9 @@ def _signal_error(signal: twilio_signals.Signal, status: int, code: int | None, 
         return PermanentError(RECIPIENT_ERRORS[30007], code=code)
     return TransientError(signal.reason, code=code)  # SLOW_CAMPAIGN: this message later, slower
 
-
-class SignalHttpClient(TwilioHttpClient):
-    """twilio's HTTP client, keeping each thread's last ``Retry-After`` header: the client's
-    exceptions carry the status and the code, not the headers."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._answers = threading.local()
-
-    def request(self, *args, **kwargs):
-        self._answers.retry_after = None
-        response = super().request(*args, **kwargs)
-        headers = getattr(response, "headers", None) or {}
-        self._answers.retry_after = headers.get("Retry-After") or headers.get("retry-after")
-        return response
-
-    def retry_after_s(self) -> float | None:
-        """The ``Retry-After`` of this thread's last answer, in seconds (None: none)."""
-        return twilio_signals.retry_after_s(getattr(self._answers, "retry_after", None), dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
-
-
 def _retry_after_of(client: Client) -> float | None:
     http_client = getattr(client, "http_client", None)
     return http_client.retry_after_s() if isinstance(http_client, SignalHttpClient) else None
-
 
 def classify_transport_error(exc: requests.RequestException) -> Exception:
     """A connect failure means the request never left; anything later may have been sent."""
@@ -141,18 +116,15 @@ def classify_transport_error(exc: requests.RequestException) -> Exception:
         return MaybeSent("timed out waiting for Twilio's answer", code="read_timeout")
     return MaybeSent(f"connection to Twilio failed mid-request ({type(exc).__name__})", code="connection_dropped")
 
-
 def _never_connected(exc: requests.exceptions.ConnectionError) -> bool:
     text = repr(exc)
     return "NewConnectionError" in text or "Connection refused" in text or "NameResolutionError" in text
-
 
 @dataclass(frozen=True)
 class SendResult:
     sid: str
     status: str
     segments: int | None = None
-
 
 class SmsBackend(Protocol):
     """``sender`` is the campaign's (``senders.py``); None means the backend's own default."""
@@ -164,7 +136,6 @@ class SmsBackend(Protocol):
 
     def find_sent(self, *, to: str, body: str, since: dt.datetime, sender: str | None = None) -> SendResult | None:
         """The message with this body sent to ``to`` from ``sender`` since ``since`` (naive UTC), if any."""
-
 
 class TwilioBackend:
     """Sends through the real ``twilio`` client; every failure leaves as a project error."""
@@ -226,17 +197,14 @@ class TwilioBackend:
             raise TransientError(f"could not list messages at Twilio ({detail})", code="lookup_failed") from None
         return None
 
-
 def _from_sender(message, fields: dict[str, str]) -> bool:
     if "messaging_service_sid" in fields:
         return message.messaging_service_sid == fields["messaging_service_sid"]
     return message.from_ == fields.get("from_")
 
-
 def _result(message) -> SendResult:
     segments = int(message.num_segments) if message.num_segments not in (None, "") else None
     return SendResult(sid=message.sid, status=message.status or "queued", segments=segments)
-
 
 class ConsoleBackend:
     """Prints each message instead of sending it, for development and the demo: the whole
@@ -263,7 +231,6 @@ class ConsoleBackend:
     def find_sent(self, *, to: str, body: str, since: dt.datetime, sender: str | None = None) -> SendResult | None:
         return None
 
-
 class NullBackend:
     """Accepts every message at once and keeps nothing: for benchmarks of the send path, so
     it costs next to nothing itself (unique SIDs from a per-process prefix and a counter;
@@ -278,7 +245,6 @@ class NullBackend:
 
     def find_sent(self, *, to: str, body: str, since: dt.datetime, sender: str | None = None) -> SendResult | None:
         return None
-
 
 def make_twilio_client(settings: Settings) -> Client:
     """The one place a Twilio client is built: explicit timeout, optional local base URL."""
@@ -299,7 +265,6 @@ def make_twilio_client(settings: Settings) -> Client:
     # The client logs query strings at INFO, and those can carry phone numbers.
     logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
     return client
-
 
 def make_backend(settings: Settings) -> SmsBackend:
     if settings.sms_backend == "console":

@@ -26,7 +26,7 @@ from errors import ConfigurationError
 from middleware import DatabaseConnection, Drain, Probe, StartupCheck, Sweeper, ping_database
 from observability import ProjectMetrics
 from models import configure_database
-from ratelimit import MemoryWindows, RateLimit, RedisWindows
+from ratelimit import FASTEST_AFTER_ANSWERS, MemoryWindows, RateLimit, RedisWindows
 from settings import Settings, get_settings
 
 #: dramatiq.cli.RET_IMPORT, "Module import(s) failed": a worker process with a bad setting.
@@ -65,7 +65,8 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
         RateLimit(
             limits=settings.rate_limits, windows=windows,
             margin_ms=settings.rate_limit_margin_ms, hold_ms=settings.rate_limit_hold_ms,
-            in_flight_ms=int(settings.twilio_timeout_s * 1000) if settings.rate_limit_bound == "answer" else None,
+            in_flight_ms=int(settings.twilio_timeout_s * 1000) if settings.rate_limit_bound != "slot" else None,
+            fastest_after=FASTEST_AFTER_ANSWERS if settings.rate_limit_bound == "fastest" else None,
             lead_ms=settings.rate_limit_lead_ms,
         )
     )

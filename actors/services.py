@@ -4,6 +4,7 @@ in one call (tests inject a backend pointed at a fake Twilio, for example)."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, replace
 
 import dramatiq
@@ -15,6 +16,7 @@ from claims import QuietPolicy
 from message_types import SentRecord
 from metrics import MetricsDebouncer
 from quiet import QuietHours
+from ratelimit import RateLimit
 from models import database
 from settings import get_settings
 from signal_actions import SignalActions
@@ -70,7 +72,7 @@ def _build_services() -> None:
         settings = get_settings()
         redis_client = getattr(dramatiq.get_broker(), "redis_client", None)
         _services = Services(
-            backend=ConnectionFreeWhileWaiting(make_backend(settings)),
+            backend=ConnectionFreeWhileWaiting(AnswersTimed(make_backend(settings))),
             permits=PermitPool(
                 RedisPermits(redis_client, prefix=f"{settings.dramatiq_namespace}:twilio-permits")
                 if redis_client is not None else MemoryPermits(),
@@ -124,6 +126,27 @@ class ConnectionFreeWhileWaiting:
 
     def find_sent(self, **kwargs):
         self._let_go()
+        return self.backend.find_sent(**kwargs)
+
+
+class AnswersTimed:
+    """An ``SmsBackend`` that tells the calling thread's rate-limit gate when its request
+    left and when Twilio answered it, for the fastest-answer bound (``ratelimit``). A
+    request that raised is left to the actor (an error answer is reported at the answer's
+    time; one without an answer stays bounded by its slot and the HTTP timeout)."""
+
+    def __init__(self, backend: SmsBackend) -> None:
+        self.backend = backend
+
+    def send(self, **kwargs):
+        gate = RateLimit.current_gate()
+        request_at = time.monotonic()
+        result = self.backend.send(**kwargs)
+        if gate is not None:
+            gate.answered(request_at=request_at)
+        return result
+
+    def find_sent(self, **kwargs):
         return self.backend.find_sent(**kwargs)
 
 

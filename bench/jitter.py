@@ -1,8 +1,9 @@
 """Jitter bench: is the rate limit exact where Twilio counts when every request is delayed
-on its way by a random 0-200 ms? This project's rule (a unit is held a window past its
-request's answer) against the rule before it (a window past the slot plus a fixed
-``RATE_LIMIT_MARGIN_MS`` of 50 ms, ``RATE_LIMIT_BOUND=slot``), on the same load, in the
-same run.
+on its way by a random 0-200 ms? This project's rule (``RATE_LIMIT_BOUND=fastest``: a unit
+is held a window past its request's answer less the fastest answer the process has timed)
+against holding it a window past the answer itself (``answer``) and the rule before both
+(a window past the slot plus a fixed ``RATE_LIMIT_MARGIN_MS`` of 50 ms, ``slot``), on the
+same load, in the same run.
 
     python -m bench.jitter [--messages 300] [--limit 20] [--window 2] [--max-delay-ms 200]
 
@@ -176,7 +177,8 @@ def main(argv=None) -> int:
     os.environ["dramatiq_worker_timeout"] = "100"  # as in the Procfile
     print(f"load: {args.messages} messages, limit {args.limit} per {args.window} s, 2 worker processes x 8 threads, "
           f"Redis broker, every request delayed 0-{args.max_delay_ms} ms before the fake stamps it")
-    designs = [("answer", "this project (held a window past the answer)")]
+    designs = [("fastest", "this project (held a window past the answer less the fastest answer)"),
+               ("answer", "held a window past the answer")]
     if not args.skip_today:
         designs.append(("slot", "today's design (held a window past the slot + 50 ms)"))
     results: dict[str, list[tuple[int, float]]] = {bound: [] for bound, _ in designs}
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
                     results[bound].append((most, used))
                     print(f"run {i + 1} {name}: sent {result['sent']} of {args.messages} (fake: {len(result['stamps'])}), "
                           f"max in a {args.window} s window {most}, utilisation {used:.1%}, finished={result['finished']}")
-                    if bound == "answer" and (not result["finished"] or result["sent"] != args.messages):
+                    if bound != "slot" and (not result["finished"] or result["sent"] != args.messages):
                         ok = False
                         print(result["log"], file=sys.stderr)
         finally:
@@ -202,10 +204,11 @@ def main(argv=None) -> int:
         most = max(m for m, _u in results[bound])
         used = median([u for _m, u in results[bound]])
         label = f"jitter 0-{args.max_delay_ms} ms at {args.limit} per {args.window} s"
-        prefix = "" if bound == "answer" else "today's design: "
+        prefix = {"fastest": "", "answer": "held past the answer: ", "slot": "today's design: "}[bound]
         print(f"{prefix}{label}: max in a {args.window} s window {most}, utilisation {used:.0%}"
               + (f" (median of {args.runs} runs; max over them)" if args.runs > 1 else ""))
-    return 0 if ok and max(m for m, _u in results["answer"]) <= args.limit else 1
+    exact = all(max(m for m, _u in results[bound]) <= args.limit for bound in ("fastest", "answer"))
+    return 0 if ok and exact else 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ and the Redis windows under real concurrency."""
 
 from __future__ import annotations
 
+import math
+import random
 import threading
 import time
 import uuid
@@ -14,7 +16,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import SkipMessage
 
-from ratelimit import MemoryWindows, RateLimit, RedisWindows, Throttled, pacing, slower
+from ratelimit import FASTEST_AFTER_ANSWERS, MemoryWindows, RateLimit, RedisWindows, Throttled, pacing, slower
 from tests.conftest import REDIS_URL
 
 
@@ -423,3 +425,93 @@ def test_the_list_of_an_older_version_counts_while_it_lasts(served_windows):
     assert 900 < wait_ms <= 1_005
     client.delete(f"{prefix}:window:sms")
     assert windows.acquire_many(limit, [1], tokens=["n"], margin_ms=5)[0] == [0]
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_the_line_of_a_limit_above_a_thousand_a_second_keeps_its_rate(clock, store):
+    # Given a limit of 1,000 a second (slots 1.005 ms apart with the 5 ms margin), its line
+    # of reservations in memory (on an injected clock) or in Redis
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"test-line-{uuid.uuid4().hex[:8]}"
+    windows = MemoryWindows(clock) if store == "memory" else RedisWindows(client, prefix=prefix)
+    middleware = RateLimit(limits={"sms": "1000/second"}, windows=windows, margin_ms=5)
+    item = middleware.limits["sms"]
+    try:
+        # When 400 throttled messages take their places in the line at once
+        started = time.monotonic()
+        waits = [middleware.reserve("sms", item, 1, earliest_ms=0) for _ in range(400)]
+        elapsed_ms = (time.monotonic() - started) * 1000 if store == "redis" else 0
+
+        # Then the last one waits about 399 x 1.005 ms (the first goes at once), the
+        # limit's own pace (whole-ms steps made it 2 ms each: 500 a second), less the time
+        # the 400 calls took
+        assert 399 * 1.005 - elapsed_ms - 3 <= waits[-1] <= 399 * 1.005 + 2
+        if store == "memory":  # on a clock that stands still, each place is 1.005 ms after the last
+            assert waits == [math.ceil(k * 1.005 - 1e-9) for k in range(400)]
+    finally:
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+
+
+def _provider_run(clock, *, bound: str, way_there_s, at_provider_s, messages: int = 60, warm_up: int = 10):
+    """Messages sent one after the other as soon as the limiter (3 per 2 s) allows, on an
+    injected clock: each request spends ``way_there_s(n)`` on its way to the provider, which
+    counts it on arrival and answers ``at_provider_s(n)`` later. Returns the arrivals."""
+    arrivals, in_flight = [], []  # in_flight: (answer time, n, gate, request time)
+
+    def answer_until(t: float) -> None:
+        """The provider's answers up to ``t``, each reported at its time."""
+        while in_flight and min(in_flight)[0] <= t:
+            answer_at, _n, done, request_at = in_flight.pop(in_flight.index(min(in_flight)))
+            clock.now = max(clock.now, answer_at)
+            done.answered(request_at=request_at)
+        clock.now = max(clock.now, t)
+
+    # Every wait is slept in the thread (no deferrals), and the answers come meanwhile.
+    broker = StubBroker(middleware=[])
+    middleware = RateLimit(limits={"sms": "3 per 2 seconds"}, windows=MemoryWindows(clock), margin_ms=5,
+                           in_flight_ms=10_000, fastest_after=warm_up if bound == "fastest" else None,
+                           hold_ms=60_000, lead_ms=0, sleep=lambda s: answer_until(clock.now + s), monotonic=clock)
+    broker.add_middleware(middleware)
+
+    @dramatiq.actor(broker=broker, queue_name="q", rate_limit="sms")
+    def limited_actor(n):
+        pass
+
+    for n in range(messages):
+        middleware.before_process_message(broker, MessageProxy(limited_actor.message(n)))
+        gate = RateLimit.current_gate()
+        answer_until(clock.now)
+        gate.acquire(1)
+        request_at = clock.now
+        arrivals.append(request_at + way_there_s(n))
+        in_flight.append((arrivals[-1] + at_provider_s(n), n, gate, request_at))
+    return arrivals
+
+
+@pytest.mark.parametrize("bound", ["answer", "fastest"])
+def test_a_provider_that_takes_its_time_holds_each_unit_only_a_window_past_the_arrival(clock, bound):
+    # Given a provider that counts each request as it arrives (at once) and answers 200 ms later
+    arrivals = _provider_run(clock, bound=bound, way_there_s=lambda n: 0.0, at_provider_s=lambda n: 0.2)
+
+    # Then it never counts more than 3 in a 2 s window; held past the answer, three units
+    # come back every 2.2 s; held past the answer less the fastest answer measured (once 10
+    # are measured), every 2 s and the margin
+    assert _sliding_max(arrivals, 2.0) == 3
+    gaps = [b - a for a, b in zip(arrivals[30::3], arrivals[33::3])]
+    held_s = 0.2 if bound == "answer" else 0.0
+    assert all(2.0 + held_s + 0.004 <= gap <= 2.0 + held_s + 0.008 for gap in gaps), gaps
+
+
+def test_a_delay_on_the_way_to_the_provider_keeps_the_limit_with_the_fastest_answer_rule(clock):
+    # Given requests delayed 0-200 ms at random on their way (a slow proxy, jitter), the
+    # first ten the slowest of all (new connections), and a provider that answers each on
+    # arrival; the workers' number of answers timed before the fastest is used
+    rng = random.Random(7)
+    way = [0.3] * 10 + [rng.uniform(0, 0.2) for _ in range(390)]
+    arrivals = _provider_run(clock, bound="fastest", way_there_s=lambda n: way[n], at_provider_s=lambda n: 0.001,
+                             messages=400, warm_up=FASTEST_AFTER_ANSWERS)
+
+    # Then the provider never counts more than 3 in any 2 s window (the fastest answer is
+    # about the provider's own 1 ms once enough answers are timed)
+    assert _sliding_max(arrivals, 2.0) == 3

@@ -1,0 +1,94 @@
+"""The send path's HTTP client (``twilio_http.py``) through the real twilio client to the
+fake Twilio: what reaches Twilio is what ``requests`` would have sent, and the
+environment's proxies still count (read once per host)."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+import pytest
+from requests.models import RequestEncodingMixin
+
+from errors import TransientError
+from smsservice import make_backend
+from tests.conftest import twilio_settings
+from twilio_http import form_body
+
+
+@pytest.mark.parametrize("data", [
+    {"To": "+12125550123", "Body": "Olá & adiós = 100% + 🎉\nReply STOP", "ValidityPeriod": 14400},
+    {"To": "+1", "MediaUrl": ["https://x.test/a.png", "https://x.test/b?c=d&e"], "Skipped": None},
+])
+def test_a_form_is_encoded_as_requests_would(data):
+    # Given fields as twilio hands them to its HTTP client (a repeated field as a list)
+    # When the form is encoded here
+    body = form_body(data)
+
+    # Then it is byte for byte what requests makes of the same dict
+    assert body == RequestEncodingMixin._encode_params(data)
+    assert dict(parse_qsl(body))["To"] == data["To"]
+
+
+def test_a_send_reaches_twilio_with_every_field(fake_twilio):
+    # Given the Twilio backend on the fake
+    backend = make_backend(twilio_settings(fake_twilio, twilio_timeout_s=5))
+    text = "Olá & adiós = 100% + 🎉 https://x.test/q/ABCD1234 Reply STOP to unsubscribe"
+
+    # When a message is sent, twice (the second on the kept connection)
+    first = backend.send(to="+12125550123", body=text, valid_for_s=600)
+    second = backend.send(to="+12125550124", body=text)
+
+    # Then the fake received both with the body, the sender and the validity as given
+    received = fake_twilio.requests
+    assert [r["sid"] for r in received] == [first.sid, second.sid]
+    assert [r["body"] for r in received] == [text, text]
+    assert [r["to"] for r in received] == ["+12125550123", "+12125550124"]
+    assert received[0]["from"] == "+12125550100"
+    assert [r["validity_period"] for r in received] == ["600", "14400"]
+
+
+@pytest.mark.parametrize("no_proxy, reaches", [("", False), ("127.0.0.1", True)])
+def test_a_proxy_in_the_environment_still_counts(fake_twilio, monkeypatch, no_proxy, reaches):
+    # Given HTTP_PROXY pointing at a port where nothing listens, with or without the
+    # fake's host in NO_PROXY, set before the backend is built
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    backend = make_backend(twilio_settings(fake_twilio, twilio_timeout_s=2))
+
+    # When a message is sent, twice
+    outcomes = []
+    for _ in range(2):
+        try:
+            outcomes.append(backend.send(to="+12125550123", body="hello https://x.test/q/ABCD1234").sid)
+        except TransientError as exc:
+            outcomes.append(exc.code)
+
+    # Then both went through the proxy (refused: never sent) unless the host is exempt
+    if reaches:
+        assert all(o.startswith("SM") for o in outcomes) and len(fake_twilio.requests) == 2
+    else:
+        assert outcomes == ["connect_error", "connect_error"] and not fake_twilio.requests
+
+
+def test_the_clients_log_lines_are_made_only_when_kept(fake_twilio, caplog):
+    # Given the Twilio backend, whose client logger make_twilio_client sets to WARNING
+    import logging
+    backend = make_backend(twilio_settings(fake_twilio, twilio_timeout_s=5))
+    logger = logging.getLogger("twilio.http_client")
+
+    # When a message is sent with the logger at WARNING, then at INFO (an operator debugging)
+    with caplog.at_level(logging.DEBUG):
+        backend.send(to="+12125550123", body="one https://x.test/q/ABCD1234")
+        quiet = [r for r in caplog.records if r.name == "twilio.http_client"]
+        logger.setLevel(logging.INFO)
+        try:
+            backend.send(to="+12125550123", body="two https://x.test/q/ABCD1234")
+        finally:
+            logger.setLevel(logging.WARNING)
+    kept = [r.getMessage() for r in caplog.records if r.name == "twilio.http_client"]
+
+    # Then nothing was logged at WARNING; at INFO the request and its answer were, without
+    # the Authorization header
+    assert quiet == []
+    assert any(m.startswith("POST Request:") for m in kept) and any(m.startswith("Response Status Code: 201") for m in kept)
+    assert not any("authorization" in m.lower() for m in kept)
