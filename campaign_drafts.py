@@ -12,7 +12,7 @@ from campaigns import Refused, check_action
 from errors import PermanentError
 from events import record_event
 from models import Campaign, CampaignStatus, write_transaction
-from overflow import parse_overflow
+from overflow import overflow_column
 from rendering import check_draft
 from settings import Settings
 
@@ -40,10 +40,9 @@ def create_draft(
         sender = senders.check(from_number=from_number, messaging_service_sid=messaging_service_sid) or settings.sender
     except ValueError as exc:
         raise PermanentError(str(exc), code="invalid_draft") from None
-    policy, allowed = parse_overflow(on_overflow)
     draft = Campaign(name=name, template=template, rate_limit=rate_limit, time_zone=time_zone,
                      audience=audience.to_json(), frequency_cap_h=cap_h, smart_encoding=smart_encoding,
-                     on_overflow=policy if allowed == 1 else f"{policy}:{allowed}", language=language.strip().lower(),
+                     on_overflow=overflow_column(on_overflow), language=language.strip().lower(),
                      **senders.columns(sender))
     check_draft(draft, settings.short_url_base, settings.sms_rate_limit, labels=labels)  # custom attributes too
     draft.save()
@@ -97,8 +96,7 @@ def draft_changes(*, name: str | None = None, template: str | None = None, rate_
     if cap_h is not None:
         changes["frequency_cap_h"] = cap_h
     if on_overflow is not None:
-        policy, allowed = parse_overflow(on_overflow)
-        changes["on_overflow"] = policy if allowed == 1 else f"{policy}:{allowed}"
+        changes["on_overflow"] = overflow_column(on_overflow)
     if smart_encoding is not None:
         changes["smart_encoding"] = smart_encoding
     if language is not None:

@@ -66,6 +66,13 @@ def parse_overflow(value: str) -> tuple[str, int]:
                          f"{MAX_SEGMENTS})", code="invalid_overflow")
 
 
+def overflow_column(value: str) -> str:
+    """``value`` (an operator's ``--on-overflow``) as a campaign stores it: ``fail``,
+    ``transliterate`` or ``segments:N``; PermanentError as ``parse_overflow``."""
+    policy, allowed = parse_overflow(value)
+    return policy if allowed == 1 else f"{policy}:{allowed}"
+
+
 def fit(text: str, rules: FitRules = FitRules()) -> tuple[str, SmsLength]:
     """The text to send and its length under ``rules``; MessageTooLong if it cannot fit."""
     if rules.smart_encoding:
@@ -90,4 +97,4 @@ def _too_long(text: str, length: SmsLength, allowed: int) -> str:
     return f"{length.units} {unit} > {limit}{why}"
 
 
-__all__ = ["FAIL", "FitRules", "MAX_SEGMENTS", "TRANSLITERATE", "fit", "parse_overflow"]
+__all__ = ["FAIL", "FitRules", "MAX_SEGMENTS", "TRANSLITERATE", "fit", "overflow_column", "parse_overflow"]
