@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import requests
-from requests.adapters import HTTPAdapter
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 from twilio.rest import Client
 
@@ -248,17 +247,14 @@ class NullBackend:
 
 def make_twilio_client(settings: Settings) -> Client:
     """The one place a Twilio client is built: explicit timeout, optional local base URL."""
-    http_client = SignalHttpClient(timeout=settings.twilio_timeout_s)
-    # The client keeps min(32, CPUs + 4) connections (6 on two cores): a process with more
-    # requests in flight would open, and drop, a TLS connection for each of the others.
+    # A process with more requests in flight than connections kept would open, and drop,
+    # a TLS connection for each of the others (twilio's default client keeps CPUs + 4).
     pool_size = max(32, min(settings.twilio_max_concurrent, 256))
-    http_client.session.mount("https://", HTTPAdapter(pool_maxsize=pool_size))
+    http_client = SignalHttpClient(timeout=settings.twilio_timeout_s, pool_maxsize=pool_size)
     client = Client(settings.twilio_account_sid, settings.twilio_auth_token.reveal(), http_client=http_client)
     if settings.twilio_api_base_url:
         client.api.base_url = settings.twilio_api_base_url.rstrip("/")
         client.messaging.base_url = client.api.base_url  # the sender check's messaging services
-        # The same pool for a local http fake.
-        http_client.session.mount("http://", HTTPAdapter(pool_maxsize=pool_size))
         # TWILIO_EDGE / TWILIO_REGION would rewrite the local host into *.twilio.com.
         client.edge = None
         client.region = None

@@ -1,55 +1,49 @@
-"""twilio's HTTP client, as the send path uses it: each thread's last ``Retry-After`` kept
-(Twilio's signals), and the per-request costs of ``requests`` that do not depend on the
-request paid once.
+"""twilio's HTTP client, as the send path uses it: twilio's own ``Client`` over a lean
+transport on ``urllib3``, keeping each thread's last ``Retry-After`` (Twilio's signals).
 
-Measured with ``py-spy`` on the four-dyno run of ``bench.throughput`` and with cProfile on
-one thread against the fake Twilio, the client spent much of its CPU per message on three
-things: ``requests`` looks the proxies up in the environment on every request (it walks
-``os.environ`` twice: a quarter of the client's time), it encodes a form given as a dict
-through ``typing`` protocol checks that Python 3.11 makes slow, and twilio formats a dozen
-log lines per request (the headers among them) even when its logger drops them. Here the
-environment's proxies and CA bundle are read once per host (as every setting is read
-once), the form is encoded here with the same rules, so ``requests`` is handed a ready
-body, and the log lines are made only when the logger would keep them.
+twilio hands its HTTP client the method, the URL, the fields and the headers
+(``twilio.http.HttpClient``: the documented seam for a custom client). Its default client
+goes through ``requests``, which, measured with ``py-spy --gil`` on the four-dyno run of
+``bench.throughput``, took about two thirds of a worker's CPU per message spent in twilio:
+a ``Request`` prepared, merged with the session's settings, cookies extracted into a jar,
+the environment's proxies looked up on every request. This client sends the same bytes
+with ``urllib3`` (which ``requests`` itself sends with) and nothing else:
+- the form and the query string encoded as ``requests`` encodes them (``form_body``);
+- one ``urllib3.Timeout`` of ``timeout`` s for the connect and for each read, as
+  ``requests`` applies a single number; no retries, no redirects (twilio asks for none);
+- the environment's proxies (``HTTP(S)_PROXY``, ``NO_PROXY``) and CA bundle
+  (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, else certifi's, as ``requests``) read once
+  per scheme and host;
+- urllib3's exceptions raised as the ``requests`` exceptions that ``requests`` raises for
+  them (``transport_error``), so that ``smsservice.classify_transport_error`` tells a
+  request that never left from one that may have been sent, whichever client is used.
+twilio's request and answer log lines are made only when its logger keeps INFO.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import logging
+import os
 import threading
 from urllib.parse import urlencode, urlsplit
 
-from requests import Session
-from twilio.http.http_client import TwilioHttpClient
+import certifi
+import requests.exceptions as rex
+import urllib3
+from requests.utils import get_environ_proxies, select_proxy
+from twilio.http import HttpClient
+from twilio.http.response import Response
+from urllib3 import exceptions as u3
 
 import twilio_signals
 
 FORM = "application/x-www-form-urlencoded"
+JSON_TYPES = ("application/json", "application/scim+json")
 
-
-class EnvironmentOnceSession(Session):
-    """A ``requests`` session that reads the environment's proxies and CA bundle (and
-    ``NO_PROXY``) once per scheme and host, not on every request. Settings given to the
-    call itself still win, as in ``requests``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._environment: dict[str, dict] = {}
-        self._environment_lock = threading.Lock()
-
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):
-        if not self.trust_env or proxies or verify not in (None, True):
-            return super().merge_environment_settings(url, proxies, stream, verify, cert)
-        parts = urlsplit(url)
-        where = f"{parts.scheme}://{parts.netloc}"
-        found = self._environment.get(where)
-        if found is None:
-            with self._environment_lock:
-                found = self._environment.setdefault(
-                    where, super().merge_environment_settings(url, {}, None, None, None))
-        return {**found, "proxies": dict(found["proxies"]), "stream": stream if stream is not None else found["stream"],
-                "cert": cert if cert is not None else found["cert"]}
+_logger = logging.getLogger("twilio.http_client")
 
 
 def form_body(data) -> str:
@@ -63,35 +57,113 @@ def form_body(data) -> str:
     return urlencode(pairs)
 
 
-class SignalHttpClient(TwilioHttpClient):
-    """twilio's HTTP client, keeping each thread's last ``Retry-After`` header (the client's
-    exceptions carry the status and the code, not the headers), on an
-    ``EnvironmentOnceSession``, with form bodies encoded before ``requests`` sees them and
-    twilio's request and answer log lines made only when its logger keeps INFO."""
+def transport_error(exc: Exception) -> rex.RequestException:
+    """The ``requests`` exception ``requests.adapters.HTTPAdapter`` raises for urllib3's
+    ``exc`` (sent without retries). A refused or unresolved connection stays a
+    ``ConnectionError`` naming ``NewConnectionError``; a connect timeout is
+    ``ConnectTimeout``; a read timeout ``ReadTimeout``; anything else after the connect (a
+    dropped connection, a broken answer) a ``ConnectionError``."""
+    if isinstance(exc, u3.ProxyError):
+        return rex.ProxyError(exc)
+    if isinstance(exc, u3.NewConnectionError):
+        return rex.ConnectionError(exc)
+    if isinstance(exc, u3.ConnectTimeoutError):
+        return rex.ConnectTimeout(exc)
+    if isinstance(exc, u3.SSLError):
+        return rex.SSLError(exc)
+    if isinstance(exc, u3.ReadTimeoutError):
+        return rex.ReadTimeout(exc)
+    return rex.ConnectionError(exc)
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.session = EnvironmentOnceSession()
+
+class SignalHttpClient(HttpClient):
+    """twilio's HTTP client on a ``urllib3`` pool, keeping each thread's last
+    ``Retry-After`` header (the client's exceptions carry the status and the code, not the
+    headers).
+
+    Parameters:
+        timeout: seconds for the connect and for each read (twilio's ``timeout``).
+        pool_maxsize: connections kept per host; more requests at once open more
+            connections, which are closed when they end.
+        logger: twilio's request and answer log lines, made only when it keeps INFO.
+    """
+
+    def __init__(self, *, timeout: float | None = None, pool_maxsize: int = 32,
+                 logger: logging.Logger = _logger) -> None:
+        super().__init__(logger, False, timeout)
+        self.pool_maxsize = pool_maxsize
+        self._pools: dict[str | None, urllib3.PoolManager] = {}
+        self._proxy_for: dict[str, str | None] = {}
+        self._ca_certs = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+        self._lock = threading.Lock()
         self._answers = threading.local()
 
-    def request(self, method, url, params=None, data=None, headers=None, *args, **kwargs):
-        if isinstance(data, dict) and headers and headers.get("Content-Type") == FORM:
-            data = form_body(data)
+    def _pool(self, url: str) -> urllib3.PoolManager:
+        parts = urlsplit(url)
+        where = f"{parts.scheme}://{parts.netloc}"
+        if where not in self._proxy_for:
+            with self._lock:
+                self._proxy_for[where] = select_proxy(url, get_environ_proxies(url))
+        proxy = self._proxy_for[where]
+        pool = self._pools.get(proxy)
+        if pool is None:
+            with self._lock:
+                pool = self._pools.get(proxy)
+                if pool is None:
+                    options = {"maxsize": self.pool_maxsize, "retries": False, "ca_certs": self._ca_certs,
+                               "cert_reqs": "CERT_REQUIRED"}
+                    pool = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+                    self._pools[proxy] = pool
+        return pool
+
+    def request(self, method, url, params=None, data=None, headers=None, auth=None, timeout=None,
+                allow_redirects=False) -> Response:
+        if timeout is None:
+            timeout = self.timeout
+        elif timeout <= 0:
+            raise ValueError(timeout)
+        headers = dict(headers or {})
+        kwargs = {"method": method.upper(), "url": url, "params": params, "headers": headers}
+        if self.logger.isEnabledFor(logging.INFO):
+            self.log_request(kwargs)
+        if params:
+            url = f"{url}{'&' if urlsplit(url).query else '?'}{form_body(params)}"
+        body = None
+        if data:
+            if headers.get("Content-Type") in JSON_TYPES:
+                body = json.dumps(data).encode()
+            else:
+                body = (form_body(data) if isinstance(data, dict) else data)
+                body = body.encode() if isinstance(body, str) else body
+        if auth is not None:
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode("latin-1")).decode()
+            headers["Authorization"] = f"Basic {token}"
         self._answers.retry_after = None
-        response = super().request(method, url, params, data, headers, *args, **kwargs)
-        answer_headers = getattr(response, "headers", None) or {}
-        self._answers.retry_after = answer_headers.get("Retry-After") or answer_headers.get("retry-after")
-        return response
-
-    def log_request(self, kwargs) -> None:
+        try:
+            answer = self._pool(url).request(
+                kwargs["method"], url, body=body, headers=headers, redirect=allow_redirects,
+                timeout=None if timeout is None else urllib3.Timeout(connect=timeout, read=timeout))
+        except (u3.HTTPError, OSError) as exc:
+            raise transport_error(exc) from exc
+        self._answers.retry_after = answer.headers.get("Retry-After")
         if self.logger.isEnabledFor(logging.INFO):
-            super().log_request(kwargs)
-
-    def log_response(self, status_code, response) -> None:
-        if self.logger.isEnabledFor(logging.INFO):
-            super().log_response(status_code, response)
+            self.log_response(answer.status, answer)
+        return Response(int(answer.status), _text(answer), answer.headers)
 
     def retry_after_s(self) -> float | None:
         """The ``Retry-After`` of this thread's last answer, in seconds (None: none)."""
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         return twilio_signals.retry_after_s(getattr(self._answers, "retry_after", None), now)
+
+
+def _text(answer: urllib3.BaseHTTPResponse) -> str:
+    content_type = answer.headers.get("Content-Type", "")
+    charset = "utf-8"
+    for part in content_type.split(";")[1:]:
+        name, _, value = part.strip().partition("=")
+        if name.lower() == "charset" and value:
+            charset = value.strip('"')
+    try:
+        return answer.data.decode(charset, errors="replace")
+    except LookupError:
+        return answer.data.decode("utf-8", errors="replace")

@@ -1,11 +1,14 @@
 """What one request to Twilio costs a worker process, by client: twilio's own client on
-``requests`` from many threads (this project's send path) against twilio's async client on
-``aiohttp`` from one event loop (what Dramatiq's AsyncIO middleware with async actors would
-use), both against the fake Twilio answering in 200 ms, each in a process of its own.
+``requests`` from many threads (the baseline), the same ``Client`` on this project's
+transport (``twilio_http.SignalHttpClient``, on ``urllib3``: the send path's), and twilio's
+async client on ``aiohttp`` from one event loop (what Dramatiq's AsyncIO middleware with
+async actors would use), all against the fake Twilio answering in 200 ms, each in a
+process of its own, in turn, round after round.
 
     python -m bench.http_clients [--in-flight 50] [--requests 3000]
 
-Prints requests a second and the client process's CPU time per request. (Dramatiq's async
+Prints requests a second and the client process's CPU time per request, each round's and
+the medians, and the project's transport's median CPU as a ratio of the baseline's. (Dramatiq's async
 actors do not decouple in-flight requests from threads: ``dramatiq.asyncio.EventLoopThread
 .run_coroutine`` blocks the worker thread until the coroutine ends, so a process still keeps
 at most ``--threads`` messages in flight; only the HTTP client's cost could differ.)
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import statistics
 import sys
 import threading
 import time
@@ -24,13 +28,18 @@ from bench.common import FROM_NUMBER
 from tests.fake_twilio import FakeTwilio
 
 
-def _threads(base_url: str, sid: str, token: str, in_flight: int, n: int, out) -> None:
+def _threads(base_url: str, sid: str, token: str, in_flight: int, n: int, out, kind: str = "threads") -> None:
     from requests.adapters import HTTPAdapter
     from twilio.http.http_client import TwilioHttpClient
     from twilio.rest import Client
 
-    http = TwilioHttpClient(timeout=10)
-    http.session.mount("http://", HTTPAdapter(pool_maxsize=in_flight))
+    from twilio_http import SignalHttpClient
+
+    if kind == "project":
+        http = SignalHttpClient(timeout=10, pool_maxsize=in_flight)
+    else:
+        http = TwilioHttpClient(timeout=10)
+        http.session.mount("http://", HTTPAdapter(pool_maxsize=in_flight))
     client = Client(sid, token, http_client=http)
     client.api.base_url, client.edge, client.region = base_url, None, None
     left = [n]
@@ -80,8 +89,11 @@ def _asyncio(base_url: str, sid: str, token: str, in_flight: int, n: int, out) -
 def measure(kind: str, fake: FakeTwilio, in_flight: int, n: int) -> tuple[float, float]:
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    target = _threads if kind == "threads" else _asyncio
-    proc = ctx.Process(target=target, args=(fake.base_url, fake.account_sid, fake.auth_token, in_flight, n, out))
+    args = (fake.base_url, fake.account_sid, fake.auth_token, in_flight, n, out)
+    if kind == "asyncio":
+        proc = ctx.Process(target=_asyncio, args=args)
+    else:
+        proc = ctx.Process(target=_threads, args=args + (kind,))
     proc.start()
     result = out.get(timeout=600)
     proc.join(30)
@@ -94,13 +106,22 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
+    labels = {"threads": "requests, threads", "project": "urllib3, threads", "asyncio": "aiohttp, event loop"}
+    cpu: dict[str, list[float]] = {kind: [] for kind in labels}
+    rates: dict[str, list[float]] = {kind: [] for kind in labels}
     with FakeTwilio(server="async", latency_s=0.2) as fake:
         for round_no in range(1, args.rounds + 1):
-            for kind in ("threads", "asyncio"):
+            for kind, label in labels.items():
                 rate, cpu_ms = measure(kind, fake, args.in_flight, args.requests)
-                label = "requests, threads" if kind == "threads" else "aiohttp, event loop"
+                cpu[kind].append(cpu_ms)
+                rates[kind].append(rate)
                 print(f"round {round_no}: {label:20} {args.in_flight} in flight: {rate:6.0f} req/s, "
                       f"{cpu_ms:.2f} ms CPU per request", flush=True)
+    for kind, label in labels.items():
+        print(f"median: {label:20} {statistics.median(rates[kind]):6.0f} req/s, "
+              f"{statistics.median(cpu[kind]):.2f} ms CPU per request")
+    ratio = statistics.median(cpu["project"]) / statistics.median(cpu["threads"])
+    print(f"the project's transport: {ratio:.2f}x the CPU per request of twilio's default client (medians)")
     return 0
 
 

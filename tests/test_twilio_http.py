@@ -92,3 +92,49 @@ def test_the_clients_log_lines_are_made_only_when_kept(fake_twilio, caplog):
     assert quiet == []
     assert any(m.startswith("POST Request:") for m in kept) and any(m.startswith("Response Status Code: 201") for m in kept)
     assert not any("authorization" in m.lower() for m in kept)
+
+
+def _port_nobody_listens_on() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("failure, kind, code", [
+    ("refused", "TransientError", "connect_error"),
+    ("drop", "MaybeSent", "connection_dropped"),
+    ("slow", "MaybeSent", "read_timeout"),
+])
+def test_a_transport_failure_is_told_never_sent_or_maybe_sent(fake_twilio, failure, kind, code):
+    # Given the Twilio backend on a port where nothing listens, or on the fake that drops
+    # the connection after accepting, or answers later than the 0.5 s timeout
+    base_url = f"http://127.0.0.1:{_port_nobody_listens_on()}" if failure == "refused" else fake_twilio.base_url
+    settings = twilio_settings(fake_twilio, twilio_timeout_s=0.5, twilio_api_base_url=base_url)
+    if failure == "drop":
+        fake_twilio.accept_then_fail(1, "drop")
+    else:
+        fake_twilio.latency_s = 1.0
+    backend = make_backend(settings)
+
+    # When a message is sent
+    with pytest.raises(Exception) as raised:
+        backend.send(to="+12125550123", body="hello https://x.test/q/ABCD1234")
+
+    # Then the failure is the project's: never sent when the connection was refused, maybe
+    # sent (to be looked up at Twilio, never resent blindly) once the request could have left
+    assert type(raised.value).__name__ == kind and raised.value.code == code
+    assert len(fake_twilio.messages) == (0 if failure == "refused" else 1)
+
+
+def test_a_lookup_that_cannot_connect_is_a_transient_failure(fake_twilio):
+    # Given the backend on a port where nothing listens
+    backend = make_backend(twilio_settings(fake_twilio, twilio_api_base_url=f"http://127.0.0.1:{_port_nobody_listens_on()}"))
+
+    # When a sent message is looked up
+    import datetime as dt
+    with pytest.raises(TransientError) as raised:
+        backend.find_sent(to="+12125550123", body="x", since=dt.datetime(2026, 1, 1))
+
+    # Then it is a lookup that failed, to be tried again, with the transport error named
+    assert raised.value.code == "lookup_failed" and "ConnectionError" in str(raised.value)
