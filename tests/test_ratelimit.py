@@ -16,7 +16,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import SkipMessage
 
-from ratelimit import FASTEST_AFTER_ANSWERS, MemoryWindows, RateLimit, RedisWindows, Throttled, pacing, slower
+from ratelimit import FASTEST_AFTER_ANSWERS, FASTEST_CUSHION, MemoryWindows, RateLimit, RedisWindows, Throttled, pacing, slower
 from tests.conftest import REDIS_URL
 
 
@@ -495,12 +495,29 @@ def test_a_provider_that_takes_its_time_holds_each_unit_only_a_window_past_the_a
     arrivals = _provider_run(clock, bound=bound, way_there_s=lambda n: 0.0, at_provider_s=lambda n: 0.2)
 
     # Then it never counts more than 3 in a 2 s window; held past the answer, three units
-    # come back every 2.2 s; held past the answer less the fastest answer measured (once 10
-    # are measured), every 2 s and the margin
+    # come back every 2.2 s; held past the answer less nine tenths of the fastest answer
+    # measured (once 10 are measured), every 2 s, the cushion (20 ms) and the margin
     assert _sliding_max(arrivals, 2.0) == 3
     gaps = [b - a for a, b in zip(arrivals[30::3], arrivals[33::3])]
-    held_s = 0.2 if bound == "answer" else 0.0
+    held_s = 0.2 if bound == "answer" else 0.2 * FASTEST_CUSHION
     assert all(2.0 + held_s + 0.004 <= gap <= 2.0 + held_s + 0.008 for gap in gaps), gaps
+
+
+def test_the_fastest_answer_rule_keeps_the_limit_when_no_request_is_fast_both_ways(clock):
+    # Given a busy client and receiver whose requests are each fast on one leg only: even
+    # ones reach the provider in 1 ms but wait 20-40 ms for their answer to be read, odd
+    # ones spend 20-40 ms on their way but are answered in 200 ms flat (threads waiting for
+    # the GIL on saturated cores); so the fastest answer timed (about 221 ms) is slower
+    # than a fast way there plus a fast answer (201 ms)
+    rng = random.Random(11)
+    slow = [rng.uniform(0.02, 0.04) for _ in range(400)]
+    arrivals = _provider_run(clock, bound="fastest", way_there_s=lambda n: 0.001 if n % 2 == 0 else slow[n],
+                             at_provider_s=lambda n: 0.2 + (slow[n] if n % 2 == 0 else 0.0),
+                             messages=400, warm_up=FASTEST_AFTER_ANSWERS)
+
+    # Then the provider never counts more than 3 in any 2 s window: a tenth of the fastest
+    # answer is kept back as a cushion for the two legs' spread
+    assert _sliding_max(arrivals, 2.0) == 3
 
 
 def test_a_delay_on_the_way_to_the_provider_keeps_the_limit_with_the_fastest_answer_rule(clock):
