@@ -11,6 +11,9 @@ attribute) is written, then on PostgreSQL, in this process, each ``--repeat`` ti
      the same customers (ids from the sequence), their QR codes and their tags into the
      project's own tables, with their indexes and foreign keys, into empty tables. It
      checks nothing and cleans nothing: what (b) adds to it is the import's own work.
+ (d) for reference, the import's cleaning alone: ``customer_rows.RowCleaner.clean`` of
+     every row as the import reads them (the number parsed and validated, names and
+     every text cell through the names policy, tags, consent), writing nothing.
 Prints the medians, the ratios, and the import's peak traced memory (a separate run under
 tracemalloc, which slows it down); then the ratio of the peaks of the largest and smallest
 sizes.
@@ -105,6 +108,20 @@ def schema_floor(path: str) -> float:
     return time.perf_counter() - started
 
 
+def cleaning_alone(path: str) -> float:
+    """(d): the import's own ``RowCleaner`` over every row, nothing written."""
+    from customer_rows import RowCleaner, header_map
+
+    started = time.perf_counter()
+    with open(path, newline="", encoding="utf-8") as source:
+        reader = csv.reader(source)
+        header = next(reader)
+        cleaner = RowCleaner(header_map(header, {}), default_region="US", assume_opt_in=False)
+        for line, values in enumerate(reader, start=2):
+            cleaner.clean(values, line)
+    return time.perf_counter() - started
+
+
 def project(path: str, size: int, *, traced: bool) -> tuple[float, int]:
     from importer import import_customers
 
@@ -134,17 +151,21 @@ def main(argv=None) -> int:
             path = os.path.join(tmp, f"customers-{size}.csv")
             write_file(path, size)
             reset_database()
-            bases, runs, floors = [], [], []
+            bases, runs, floors, cleanings = [], [], [], []
             for _ in range(args.repeat):
                 bases.append(baseline(path))
                 runs.append(project(path, size, traced=False)[0])
                 floors.append(schema_floor(path))
+                cleanings.append(cleaning_alone(path))
             _, peaks[size] = project(path, size, traced=True)
             base, run, floor = statistics.median(bases), statistics.median(runs), statistics.median(floors)
+            cleaning = statistics.median(cleanings)
             print(f"{size:>8,} rows: baseline (parse + COPY) {base:6.2f} s, import {run:6.2f} s, ratio {run / base:4.2f}x "
                   f"(medians of {args.repeat}), import peak memory {peaks[size] / 1024:7.0f} KiB", flush=True)
             print(f"{size:>8,} rows: floor of this schema (parse + COPY into customer, qrcode, customertag) {floor:6.2f} s, "
                   f"{floor / base:4.2f}x the baseline; the import is {run / floor:4.2f}x the floor", flush=True)
+            print(f"{size:>8,} rows: the import's cleaning alone (parse, validation, names policy; nothing written) "
+                  f"{cleaning:6.2f} s, {cleaning / base:4.2f}x the baseline", flush=True)
     print_peak_ratio(peaks, "rows")
     return 0
 
