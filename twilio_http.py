@@ -13,7 +13,8 @@ with ``urllib3`` (which ``requests`` itself sends with) and nothing else:
   ``requests`` applies a single number; no retries, no redirects (twilio asks for none);
 - the environment's proxies (``HTTP(S)_PROXY``, ``NO_PROXY``) and CA bundle
   (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, else certifi's, as ``requests``) read once
-  per scheme and host;
+  per scheme and host; a proxy used as ``requests`` uses it (``http://`` when its URL names
+  no scheme, the user and password in its URL sent as ``Proxy-Authorization``);
 - urllib3's exceptions raised as the ``requests`` exceptions that ``requests`` raises for
   them (``transport_error``), so that ``smsservice.classify_transport_error`` tells a
   request that never left from one that may have been sent, whichever client is used.
@@ -33,7 +34,7 @@ from urllib.parse import urlencode, urlsplit
 import certifi
 import requests.exceptions as rex
 import urllib3
-from requests.utils import get_environ_proxies, select_proxy
+from requests.utils import get_auth_from_url, get_environ_proxies, prepend_scheme_if_needed, select_proxy
 from twilio.http import HttpClient
 from twilio.http.response import Response
 from urllib3 import exceptions as u3
@@ -55,6 +56,20 @@ def form_body(data) -> str:
             if one is not None:
                 pairs.append((key, one))
     return urlencode(pairs)
+
+
+def basic_auth(username: str, password: str) -> str:
+    """An ``Authorization`` (or ``Proxy-Authorization``) value, as ``requests`` makes it."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode("latin-1")).decode()
+
+
+def proxy_manager(proxy: str, **options) -> urllib3.ProxyManager:
+    """A pool through ``proxy`` (a URL with a scheme, as ``prepend_scheme_if_needed`` makes
+    it), its user and password given to the proxy as ``requests.adapters.HTTPAdapter``
+    gives them (urllib3 itself would drop them). ``options``: the pools' own."""
+    username, password = get_auth_from_url(proxy)
+    headers = {"Proxy-Authorization": basic_auth(username, password)} if username else {}
+    return urllib3.ProxyManager(proxy, proxy_headers=headers, **options)
 
 
 def transport_error(exc: Exception) -> rex.RequestException:
@@ -103,7 +118,8 @@ class SignalHttpClient(HttpClient):
         where = f"{parts.scheme}://{parts.netloc}"
         if where not in self._proxy_for:
             with self._lock:
-                self._proxy_for[where] = select_proxy(url, get_environ_proxies(url))
+                proxy = select_proxy(url, get_environ_proxies(url))
+                self._proxy_for[where] = prepend_scheme_if_needed(proxy, "http") if proxy else None
         proxy = self._proxy_for[where]
         pool = self._pools.get(proxy)
         if pool is None:
@@ -112,7 +128,7 @@ class SignalHttpClient(HttpClient):
                 if pool is None:
                     options = {"maxsize": self.pool_maxsize, "retries": False, "ca_certs": self._ca_certs,
                                "cert_reqs": "CERT_REQUIRED"}
-                    pool = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+                    pool = proxy_manager(proxy, **options) if proxy else urllib3.PoolManager(**options)
                     self._pools[proxy] = pool
         return pool
 
@@ -136,8 +152,7 @@ class SignalHttpClient(HttpClient):
                 body = (form_body(data) if isinstance(data, dict) else data)
                 body = body.encode() if isinstance(body, str) else body
         if auth is not None:
-            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode("latin-1")).decode()
-            headers["Authorization"] = f"Basic {token}"
+            headers["Authorization"] = basic_auth(auth[0], auth[1])
         self._answers.retry_after = None
         try:
             answer = self._pool(url).request(

@@ -7,11 +7,13 @@ from __future__ import annotations
 from urllib.parse import parse_qsl
 
 import pytest
+from requests.auth import _basic_auth_str
 from requests.models import RequestEncodingMixin
 
 from errors import TransientError
 from smsservice import make_backend
 from tests.conftest import twilio_settings
+from tests.local_relay import LocalRelay
 from twilio_http import form_body
 
 
@@ -138,3 +140,29 @@ def test_a_lookup_that_cannot_connect_is_a_transient_failure(fake_twilio):
 
     # Then it is a lookup that failed, to be tried again, with the transport error named
     assert raised.value.code == "lookup_failed" and "ConnectionError" in str(raised.value)
+
+
+@pytest.mark.parametrize("proxy, authorization", [
+    ("http://twilio:s%40cret@127.0.0.1:{port}", _basic_auth_str("twilio", "s@cret")),
+    ("127.0.0.1:{port}", None),
+])
+def test_a_proxy_with_credentials_or_without_a_scheme_is_used_as_requests_uses_it(
+        fake_twilio, monkeypatch, proxy, authorization):
+    # Given HTTP_PROXY pointing at a local proxy in front of the fake, with a user and a
+    # password in its URL, or written without a scheme (both of which requests accepts)
+    relay = LocalRelay(target=fake_twilio.base_url)
+    monkeypatch.setenv("HTTP_PROXY", proxy.format(port=relay.port))
+    monkeypatch.setenv("NO_PROXY", "")
+    backend = make_backend(twilio_settings(fake_twilio, twilio_timeout_s=5))
+
+    # When a message is sent
+    try:
+        sent = backend.send(to="+12125550123", body="hello https://x.test/q/ABCD1234")
+    finally:
+        relay.close()
+
+    # Then it went through the proxy, which was given the credentials as requests gives them
+    assert sent.sid.startswith("SM") and len(fake_twilio.requests) == 1
+    [(line, headers)] = relay.seen
+    assert line.startswith(f"POST {fake_twilio.base_url}/2010-04-01/Accounts/")
+    assert headers.get("proxy-authorization") == authorization
