@@ -12,9 +12,10 @@ with ``urllib3`` (which ``requests`` itself sends with) and nothing else:
 - one ``urllib3.Timeout`` of ``timeout`` s for the connect and for each read, as
   ``requests`` applies a single number; no retries, no redirects (twilio asks for none);
 - the environment's proxies (``HTTP(S)_PROXY``, ``NO_PROXY``) and CA bundle
-  (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, else certifi's, as ``requests``) read once
-  per scheme and host; a proxy used as ``requests`` uses it (``http://`` when its URL names
-  no scheme, the user and password in its URL sent as ``Proxy-Authorization``);
+  (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, else certifi's, as ``requests``; a file or a
+  directory of hashed certificates) read once per scheme and host; a proxy used as
+  ``requests`` uses it (``http://`` when its URL names no scheme, the user and password in
+  its URL sent as ``Proxy-Authorization``);
 - urllib3's exceptions raised as the ``requests`` exceptions that ``requests`` raises for
   them (``transport_error``), so that ``smsservice.classify_transport_error`` tells a
   request that never left from one that may have been sent, whichever client is used.
@@ -109,7 +110,9 @@ class SignalHttpClient(HttpClient):
         self.pool_maxsize = pool_maxsize
         self._pools: dict[str | None, urllib3.PoolManager] = {}
         self._proxy_for: dict[str, str | None] = {}
-        self._ca_certs = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+        # A directory (c_rehash's layout) is ca_cert_dir, as requests.adapters.HTTPAdapter.cert_verify.
+        self._trust = {"ca_cert_dir": bundle} if os.path.isdir(bundle) else {"ca_certs": bundle}
         self._lock = threading.Lock()
         self._answers = threading.local()
 
@@ -126,8 +129,8 @@ class SignalHttpClient(HttpClient):
             with self._lock:
                 pool = self._pools.get(proxy)
                 if pool is None:
-                    options = {"maxsize": self.pool_maxsize, "retries": False, "ca_certs": self._ca_certs,
-                               "cert_reqs": "CERT_REQUIRED"}
+                    options = {"maxsize": self.pool_maxsize, "retries": False, "cert_reqs": "CERT_REQUIRED",
+                               **self._trust}
                     pool = proxy_manager(proxy, **options) if proxy else urllib3.PoolManager(**options)
                     self._pools[proxy] = pool
         return pool

@@ -1,9 +1,12 @@
 """The send path's HTTP client (``twilio_http.py``) through the real twilio client to the
 fake Twilio: what reaches Twilio is what ``requests`` would have sent, and the
-environment's proxies still count (read once per host)."""
+environment's proxies and CA bundle still count (read once per host)."""
 
 from __future__ import annotations
 
+import shutil
+import ssl
+import subprocess
 from urllib.parse import parse_qsl
 
 import pytest
@@ -166,3 +169,57 @@ def test_a_proxy_with_credentials_or_without_a_scheme_is_used_as_requests_uses_i
     [(line, headers)] = relay.seen
     assert line.startswith(f"POST {fake_twilio.base_url}/2010-04-01/Accounts/")
     assert headers.get("proxy-authorization") == authorization
+
+
+@pytest.fixture
+def self_signed(tmp_path):
+    """A certificate for ``localhost`` signed by itself: its key, the certificate as a
+    bundle file, and a directory of hashed certificates holding it (``openssl rehash``)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a certificate")
+    key, cert, directory = tmp_path / "key.pem", tmp_path / "cert.pem", tmp_path / "certs"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-addext", "basicConstraints=critical,CA:TRUE"],
+                   check=True, capture_output=True)
+    digest = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", cert], check=True, capture_output=True, text=True)
+    directory.mkdir()
+    shutil.copy(cert, directory / f"{digest.stdout.strip()}.0")
+    return key, cert, directory
+
+
+@pytest.mark.parametrize("bundle, host, reaches", [
+    ("file", "localhost", True),
+    ("directory", "localhost", True),
+    ("certifi", "localhost", False),
+    ("file", "127.0.0.1", False),
+])
+def test_https_is_verified_against_the_environments_ca_bundle(fake_twilio, monkeypatch, self_signed, bundle, host, reaches):
+    # Given the Twilio host on https with a self-signed certificate for localhost, and
+    # REQUESTS_CA_BUNDLE naming it as a file, or a directory of hashed certificates holding
+    # it (both of which requests accepts), or no bundle (certifi's, which does not hold it)
+    key, cert, directory = self_signed
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    relay = LocalRelay(target=fake_twilio.base_url, tls=tls)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    if bundle == "certifi":
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    else:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert if bundle == "file" else directory))
+    backend = make_backend(twilio_settings(fake_twilio, twilio_timeout_s=5, twilio_api_base_url=f"https://{host}:{relay.port}"))
+
+    # When a message is sent
+    try:
+        outcome = backend.send(to="+12125550123", body="hello https://x.test/q/ABCD1234").sid
+    except Exception as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
+    finally:
+        relay.close()
+
+    # Then it reaches Twilio when the certificate is trusted and names the host; otherwise
+    # it fails as requests failed (an SSLError, maybe sent), and nothing was sent
+    if reaches:
+        assert outcome.startswith("SM") and len(fake_twilio.requests) == 1
+    else:
+        assert outcome.startswith("MaybeSent") and "SSLError" in outcome and not fake_twilio.requests
