@@ -8,7 +8,9 @@ goes through ``requests``, which, measured with ``py-spy --gil`` on the four-dyn
 a ``Request`` prepared, merged with the session's settings, cookies extracted into a jar,
 the environment's proxies looked up on every request. This client sends the same bytes
 with ``urllib3`` (which ``requests`` itself sends with) and nothing else:
-- the form and the query string encoded as ``requests`` encodes them (``form_body``);
+- the form and the query string encoded as ``requests`` encodes them (``form_body``), the
+  headers ``requests`` adds to every request (``Accept-Encoding``, ``Connection``) added
+  where twilio's do not name them;
 - one ``urllib3.Timeout`` of ``timeout`` s for the connect and for each read, as
   ``requests`` applies a single number; no retries, no redirects (twilio asks for none);
 - the environment's proxies (``HTTP(S)_PROXY``, ``NO_PROXY``) and CA bundle
@@ -35,7 +37,8 @@ from urllib.parse import urlencode, urlsplit
 import certifi
 import requests.exceptions as rex
 import urllib3
-from requests.utils import get_auth_from_url, get_environ_proxies, prepend_scheme_if_needed, select_proxy
+from requests.utils import (default_headers, get_auth_from_url, get_environ_proxies, prepend_scheme_if_needed,
+                            select_proxy)
 from twilio.http import HttpClient
 from twilio.http.response import Response
 from urllib3 import exceptions as u3
@@ -46,6 +49,8 @@ FORM = "application/x-www-form-urlencoded"
 JSON_TYPES = ("application/json", "application/scim+json")
 
 _logger = logging.getLogger("twilio.http_client")
+#: A requests Session's own headers, which each request's own (twilio's) override.
+SESSION_HEADERS = tuple(default_headers().items())
 
 
 def form_body(data) -> str:
@@ -57,6 +62,13 @@ def form_body(data) -> str:
             if one is not None:
                 pairs.append((key, one))
     return urlencode(pairs)
+
+
+def with_session_headers(headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` with a ``requests`` session's own added where they name none of them
+    (names compared ignoring case, as ``requests`` merges them)."""
+    given = {name.lower() for name in headers}
+    return {**{k: v for k, v in SESSION_HEADERS if k.lower() not in given}, **headers}
 
 
 def basic_auth(username: str, password: str) -> str:
@@ -154,6 +166,7 @@ class SignalHttpClient(HttpClient):
             else:
                 body = (form_body(data) if isinstance(data, dict) else data)
                 body = body.encode() if isinstance(body, str) else body
+        headers = with_session_headers(headers)
         if auth is not None:
             headers["Authorization"] = basic_auth(auth[0], auth[1])
         self._answers.retry_after = None

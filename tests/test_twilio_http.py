@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl
 import pytest
 from requests.auth import _basic_auth_str
 from requests.models import RequestEncodingMixin
+from requests.utils import default_headers
 
 from errors import TransientError
 from smsservice import make_backend
@@ -169,6 +170,26 @@ def test_a_proxy_with_credentials_or_without_a_scheme_is_used_as_requests_uses_i
     [(line, headers)] = relay.seen
     assert line.startswith(f"POST {fake_twilio.base_url}/2010-04-01/Accounts/")
     assert headers.get("proxy-authorization") == authorization
+
+
+def test_every_header_requests_adds_to_a_request_is_sent(fake_twilio):
+    # Given the Twilio backend on a local relay in front of the fake, which records headers
+    relay = LocalRelay(target=fake_twilio.base_url)
+    backend = make_backend(twilio_settings(fake_twilio, twilio_timeout_s=5,
+                                           twilio_api_base_url=f"http://127.0.0.1:{relay.port}"))
+
+    # When a message is sent
+    try:
+        backend.send(to="+12125550123", body="hello https://x.test/q/ABCD1234")
+    finally:
+        relay.close()
+
+    # Then the headers requests adds to every request (bar its User-Agent and Accept, which
+    # twilio's own replace) are there with requests' values: the answer may come compressed
+    [(_, headers)] = relay.seen
+    expected = {k.lower(): v for k, v in default_headers().items() if k.lower() not in ("user-agent", "accept")}
+    assert {k: headers.get(k) for k in expected} == expected
+    assert headers["user-agent"].startswith("twilio-python/") and headers["accept"] == "application/json"
 
 
 @pytest.fixture
