@@ -8,12 +8,16 @@ goes through ``requests``, which, measured with ``py-spy --gil`` on the four-dyn
 a ``Request`` prepared, merged with the session's settings, cookies extracted into a jar,
 the environment's proxies looked up on every request. This client sends the same bytes
 with ``urllib3`` (which ``requests`` itself sends with) and nothing else:
-- the form and the query string encoded as ``requests`` encodes them (``form_body``);
+- the form and the query string encoded as ``requests`` encodes them (``form_body``), the
+  headers ``requests`` adds to every request (``Accept-Encoding``, ``Connection``) added
+  where twilio's do not name them;
 - one ``urllib3.Timeout`` of ``timeout`` s for the connect and for each read, as
   ``requests`` applies a single number; no retries, no redirects (twilio asks for none);
 - the environment's proxies (``HTTP(S)_PROXY``, ``NO_PROXY``) and CA bundle
-  (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, else certifi's, as ``requests``) read once
-  per scheme and host;
+  (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, else certifi's, as ``requests``; a file or a
+  directory of hashed certificates) read once per scheme and host; a proxy used as
+  ``requests`` uses it (``http://`` when its URL names no scheme, the user and password in
+  its URL sent as ``Proxy-Authorization``);
 - urllib3's exceptions raised as the ``requests`` exceptions that ``requests`` raises for
   them (``transport_error``), so that ``smsservice.classify_transport_error`` tells a
   request that never left from one that may have been sent, whichever client is used.
@@ -33,7 +37,8 @@ from urllib.parse import urlencode, urlsplit
 import certifi
 import requests.exceptions as rex
 import urllib3
-from requests.utils import get_environ_proxies, select_proxy
+from requests.utils import (default_headers, get_auth_from_url, get_environ_proxies, prepend_scheme_if_needed,
+                            select_proxy)
 from twilio.http import HttpClient
 from twilio.http.response import Response
 from urllib3 import exceptions as u3
@@ -44,6 +49,8 @@ FORM = "application/x-www-form-urlencoded"
 JSON_TYPES = ("application/json", "application/scim+json")
 
 _logger = logging.getLogger("twilio.http_client")
+#: A requests Session's own headers, which each request's own (twilio's) override.
+SESSION_HEADERS = tuple(default_headers().items())
 
 
 def form_body(data) -> str:
@@ -55,6 +62,27 @@ def form_body(data) -> str:
             if one is not None:
                 pairs.append((key, one))
     return urlencode(pairs)
+
+
+def with_session_headers(headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` with a ``requests`` session's own added where they name none of them
+    (names compared ignoring case, as ``requests`` merges them)."""
+    given = {name.lower() for name in headers}
+    return {**{k: v for k, v in SESSION_HEADERS if k.lower() not in given}, **headers}
+
+
+def basic_auth(username: str, password: str) -> str:
+    """An ``Authorization`` (or ``Proxy-Authorization``) value, as ``requests`` makes it."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode("latin-1")).decode()
+
+
+def proxy_manager(proxy: str, **options) -> urllib3.ProxyManager:
+    """A pool through ``proxy`` (a URL with a scheme, as ``prepend_scheme_if_needed`` makes
+    it), its user and password given to the proxy as ``requests.adapters.HTTPAdapter``
+    gives them (urllib3 itself would drop them). ``options``: the pools' own."""
+    username, password = get_auth_from_url(proxy)
+    headers = {"Proxy-Authorization": basic_auth(username, password)} if username else {}
+    return urllib3.ProxyManager(proxy, proxy_headers=headers, **options)
 
 
 def transport_error(exc: Exception) -> rex.RequestException:
@@ -94,7 +122,9 @@ class SignalHttpClient(HttpClient):
         self.pool_maxsize = pool_maxsize
         self._pools: dict[str | None, urllib3.PoolManager] = {}
         self._proxy_for: dict[str, str | None] = {}
-        self._ca_certs = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+        # A directory (c_rehash's layout) is ca_cert_dir, as requests.adapters.HTTPAdapter.cert_verify.
+        self._trust = {"ca_cert_dir": bundle} if os.path.isdir(bundle) else {"ca_certs": bundle}
         self._lock = threading.Lock()
         self._answers = threading.local()
 
@@ -103,16 +133,17 @@ class SignalHttpClient(HttpClient):
         where = f"{parts.scheme}://{parts.netloc}"
         if where not in self._proxy_for:
             with self._lock:
-                self._proxy_for[where] = select_proxy(url, get_environ_proxies(url))
+                proxy = select_proxy(url, get_environ_proxies(url))
+                self._proxy_for[where] = prepend_scheme_if_needed(proxy, "http") if proxy else None
         proxy = self._proxy_for[where]
         pool = self._pools.get(proxy)
         if pool is None:
             with self._lock:
                 pool = self._pools.get(proxy)
                 if pool is None:
-                    options = {"maxsize": self.pool_maxsize, "retries": False, "ca_certs": self._ca_certs,
-                               "cert_reqs": "CERT_REQUIRED"}
-                    pool = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+                    options = {"maxsize": self.pool_maxsize, "retries": False, "cert_reqs": "CERT_REQUIRED",
+                               **self._trust}
+                    pool = proxy_manager(proxy, **options) if proxy else urllib3.PoolManager(**options)
                     self._pools[proxy] = pool
         return pool
 
@@ -135,9 +166,9 @@ class SignalHttpClient(HttpClient):
             else:
                 body = (form_body(data) if isinstance(data, dict) else data)
                 body = body.encode() if isinstance(body, str) else body
+        headers = with_session_headers(headers)
         if auth is not None:
-            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode("latin-1")).decode()
-            headers["Authorization"] = f"Basic {token}"
+            headers["Authorization"] = basic_auth(auth[0], auth[1])
         self._answers.retry_after = None
         try:
             answer = self._pool(url).request(

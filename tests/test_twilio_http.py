@@ -1,17 +1,23 @@
 """The send path's HTTP client (``twilio_http.py``) through the real twilio client to the
 fake Twilio: what reaches Twilio is what ``requests`` would have sent, and the
-environment's proxies still count (read once per host)."""
+environment's proxies and CA bundle still count (read once per host)."""
 
 from __future__ import annotations
 
+import shutil
+import ssl
+import subprocess
 from urllib.parse import parse_qsl
 
 import pytest
+from requests.auth import _basic_auth_str
 from requests.models import RequestEncodingMixin
+from requests.utils import default_headers
 
 from errors import TransientError
 from smsservice import make_backend
 from tests.conftest import twilio_settings
+from tests.local_relay import LocalRelay
 from twilio_http import form_body
 
 
@@ -138,3 +144,103 @@ def test_a_lookup_that_cannot_connect_is_a_transient_failure(fake_twilio):
 
     # Then it is a lookup that failed, to be tried again, with the transport error named
     assert raised.value.code == "lookup_failed" and "ConnectionError" in str(raised.value)
+
+
+@pytest.mark.parametrize("proxy, authorization", [
+    ("http://twilio:s%40cret@127.0.0.1:{port}", _basic_auth_str("twilio", "s@cret")),
+    ("127.0.0.1:{port}", None),
+])
+def test_a_proxy_with_credentials_or_without_a_scheme_is_used_as_requests_uses_it(
+        fake_twilio, monkeypatch, proxy, authorization):
+    # Given HTTP_PROXY pointing at a local proxy in front of the fake, with a user and a
+    # password in its URL, or written without a scheme (both of which requests accepts)
+    relay = LocalRelay(target=fake_twilio.base_url)
+    monkeypatch.setenv("HTTP_PROXY", proxy.format(port=relay.port))
+    monkeypatch.setenv("NO_PROXY", "")
+    backend = make_backend(twilio_settings(fake_twilio, twilio_timeout_s=5))
+
+    # When a message is sent
+    try:
+        sent = backend.send(to="+12125550123", body="hello https://x.test/q/ABCD1234")
+    finally:
+        relay.close()
+
+    # Then it went through the proxy, which was given the credentials as requests gives them
+    assert sent.sid.startswith("SM") and len(fake_twilio.requests) == 1
+    [(line, headers)] = relay.seen
+    assert line.startswith(f"POST {fake_twilio.base_url}/2010-04-01/Accounts/")
+    assert headers.get("proxy-authorization") == authorization
+
+
+def test_every_header_requests_adds_to_a_request_is_sent(fake_twilio):
+    # Given the Twilio backend on a local relay in front of the fake, which records headers
+    relay = LocalRelay(target=fake_twilio.base_url)
+    backend = make_backend(twilio_settings(fake_twilio, twilio_timeout_s=5,
+                                           twilio_api_base_url=f"http://127.0.0.1:{relay.port}"))
+
+    # When a message is sent
+    try:
+        backend.send(to="+12125550123", body="hello https://x.test/q/ABCD1234")
+    finally:
+        relay.close()
+
+    # Then the headers requests adds to every request (bar its User-Agent and Accept, which
+    # twilio's own replace) are there with requests' values: the answer may come compressed
+    [(_, headers)] = relay.seen
+    expected = {k.lower(): v for k, v in default_headers().items() if k.lower() not in ("user-agent", "accept")}
+    assert {k: headers.get(k) for k in expected} == expected
+    assert headers["user-agent"].startswith("twilio-python/") and headers["accept"] == "application/json"
+
+
+@pytest.fixture
+def self_signed(tmp_path):
+    """A certificate for ``localhost`` signed by itself: its key, the certificate as a
+    bundle file, and a directory of hashed certificates holding it (``openssl rehash``)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a certificate")
+    key, cert, directory = tmp_path / "key.pem", tmp_path / "cert.pem", tmp_path / "certs"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-addext", "basicConstraints=critical,CA:TRUE"],
+                   check=True, capture_output=True)
+    digest = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", cert], check=True, capture_output=True, text=True)
+    directory.mkdir()
+    shutil.copy(cert, directory / f"{digest.stdout.strip()}.0")
+    return key, cert, directory
+
+
+@pytest.mark.parametrize("bundle, host, reaches", [
+    ("file", "localhost", True),
+    ("directory", "localhost", True),
+    ("certifi", "localhost", False),
+    ("file", "127.0.0.1", False),
+])
+def test_https_is_verified_against_the_environments_ca_bundle(fake_twilio, monkeypatch, self_signed, bundle, host, reaches):
+    # Given the Twilio host on https with a self-signed certificate for localhost, and
+    # REQUESTS_CA_BUNDLE naming it as a file, or a directory of hashed certificates holding
+    # it (both of which requests accepts), or no bundle (certifi's, which does not hold it)
+    key, cert, directory = self_signed
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    relay = LocalRelay(target=fake_twilio.base_url, tls=tls)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    if bundle == "certifi":
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    else:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert if bundle == "file" else directory))
+    backend = make_backend(twilio_settings(fake_twilio, twilio_timeout_s=5, twilio_api_base_url=f"https://{host}:{relay.port}"))
+
+    # When a message is sent
+    try:
+        outcome = backend.send(to="+12125550123", body="hello https://x.test/q/ABCD1234").sid
+    except Exception as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
+    finally:
+        relay.close()
+
+    # Then it reaches Twilio when the certificate is trusted and names the host; otherwise
+    # it fails as requests failed (an SSLError, maybe sent), and nothing was sent
+    if reaches:
+        assert outcome.startswith("SM") and len(fake_twilio.requests) == 1
+    else:
+        assert outcome.startswith("MaybeSent") and "SSLError" in outcome and not fake_twilio.requests
