@@ -153,10 +153,10 @@ class SignalHttpClient(HttpClient):
             timeout = self.timeout
         elif timeout <= 0:
             raise ValueError(timeout)
+        method = method.upper()
         headers = dict(headers or {})
-        kwargs = {"method": method.upper(), "url": url, "params": params, "headers": headers}
         if self.logger.isEnabledFor(logging.INFO):
-            self.log_request(kwargs)
+            self.log_request({"method": method, "url": url, "params": params, "headers": headers})
         if params:
             url = f"{url}{'&' if urlsplit(url).query else '?'}{form_body(params)}"
         body = None
@@ -172,7 +172,7 @@ class SignalHttpClient(HttpClient):
         self._answers.retry_after = None
         try:
             answer = self._pool(url).request(
-                kwargs["method"], url, body=body, headers=headers, redirect=allow_redirects,
+                method, url, body=body, headers=headers, redirect=allow_redirects,
                 timeout=None if timeout is None else urllib3.Timeout(connect=timeout, read=timeout))
         except (u3.HTTPError, OSError) as exc:
             raise transport_error(exc) from exc

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import threading
 import time
 import uuid
 
@@ -28,28 +27,13 @@ import redis
 from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
 
-from bench.common import REDIS_URL
+from bench.common import REDIS_URL, spread_over_threads
 
 
 def plain_threads(messages: int, threads: int, wait_s: float) -> float:
     """CPU ms per wait of ``messages`` waits run by ``threads`` threads."""
-    left = [messages]
-    lock = threading.Lock()
-
-    def run() -> None:
-        while True:
-            with lock:
-                if left[0] <= 0:
-                    return
-                left[0] -= 1
-            time.sleep(wait_s)
-
     cpu = time.process_time()
-    pool = [threading.Thread(target=run) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
+    spread_over_threads(messages, threads, lambda: time.sleep(wait_s))
     return (time.process_time() - cpu) * 1000 / messages
 
 

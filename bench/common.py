@@ -7,6 +7,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -121,6 +122,26 @@ def utilisation(timestamps: list[float], limit: int, window_s: float) -> tuple[f
 
 def median(values):
     return statistics.median(values) if values else float("nan")
+
+
+def spread_over_threads(n: int, threads: int, work) -> None:
+    """Call ``work()`` ``n`` times in all, from ``threads`` threads at once; return when done."""
+    left = [n]
+    lock = threading.Lock()
+
+    def run() -> None:
+        while True:
+            with lock:
+                if left[0] <= 0:
+                    return
+                left[0] -= 1
+            work()
+
+    pool = [threading.Thread(target=run) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
 
 
 def wait_until(predicate, timeout_s: float, interval_s: float = 0.2) -> bool:

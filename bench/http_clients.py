@@ -21,10 +21,9 @@ import asyncio
 import multiprocessing
 import statistics
 import sys
-import threading
 import time
 
-from bench.common import FROM_NUMBER
+from bench.common import FROM_NUMBER, spread_over_threads
 from tests.fake_twilio import FakeTwilio
 
 
@@ -42,23 +41,8 @@ def _threads(base_url: str, sid: str, token: str, in_flight: int, n: int, out, k
         http.session.mount("http://", HTTPAdapter(pool_maxsize=in_flight))
     client = Client(sid, token, http_client=http)
     client.api.base_url, client.edge, client.region = base_url, None, None
-    left = [n]
-    lock = threading.Lock()
-
-    def run() -> None:
-        while True:
-            with lock:
-                if left[0] <= 0:
-                    return
-                left[0] -= 1
-            client.messages.create(to="+15550100001", from_=FROM_NUMBER, body="bench")
-
     cpu, wall = time.process_time(), time.monotonic()
-    threads = [threading.Thread(target=run) for _ in range(in_flight)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    spread_over_threads(n, in_flight, lambda: client.messages.create(to="+15550100001", from_=FROM_NUMBER, body="bench"))
     out.put((n / (time.monotonic() - wall), (time.process_time() - cpu) * 1000 / n))
 
 
