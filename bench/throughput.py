@@ -144,8 +144,33 @@ def _connections(pid: int, inodes: set[str]) -> int:
     return count
 
 
+def _machine_idle_s() -> tuple[float, float]:
+    """(all CPU seconds, idle CPU seconds) of the machine since boot, from ``/proc/stat``."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return sum(ticks[:8]) / tick, (ticks[3] + ticks[4]) / tick  # idle + iowait
+
+
+def _service_pids(names: tuple[str, ...] = ("redis-server", "postgres")) -> dict[int, str]:
+    """The processes of the local Redis and PostgreSQL servers (PostgreSQL's backends come
+    and go with their connections, so they are looked for at every sample)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    name = f.read().strip()
+            except OSError:
+                continue
+            if name in names:
+                found[int(entry)] = name
+    return found
+
+
 class Sampler:
-    """Peaks of RSS (MB) and PostgreSQL connections over the worker processes of ``groups``."""
+    """Peaks of RSS (MB) and PostgreSQL connections over the worker processes of ``groups``,
+    their CPU, and the CPU of the local Redis and PostgreSQL servers over the same time."""
 
     def __init__(self, groups: list[Workers], interval_s: float = 0.5) -> None:
         self.groups = groups
@@ -153,16 +178,40 @@ class Sampler:
         self.rss_mb = 0.0
         self.connections = 0
         self.cpu_s: dict[int, float] = {}  # worker pid -> its CPU time (user + system) last seen
+        self._service_start: dict[int, float] = {}  # server pid -> its CPU time when first seen
+        self._service_last: dict[int, tuple[str, float]] = {}  # server pid -> (name, CPU time last seen)
+        self._machine_start = self._machine_end = (0.0, 0.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> "Sampler":
+        self._machine_start = _machine_idle_s()
+        self._sample_services(first=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(5)
+        self._sample_services()
+        self._machine_end = _machine_idle_s()
+
+    def _sample_services(self, first: bool = False) -> None:
+        for pid, name in _service_pids().items():
+            cpu_s = _cpu_s(pid)
+            self._service_start.setdefault(pid, cpu_s if first else 0.0)  # a later one started in the run
+            self._service_last[pid] = (name, cpu_s)
+
+    def service_cpu_s(self, name: str) -> float:
+        """CPU seconds the ``name`` server processes spent while sampled (a backend that
+        ended between two samples is missed for its last half second)."""
+        return sum(cpu - self._service_start[pid] for pid, (n, cpu) in self._service_last.items() if n == name)
+
+    @property
+    def machine_idle(self) -> float:
+        """The share of the machine's CPU left idle during the run."""
+        total = self._machine_end[0] - self._machine_start[0]
+        return (self._machine_end[1] - self._machine_start[1]) / total if total > 0 else float("nan")
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -172,16 +221,21 @@ class Sampler:
                     self.rss_mb = max(self.rss_mb, _rss_mb(pid))
                     self.connections = max(self.connections, _connections(pid, inodes))
                     self.cpu_s[pid] = _cpu_s(pid)
+            self._sample_services()
 
 # ------------------------------------------------------------------------ runs
 
 
 class Result:
     def __init__(self, rate: float, max_1s: int, rss_mb: float, connections: int, n: int, told: str | None,
-                 worker_cpu_ms: float, fake_cpu_ms: float) -> None:
+                 worker_cpu_ms: float, fake_cpu_ms: float, redis_cpu_ms: float = 0.0, postgres_cpu_ms: float = 0.0,
+                 machine_idle: float = float("nan")) -> None:
         self.rate, self.max_1s, self.rss_mb, self.connections, self.n, self.told = rate, max_1s, rss_mb, connections, n, told
         #: CPU time per message of the worker processes, and of this process (the fake).
         self.worker_cpu_ms, self.fake_cpu_ms = worker_cpu_ms, fake_cpu_ms
+        #: CPU time per message of the local Redis and PostgreSQL servers, and the share of
+        #: the machine's CPU left idle, over the run.
+        self.redis_cpu_ms, self.postgres_cpu_ms, self.machine_idle = redis_cpu_ms, postgres_cpu_ms, machine_idle
 
 
 def run(fake, tmp: str, *, n: int, latency_s: float, dynos: int, threads: int, rate_limit: str = "1000000/second",
@@ -223,7 +277,9 @@ def run(fake, tmp: str, *, n: int, latency_s: float, dynos: int, threads: int, r
                 break
         fake_cpu_ms = (time.process_time() - cpu_before) * 1000 / len(ids)
         return Result(rate, sliding_window_max(accepted, 1.0), sampler.rss_mb, sampler.connections, len(ids), told,
-                      sum(sampler.cpu_s.values()) * 1000 / len(ids), fake_cpu_ms)
+                      sum(sampler.cpu_s.values()) * 1000 / len(ids), fake_cpu_ms,
+                      sampler.service_cpu_s("redis-server") * 1000 / len(ids),
+                      sampler.service_cpu_s("postgres") * 1000 / len(ids), sampler.machine_idle)
     finally:
         for group in groups:
             group.stop()
@@ -276,6 +332,9 @@ def main(argv=None) -> int:
                              max_concurrent=400),
                         dict(latency_s=0.2, dynos=4, threads=8, rate_limit="1000/second"), 1000, 320)
             print(f"four dynos at 200 ms, limit 1000/s: {four.rate:.0f} msg/s, max in a 1 s window {four.max_1s}", flush=True)
+            print(f"four dynos, CPU ms per message: workers {four.worker_cpu_ms:.2f}, fake Twilio {four.fake_cpu_ms:.2f}, "
+                  f"Redis {four.redis_cpu_ms:.2f}, PostgreSQL {four.postgres_cpu_ms:.2f}; "
+                  f"machine idle {four.machine_idle:.0%} of {os.cpu_count()} CPUs", flush=True)
             if not args.skip_default_cap:
                 capped = run(fake, tmp, n=int(500 * args.seconds), latency_s=0.2, dynos=4, threads=args.dyno_threads,
                              rate_limit="1000/second", max_concurrent=100, label="default-cap")
